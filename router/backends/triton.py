@@ -1,0 +1,94 @@
+"""Triton backend: inference over ``tritonclient.grpc.aio``.
+
+One long-lived client (one HTTP/2 channel) opened at start-up and closed at
+shutdown. Every call carries the caller's remaining deadline as its gRPC
+timeout, so no inference outlives the request it serves. Failures are mapped
+by gRPC status code, never by message text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from router.errors import Code, DeadlineExceeded, InferlineError, Unavailable
+
+_STATUS = {str(code): code for code in grpc.StatusCode}
+
+
+def map_triton_error(e: InferenceServerException) -> InferlineError:
+    """Translate a Triton failure into a caller-visible error, by status code."""
+    code = _STATUS.get(e.status() or "")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded("deadline exceeded during inference")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        # The router built the tensor: a rejection is our bug, not the caller's.
+        return InferlineError("internal error", code=Code.INTERNAL)
+    # UNAVAILABLE, NOT_FOUND (version not loaded), RESOURCE_EXHAUSTED, INTERNAL...
+    return Unavailable("model server unavailable")
+
+
+class TritonModelServer:
+    """Implements ``router.pipeline.inference.ModelServer``."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._client: InferenceServerClient | None = None
+
+    async def start(self, ready_timeout_s: float) -> None:
+        self._client = InferenceServerClient(url=self._url)
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            try:
+                if await self._client.is_server_ready(client_timeout=1.0):
+                    return
+            except InferenceServerException:
+                pass
+            if time.monotonic() > deadline:
+                raise Unavailable(f"Triton at {self._url} not ready after {ready_timeout_s}s")
+            await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def is_model_ready(self, model: str, version: int) -> bool:
+        assert self._client is not None
+        try:
+            return bool(await self._client.is_model_ready(model, str(version), client_timeout=1.0))
+        except InferenceServerException:
+            return False
+
+    async def infer(
+        self,
+        model: str,
+        version: int,
+        input_name: str,
+        output_name: str,
+        batch: np.ndarray,
+        timeout_s: float,
+    ) -> np.ndarray:
+        assert self._client is not None, "TritonModelServer.start() was not called"
+        inp = InferInput(input_name, list(batch.shape), "FP32")
+        inp.set_data_from_numpy(batch)
+        try:
+            result = await self._client.infer(
+                model,
+                [inp],
+                model_version=str(version),
+                outputs=[InferRequestedOutput(output_name)],
+                client_timeout=timeout_s,
+            )
+        except InferenceServerException as e:
+            raise map_triton_error(e) from e
+        out: np.ndarray | None = result.as_numpy(output_name)
+        if out is None:
+            raise Unavailable("model returned no output")
+        return out

@@ -1,0 +1,161 @@
+"""Model version metadata: what each served version consumes and produces.
+
+Every version directory in the Triton model repository carries a
+``metadata.json`` written when the version was built: the ordered feature
+schema (the tensor's column order), its hash, tensor names and the static
+default score. The catalog validates each file, recomputes the schema hash
+(a mismatch means the file was edited by hand: refuse to serve it) and
+precomputes the per-view read plan so the hot path only indexes arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from router.errors import ConfigError
+from router.pipeline.schema import feature_schema_hash
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class FeatureSpec(_Frozen):
+    name: str
+    dtype: Literal["float32"]
+    source: Literal["feast", "request"]
+    view: str | None = None
+    default: float
+    min: float | None = None
+    max: float | None = None
+
+
+class TensorSpec(_Frozen):
+    input: str
+    output: str
+    datatype: Literal["FP32"] = "FP32"
+
+
+class VersionMetadata(_Frozen):
+    format: Literal[1]
+    model: str
+    version: int = Field(ge=1)
+    kind: str
+    framework: str
+    tensors: TensorSpec
+    entities: dict[str, tuple[str, ...]]
+    features: tuple[FeatureSpec, ...] = Field(min_length=1)
+    schema_hash: str
+    default_score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ViewPlan:
+    """How to fill this view's columns of the input tensor."""
+
+    view: str
+    join_keys: tuple[str, ...]
+    features: tuple[str, ...]
+    columns: tuple[int, ...]
+    defaults: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeature:
+    name: str
+    column: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    model: str
+    version: int
+    input_name: str
+    output_name: str
+    n_features: int
+    schema_hash: str
+    default_score: float
+    views: tuple[ViewPlan, ...]
+    request_features: tuple[RequestFeature, ...]
+    defaults: tuple[float, ...]
+    """Default per column, in tensor order (imputation for missing/stale rows)."""
+
+
+def _plan(meta: VersionMetadata) -> ModelVersion:
+    views: dict[str, list[tuple[int, FeatureSpec]]] = {}
+    request: list[RequestFeature] = []
+    for col, f in enumerate(meta.features):
+        if not math.isfinite(f.default):
+            raise ValueError(f"feature {f.name!r} has a non-finite default")
+        if f.source == "feast":
+            if not f.view:
+                raise ValueError(f"feast feature {f.name!r} names no view")
+            views.setdefault(f.view, []).append((col, f))
+        else:
+            request.append(RequestFeature(name=f.name, column=col))
+    plans = []
+    for view, cols in views.items():
+        if view not in meta.entities:
+            raise ValueError(f"view {view!r} has no entity join keys in metadata")
+        plans.append(
+            ViewPlan(
+                view=view,
+                join_keys=meta.entities[view],
+                features=tuple(f.name for _, f in cols),
+                columns=tuple(c for c, _ in cols),
+                defaults=tuple(f.default for _, f in cols),
+            )
+        )
+    return ModelVersion(
+        model=meta.model,
+        version=meta.version,
+        input_name=meta.tensors.input,
+        output_name=meta.tensors.output,
+        n_features=len(meta.features),
+        schema_hash=meta.schema_hash,
+        default_score=meta.default_score,
+        views=tuple(plans),
+        request_features=tuple(request),
+        defaults=tuple(f.default for f in meta.features),
+    )
+
+
+def load_version(repository: Path, model: str, version: int) -> ModelVersion:
+    path = repository / model / str(version) / "metadata.json"
+    try:
+        meta = VersionMetadata.model_validate(json.loads(path.read_text()))
+        if (meta.model, meta.version) != (model, version):
+            raise ValueError(f"metadata names {meta.model}@{meta.version}")
+        computed = feature_schema_hash(f.model_dump() for f in meta.features)
+        if computed != meta.schema_hash:
+            raise ValueError("schema_hash does not match the feature list")
+        return _plan(meta)
+    except (OSError, ValueError, ValidationError) as e:
+        raise ConfigError(f"bad metadata for {model}@{version} at {path}: {e}") from e
+
+
+class ModelCatalog:
+    """Immutable map (model, version) -> ModelVersion for the routed versions."""
+
+    def __init__(self, versions: Iterable[ModelVersion]) -> None:
+        self._versions = {(v.model, v.version): v for v in versions}
+
+    @classmethod
+    def load(cls, repository: Path, wanted: Iterable[tuple[str, int]]) -> ModelCatalog:
+        return cls(load_version(repository, m, v) for m, v in wanted)
+
+    def get(self, model: str, version: int) -> ModelVersion:
+        return self._versions[(model, version)]
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        return key in self._versions
+
+    def __iter__(self) -> Iterator[ModelVersion]:
+        return iter(self._versions.values())

@@ -1,0 +1,180 @@
+"""Feature assembly: one batched online read, TTL enforcement, tensor build.
+
+For every view the model needs, the entity keys of all candidates are
+deduplicated and read in one call (the store issues the views' reads
+concurrently). Feast returns rows past their view's TTL as if present, so the
+TTL is enforced here: stale and missing rows are replaced by the version's
+training defaults and reported per candidate, never scored silently as fresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from router.errors import InvalidArgument
+from router.pipeline.catalog import ModelVersion
+from router.pipeline.types import CandidateIn, Freshness, Scalar, ViewFreshness
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+EntityKey = tuple[int | str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewInfo:
+    """What the router needs to know about a feature view."""
+
+    name: str
+    join_keys: tuple[str, ...]
+    key_types: tuple[type, ...]
+    """Python type of each join key value (int for Int64, str for String)."""
+    ttl_s: float
+    """0 means the view never expires."""
+    features: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewRead:
+    view: str
+    keys: Sequence[EntityKey]
+    features: tuple[str, ...]
+
+
+Row = tuple[float | None, list[float | None] | None]
+"""(event time as epoch seconds, values in requested order); (None, None) if missing."""
+
+
+class FeatureReader(Protocol):
+    """The online feature store as the pipeline sees it (see backends.feast_store)."""
+
+    def view_info(self, name: str) -> ViewInfo: ...
+
+    async def read(self, reads: Sequence[ViewRead]) -> list[list[Row]]: ...
+
+
+class FeatureStoreUnavailable(Exception):
+    """The store failed or did not answer within the budget (a fallback, not an error)."""
+
+
+@dataclass(slots=True)
+class FeatureBatch:
+    matrix: np.ndarray
+    freshness: list[tuple[ViewFreshness, ...]]
+    reasons: set[str] = field(default_factory=set)
+
+
+def _entity_key(cand: CandidateIn, info: ViewInfo) -> EntityKey:
+    out: list[int | str] = []
+    for key, typ in zip(info.join_keys, info.key_types, strict=True):
+        if key not in cand.entities:
+            raise InvalidArgument(f"candidate is missing entity key '{key}'")
+        value = cand.entities[key]
+        if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidArgument(f"entity key '{key}' must be an int64 value")
+        if typ is str and not isinstance(value, str):
+            raise InvalidArgument(f"entity key '{key}' must be a string value")
+        assert isinstance(value, int | str)
+        out.append(value)
+    return tuple(out)
+
+
+def _request_value(name: str, value: Scalar) -> float:
+    if isinstance(value, str):
+        raise InvalidArgument(f"feature '{name}' must be numeric, got a string")
+    v = float(value)
+    if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
+        raise InvalidArgument(f"feature '{name}' must be a finite float32 value")
+    return v
+
+
+def fill_request_features(
+    version: ModelVersion, candidates: Sequence[CandidateIn], matrix: np.ndarray
+) -> None:
+    """Validate and copy the caller's request-time features into ``matrix``."""
+    for i, cand in enumerate(candidates):
+        for rf in version.request_features:
+            if rf.name not in cand.features:
+                raise InvalidArgument(f"candidate {i} is missing request feature '{rf.name}'")
+            matrix[i, rf.column] = _request_value(rf.name, cand.features[rf.name])
+
+
+def plan_reads(
+    version: ModelVersion, candidates: Sequence[CandidateIn], store: FeatureReader
+) -> tuple[list[ViewRead], list[list[int]], list[ViewInfo]]:
+    """Dedupe entity keys per view; return the reads and each candidate's row index."""
+    reads: list[ViewRead] = []
+    index: list[list[int]] = []
+    infos: list[ViewInfo] = []
+    for plan in version.views:
+        info = store.view_info(plan.view)
+        keys: dict[EntityKey, int] = {}
+        rows = [keys.setdefault(_entity_key(c, info), len(keys)) for c in candidates]
+        reads.append(ViewRead(view=plan.view, keys=list(keys), features=plan.features))
+        index.append(rows)
+        infos.append(info)
+    return reads, index, infos
+
+
+async def assemble(
+    version: ModelVersion,
+    candidates: Sequence[CandidateIn],
+    store: FeatureReader,
+    timeout_s: float,
+    *,
+    max_clock_skew_s: float = 5.0,
+) -> FeatureBatch:
+    """Build the [n_candidates, n_features] float32 input for ``version``."""
+    n = len(candidates)
+    matrix = np.empty((n, version.n_features), dtype=np.float32)
+    matrix[:] = np.asarray(version.defaults, dtype=np.float32)
+    fill_request_features(version, candidates, matrix)
+    reads, index, infos = plan_reads(version, candidates, store)
+    freshness: list[list[ViewFreshness]] = [[] for _ in range(n)]
+    batch = FeatureBatch(matrix=matrix, freshness=[])
+    if not reads:
+        batch.freshness = [() for _ in range(n)]
+        return batch
+
+    results: list[list[Row]] | None
+    try:
+        results = await asyncio.wait_for(store.read(reads), timeout=max(timeout_s, 0.0))
+    except (TimeoutError, FeatureStoreUnavailable):
+        results = None
+        batch.reasons.add("feature_store_unavailable")
+
+    now = time.time()
+    for v, plan in enumerate(version.views):
+        cols = np.asarray(plan.columns, dtype=np.intp)
+        ttl = infos[v].ttl_s
+        if results is None:
+            for i in range(n):
+                freshness[i].append(ViewFreshness(plan.view, Freshness.UNAVAILABLE, 0))
+            continue
+        rows = results[v]
+        for i in range(n):
+            ts, values = rows[index[v][i]]
+            if ts is None or values is None:
+                freshness[i].append(ViewFreshness(plan.view, Freshness.MISSING, 0))
+                batch.reasons.add("features_missing")
+                continue
+            age = now - ts
+            if (ttl > 0 and age > ttl) or age < -max_clock_skew_s:
+                freshness[i].append(
+                    ViewFreshness(plan.view, Freshness.STALE, max(int(age * 1000), 0))
+                )
+                batch.reasons.add("features_stale")
+                continue
+            row = [d if x is None else x for x, d in zip(values, plan.defaults, strict=True)]
+            if any(x is None for x in values):
+                batch.reasons.add("features_null")
+            matrix[i, cols] = row
+            freshness[i].append(ViewFreshness(plan.view, Freshness.FRESH, max(int(age * 1000), 0)))
+    batch.freshness = [tuple(f) for f in freshness]
+    return batch

@@ -1,0 +1,47 @@
+"""Inference stage: hand the assembled tensor to the model server.
+
+The router never batches: Triton's dynamic batcher owns batching, so each
+request goes out as it arrives, bounded by the caller's remaining deadline.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from router.errors import Unavailable
+from router.pipeline.catalog import ModelVersion
+
+
+class ModelServer(Protocol):
+    """The model server as the pipeline sees it (see backends.triton)."""
+
+    async def infer(
+        self,
+        model: str,
+        version: int,
+        input_name: str,
+        output_name: str,
+        batch: np.ndarray,
+        timeout_s: float,
+    ) -> np.ndarray: ...
+
+
+async def score(
+    server: ModelServer, version: ModelVersion, batch: np.ndarray, timeout_s: float
+) -> np.ndarray:
+    """Scores for every row of ``batch``, one float per candidate."""
+    out = await server.infer(
+        version.model,
+        version.version,
+        version.input_name,
+        version.output_name,
+        batch,
+        timeout_s,
+    )
+    scores = np.asarray(out, dtype=np.float64).reshape(-1)
+    if scores.shape[0] != batch.shape[0] or not np.all(np.isfinite(scores)):
+        # A model returning the wrong shape or NaN must never reach a caller as a score.
+        raise Unavailable("model returned an invalid result")
+    return scores

@@ -1,0 +1,101 @@
+"""The Predict pipeline: authenticate, route, read features, score.
+
+Pure orchestration over plain data: no gRPC here. Each stage is timed with
+``time.monotonic()``; the caller's absolute deadline bounds every downstream
+call, and the feature read gets its own, smaller budget so a slow store
+degrades the answer instead of eating the inference time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+
+from router.errors import DeadlineExceeded, InvalidArgument, NotFound
+from router.pipeline import features as features_stage
+from router.pipeline import inference as inference_stage
+from router.pipeline.auth import authenticate
+from router.pipeline.features import FeatureReader
+from router.pipeline.inference import ModelServer
+from router.pipeline.routing import parse_model_ref, resolve
+from router.pipeline.snapshot import Snapshot
+from router.pipeline.types import FallbackLevel, PredictCommand, PredictResult
+
+log = structlog.get_logger("router.predict")
+
+
+class Predictor:
+    def __init__(
+        self,
+        *,
+        snapshot: Callable[[], Snapshot],
+        features: FeatureReader,
+        models: ModelServer,
+        max_candidates: int,
+        feature_timeout_s: float,
+        min_inference_budget_s: float,
+        max_clock_skew_s: float,
+    ) -> None:
+        self._snapshot = snapshot
+        self._features = features
+        self._models = models
+        self._max_candidates = max_candidates
+        self._feature_timeout_s = feature_timeout_s
+        self._min_inference_budget_s = min_inference_budget_s
+        self._max_clock_skew_s = max_clock_skew_s
+
+    async def predict(self, cmd: PredictCommand, deadline: float) -> PredictResult:
+        """Score ``cmd`` before ``deadline`` (a ``time.monotonic()`` instant)."""
+        t0 = time.monotonic()
+        timings: dict[str, int] = {}
+
+        snap = self._snapshot()
+        table = snap.table
+        principal = authenticate(table, cmd.tenant)
+        ref = parse_model_ref(cmd.alias, cmd.version)
+        route = resolve(table, principal.policy, ref)
+        n = len(cmd.candidates)
+        if n == 0:
+            raise InvalidArgument("at least one candidate is required")
+        if n > self._max_candidates:
+            raise InvalidArgument(f"at most {self._max_candidates} candidates per request")
+        catalog = snap.catalog
+        if (route.model, route.version) not in catalog:
+            raise NotFound(f"version '{route.model}@{route.version}' is not loaded")
+        version = catalog.get(route.model, route.version)
+        structlog.contextvars.bind_contextvars(model=route.model, version=route.version)
+        t1 = time.monotonic()
+        timings["routing"] = int((t1 - t0) * 1e6)
+
+        budget = min(self._feature_timeout_s, deadline - t1 - self._min_inference_budget_s)
+        batch = await features_stage.assemble(
+            version,
+            cmd.candidates,
+            self._features,
+            budget,
+            max_clock_skew_s=self._max_clock_skew_s,
+        )
+        t2 = time.monotonic()
+        timings["features"] = int((t2 - t1) * 1e6)
+
+        remaining = deadline - t2
+        if remaining <= 0:
+            raise DeadlineExceeded("deadline exceeded before inference")
+        scores = await inference_stage.score(self._models, version, batch.matrix, remaining)
+        t3 = time.monotonic()
+        timings["inference"] = int((t3 - t2) * 1e6)
+        timings["total"] = int((t3 - t0) * 1e6)
+
+        return PredictResult(
+            model=route.model,
+            version=route.version,
+            alias=route.alias,
+            candidate_ids=[c.candidate_id for c in cmd.candidates],
+            scores=scores.tolist(),
+            freshness=batch.freshness,
+            fallback_level=FallbackLevel.PRIMARY,
+            degraded_reasons=sorted(batch.reasons),
+            timings_us=timings,
+        )

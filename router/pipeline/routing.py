@@ -1,0 +1,133 @@
+"""Routing table: which tenant may use which model, and alias -> version.
+
+The table is validated whole (``extra="forbid"``, cross-references checked)
+and published inside one immutable snapshot (``router.pipeline.snapshot``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from router.errors import ConfigError, InvalidArgument, NotFound, PermissionDenied
+
+_NAME = r"[a-z][a-z0-9_\-]{0,62}"
+_ALIAS_REF = re.compile(rf"^({_NAME}):({_NAME})$")
+_VERSION_REF = re.compile(rf"^({_NAME})@([1-9][0-9]{{0,8}})$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelRoute(_Frozen):
+    versions: tuple[int, ...] = Field(min_length=1)
+    """Versions that may be served (each must exist in the model repository)."""
+    aliases: dict[str, int] = Field(default_factory=dict)
+    """Alias name -> version, e.g. {"prod": 1, "canary": 2}."""
+
+    @model_validator(mode="after")
+    def _aliases_point_at_versions(self) -> Self:
+        for alias, version in self.aliases.items():
+            if not re.fullmatch(_NAME, alias):
+                raise ValueError(f"invalid alias name {alias!r}")
+            if version not in self.versions:
+                raise ValueError(f"alias {alias!r} points at unlisted version {version}")
+        return self
+
+
+class TenantPolicy(_Frozen):
+    models: tuple[str, ...] = ()
+    """Models this tenant may call (any alias or listed version)."""
+    scopes: tuple[str, ...] = ("predict",)
+    """Granted scopes: "predict" for scoring, "admin" for the admin API."""
+
+
+class RoutingTable(_Frozen):
+    version: str = "0"
+    """Label of this table revision, logged on every swap."""
+    models: dict[str, ModelRoute]
+    tenants: dict[str, TenantPolicy]
+
+    @model_validator(mode="after")
+    def _tenants_reference_models(self) -> Self:
+        for name in self.models:
+            if not re.fullmatch(_NAME, name):
+                raise ValueError(f"invalid model name {name!r}")
+        for tenant, policy in self.tenants.items():
+            unknown = set(policy.models) - set(self.models)
+            if unknown:
+                raise ValueError(f"tenant {tenant!r} references unknown models {sorted(unknown)}")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> RoutingTable:
+        try:
+            raw = yaml.safe_load(path.read_text())
+            return cls.model_validate(raw)
+        except (OSError, yaml.YAMLError, ValidationError) as e:
+            raise ConfigError(f"invalid routing table {path}: {e}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A parsed model reference: either an alias or a pinned version."""
+
+    model: str
+    alias: str | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one request goes: the resolved version and how it was reached."""
+
+    model: str
+    version: int
+    alias: str | None
+
+
+def parse_model_ref(alias: str | None, version: str | None) -> ModelRef:
+    """Parse ``model:alias`` or ``model@version``; INVALID_ARGUMENT otherwise."""
+    if alias:
+        m = _ALIAS_REF.match(alias)
+        if not m:
+            raise InvalidArgument("model alias must look like '<model>:<alias>', e.g. 'fraud:prod'")
+        return ModelRef(model=m.group(1), alias=m.group(2))
+    if version:
+        m = _VERSION_REF.match(version)
+        if not m:
+            raise InvalidArgument(
+                "model version must look like '<model>@<version>', e.g. 'fraud@3'"
+            )
+        return ModelRef(model=m.group(1), version=int(m.group(2)))
+    raise InvalidArgument("one of model alias or version is required")
+
+
+def resolve(table: RoutingTable, policy: TenantPolicy, ref: ModelRef) -> Route:
+    """Authorize the tenant's ``policy`` for ``ref`` and resolve it to a version.
+
+    A model that exists but is not granted answers PERMISSION_DENIED; one that
+    does not exist answers NOT_FOUND.
+    """
+    if "predict" not in policy.scopes:
+        raise PermissionDenied("tenant may not call Predict")
+    if ref.model not in policy.models:
+        if ref.model in table.models:
+            raise PermissionDenied(f"tenant may not use model '{ref.model}'")
+        raise NotFound(f"unknown model '{ref.model}'")
+    route = table.models[ref.model]
+    if ref.alias is not None:
+        version = route.aliases.get(ref.alias)
+        if version is None:
+            raise NotFound(f"unknown alias '{ref.model}:{ref.alias}'")
+        return Route(model=ref.model, version=version, alias=ref.alias)
+    assert ref.version is not None
+    if ref.version not in route.versions:
+        raise NotFound(f"unknown version '{ref.model}@{ref.version}'")
+    return Route(model=ref.model, version=ref.version, alias=None)

@@ -1,0 +1,135 @@
+"""The router's one settings object.
+
+Built once at start-up by the composition root (``router.app``) from
+``INFERLINE_*`` environment variables (nested sections use ``__``, e.g.
+``INFERLINE_TRITON__URL``) and passed down. Nothing else in the router reads
+``os.environ``. Frozen, so no module can change a setting behind another's back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds to."""
+    port: int = Field(default=50051, ge=0, le=65535)
+    """gRPC port (0 picks a free one; the bound port is logged)."""
+    grace_period_s: float = Field(default=5.0, ge=0)
+    """On SIGTERM, how long in-flight RPCs may finish before they are cancelled."""
+    max_receive_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    """Largest accepted request; larger ones get RESOURCE_EXHAUSTED from gRPC."""
+    reflection: bool = True
+    """Serve gRPC server reflection (grpcurl, debugging)."""
+
+
+class TritonSettings(_Section):
+    url: str = "127.0.0.1:8001"
+    """Triton gRPC endpoint, host:port."""
+    startup_timeout_s: float = Field(default=60.0, gt=0)
+    """How long start-up waits for Triton to report ready before failing."""
+
+
+class FeatureSettings(_Section):
+    repo_path: Path = Path("build/feast")
+    """Feast repository (directory holding feature_store.yaml and its registry)."""
+    timeout_ms: float = Field(default=8.0, gt=0)
+    """Hard budget for the batched online read (DESIGN.md latency budget). On
+    expiry the request is scored with defaults and marked degraded."""
+    max_clock_skew_s: float = Field(default=5.0, ge=0)
+    """Event timestamps this far in the future are tolerated (writer clock skew)."""
+
+
+class ModelSettings(_Section):
+    repository: Path = Path("build/model_repository")
+    """Triton model repository; each version directory holds metadata.json."""
+
+
+class RoutingSettings(_Section):
+    table_path: Path = Path("scripts/demo_routing.yaml")
+    """YAML routing table: models, aliases, tenants (validated, swapped whole)."""
+    reload_interval_s: float = Field(default=2.0, ge=0)
+    """How often the table file is checked for changes; 0 disables reloading."""
+
+
+class TlsSettings(_Section):
+    cert_file: Path | None = None
+    """PEM server certificate. With key_file set, the router serves TLS only."""
+    key_file: Path | None = None
+    """PEM private key for cert_file."""
+    client_ca_file: Path | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
+
+
+class AuthSettings(_Section):
+    mode: Literal["header", "edge"] = "header"
+    """How the caller's tenant is established. "edge": from the identity Envoy
+    forwards (XFCC URI SAN or verified JWT payload), believed only when the mTLS
+    peer is a trusted edge. "header": from ``tenant_header`` as sent (local
+    development and tests only: anyone can claim any tenant)."""
+    tenant_header: str = "x-inferline-tenant"
+    """Metadata key read in "header" mode."""
+    trusted_peers: tuple[str, ...] = ("spiffe://inferline/edge/envoy",)
+    """URI SANs of peers allowed to forward identity (the edge's own identity)."""
+    xfcc_header: str = "x-forwarded-client-cert"
+    """Header Envoy sets (SANITIZE_SET) with the client certificate's URI SAN."""
+    jwt_payload_header: str = "x-inferline-jwt-payload"
+    """Header Envoy's jwt_authn forwards the verified payload in (base64url JSON)."""
+    tenant_uri_prefix: str = "spiffe://inferline/tenant/"
+    """SPIFFE id prefix of tenant workloads: ``<prefix><tenant>/svc/<service>``."""
+
+
+class LimitSettings(_Section):
+    max_candidates: int = Field(default=64, ge=1, le=4096)
+    """Most candidates accepted in one Predict call."""
+    default_deadline_ms: float = Field(default=1000.0, gt=0)
+    """Deadline applied when the caller sets none."""
+    min_inference_budget_ms: float = Field(default=2.0, ge=0)
+    """Time reserved for inference when the feature read is budgeted: the read
+    gets at most (remaining deadline - this)."""
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Minimum log level."""
+    json_output: bool = True
+    """JSON lines (production) or human-readable console output (local runs)."""
+
+
+class Settings(BaseSettings):
+    """All router settings, one section per dependency."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INFERLINE_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    server: ServerSettings = ServerSettings()
+    """Inbound gRPC server."""
+    triton: TritonSettings = TritonSettings()
+    """Triton Inference Server connection."""
+    features: FeatureSettings = FeatureSettings()
+    """Feast online feature store."""
+    models: ModelSettings = ModelSettings()
+    """Model repository (version metadata)."""
+    routing: RoutingSettings = RoutingSettings()
+    """Routing table (tenants, models, aliases)."""
+    tls: TlsSettings = TlsSettings()
+    """Inbound TLS / mTLS."""
+    auth: AuthSettings = AuthSettings()
+    """Caller identity."""
+    limits: LimitSettings = LimitSettings()
+    """Request limits and deadlines."""
+    log: LogSettings = LogSettings()
+    """Logging."""

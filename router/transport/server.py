@@ -1,0 +1,83 @@
+"""Build the grpc.aio server: Predict, health and reflection, one interceptor."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from inferline.v1 import inference_pb2, inference_pb2_grpc
+from router.errors import ConfigError
+from router.settings import ServerSettings, TlsSettings
+from router.transport.interceptors import ErrorInterceptor
+from router.transport.servicer import InferenceServicer
+
+SERVICE_NAME: str = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+class GrpcServer:
+    def __init__(
+        self, settings: ServerSettings, tls: TlsSettings, servicer: InferenceServicer
+    ) -> None:
+        self._settings = settings
+        self._tls = tls
+        self.health = HealthServicer()
+        self._server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+                ("grpc.so_reuseport", 1),
+            ],
+        )
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (
+                    SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                self._server,
+            )
+        self.port = 0
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        tls = self._tls
+        if tls.cert_file is None and tls.key_file is None:
+            return None
+        if tls.cert_file is None or tls.key_file is None:
+            raise ConfigError("tls.cert_file and tls.key_file must be set together")
+        ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+    async def start(self) -> int:
+        address = f"{self._settings.host}:{self._settings.port}"
+        creds = self._credentials()
+        if creds is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, creds)
+        await self._server.start()
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self._settings.grace_period_s)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()

@@ -1,0 +1,115 @@
+"""inferline.v1.InferenceService over the Predict pipeline.
+
+Converts protobuf to plain pipeline data and back; owns caller identity
+extraction from metadata, request/trace ids and the caller's deadline. No
+business logic lives here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import grpc
+import structlog
+
+from inferline.v1 import inference_pb2, inference_pb2_grpc
+from router.errors import InvalidArgument
+from router.pipeline.predict import Predictor
+from router.pipeline.types import CandidateIn, PredictCommand, PredictResult, Scalar
+from router.settings import AuthSettings
+from router.transport.identity import caller_tenant
+
+_MAX_ID_LEN = 128
+
+
+def _scalar(name: str, value: inference_pb2.Value) -> Scalar:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument(f"'{name}' has no value set")
+    result: Scalar = getattr(value, kind)
+    return result
+
+
+def _candidate(c: inference_pb2.Candidate) -> CandidateIn:
+    return CandidateIn(
+        candidate_id=c.candidate_id,
+        entities={k: _scalar(k, v) for k, v in c.entities.items()},
+        features={k: _scalar(k, v) for k, v in c.features.items()},
+    )
+
+
+def _trace_id(metadata: dict[str, str]) -> str:
+    """The W3C trace id from ``traceparent`` when valid, else a new random one."""
+    parts = metadata.get("traceparent", "").split("-")
+    if len(parts) == 4 and len(parts[1]) == 32:
+        try:
+            int(parts[1], 16)
+            if parts[1] != "0" * 32:
+                return parts[1].lower()
+        except ValueError:
+            pass
+    return os.urandom(16).hex()
+
+
+def _response(
+    result: PredictResult, request_id: str, trace_id: str, timings: bool
+) -> inference_pb2.PredictResponse:
+    resp = inference_pb2.PredictResponse(
+        request_id=request_id,
+        trace_id=trace_id,
+        model=inference_pb2.ServedModel(
+            name=result.model, version=result.version, alias=result.alias or ""
+        ),
+        degraded=result.degraded,
+        fallback_level=int(result.fallback_level),  # type: ignore[arg-type]
+        degraded_reasons=result.degraded_reasons,
+    )
+    for i, score in enumerate(result.scores):
+        s = resp.scores.add(candidate_id=result.candidate_ids[i], score=score)
+        for f in result.freshness[i]:
+            s.freshness.add(feature_view=f.view, status=int(f.status), age_ms=f.age_ms)  # type: ignore[arg-type]
+    if timings:
+        for stage, us in result.timings_us.items():
+            resp.timings.add(stage=stage, duration_us=us)
+    return resp
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(
+        self, predictor: Predictor, *, auth: AuthSettings, default_deadline_s: float
+    ) -> None:
+        self._predictor = predictor
+        self._auth = auth
+        self._default_deadline_s = default_deadline_s
+
+    async def Predict(
+        self, request: inference_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.PredictResponse:
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        if len(request.request_id) > _MAX_ID_LEN or len(request.idempotency_key) > _MAX_ID_LEN:
+            raise InvalidArgument(
+                f"request_id and idempotency_key are limited to {_MAX_ID_LEN} characters"
+            )
+        request_id = request.request_id or uuid.uuid4().hex
+        trace_id = _trace_id(metadata)
+        tenant = caller_tenant(self._auth, metadata, context)
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id, trace_id=trace_id, tenant=tenant
+        )
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + (
+            remaining if remaining is not None else self._default_deadline_s
+        )
+        which = request.WhichOneof("model")
+        cmd = PredictCommand(
+            request_id=request_id,
+            tenant=tenant,
+            alias=request.alias if which == "alias" else None,
+            version=request.version if which == "version" else None,
+            candidates=tuple(_candidate(c) for c in request.candidates),
+            idempotency_key=request.idempotency_key,
+        )
+        result = await self._predictor.predict(cmd, deadline)
+        return _response(result, request_id, trace_id, request.options.return_timings)

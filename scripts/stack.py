@@ -1,0 +1,593 @@
+"""Start and stop the local stack: Redis, Triton and the router, as real processes.
+
+One launcher serves ``make demo``, the integration tests and the benchmarks, so all
+run the same binaries the same way: loopback only, free ports picked at start, one
+log per process, readiness deadlines, and a stop that leaves no orphans: each child
+leads its own process group (stop signals the group, Triton's stubs included), live
+supervisors are stopped at exit, and children get SIGTERM if the launching thread
+dies (``PR_SET_PDEATHSIG``), which covers a SIGKILLed test runner.
+
+CLI: ``python -m scripts.stack up --build build`` (Ctrl-C or SIGTERM stops).
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import atexit
+import contextlib
+import ctypes
+import dataclasses
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Literal, NamedTuple, Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from scripts import tritonpaths
+
+ROOT = Path(__file__).resolve().parent.parent
+STUB_NAME = "triton_python_backend_stub"
+ROUTER_HEALTH_SERVICE = "inferline.v1.InferenceService"
+
+# Log lines meaning "someone took the port between our pick and the bind":
+# the start is retried on fresh ports instead of failing the run.
+_BIND_ERROR = re.compile(r"address already in use|already in use|failed to bind", re.IGNORECASE)
+_START_ATTEMPTS = 3
+_PR_SET_PDEATHSIG = 1
+
+
+class StackError(RuntimeError):
+    """A process died, never became ready, or the build directory is incomplete."""
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """``n`` distinct free loopback ports (a lost race is retried by ``start``)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+class ProcInfo(NamedTuple):
+    pid: int
+    ppid: int
+    pgid: int
+    cpu_s: float  # user + system so far
+    exe: str  # basename of argv[0] (``comm`` is cut at 15 characters)
+
+
+def processes() -> Iterator[ProcInfo]:
+    """Live (non-zombie) processes, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+            argv0 = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0", 1)[0]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        f = raw[raw.rfind(")") + 2 :].split()  # f[0] is the state
+        if f[0] != "Z":
+            cpu = (int(f[11]) + int(f[12])) / ticks
+            exe = os.path.basename(argv0.decode(errors="replace"))
+            yield ProcInfo(int(entry), int(f[1]), int(f[2]), cpu, exe)
+
+
+def group_pids(pgid: int) -> list[int]:
+    return [p.pid for p in processes() if p.pgid == pgid]
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU used so far by the live members of a process group (for benchmarks)."""
+    return sum(p.cpu_s for p in processes() if p.pgid == pgid)
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        data = path.read_bytes()[-16384:]
+    except FileNotFoundError:
+        return "(no log file)"
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+_live: list[Supervisor] = []
+_live_lock = threading.Lock()
+
+
+def stop_all() -> None:
+    """Stop every live supervisor, newest first (registered with atexit)."""
+    with _live_lock:
+        procs = list(reversed(_live))
+    for p in procs:
+        p.stop()
+
+
+atexit.register(stop_all)
+
+
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # Linux only, like /proc
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """preexec_fn: SIGTERM the child when the launching thread dies.
+
+    The kernel ties PDEATHSIG to the *thread* that forked, so it is only armed
+    when launching from the main thread; elsewhere atexit is the safety net.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def arm() -> None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # parent died between fork and prctl
+            os._exit(1)
+
+    return arm
+
+
+class Supervisor(abc.ABC):
+    """One child process: free ports, log file, readiness wait, group stop.
+
+    Subclasses provide the command, the number of ports and a readiness probe.
+    """
+
+    name = "process"
+    n_ports = 1
+    start_timeout_s = 30.0
+    stop_timeout_s = 10.0  # after SIGTERM, before SIGKILL
+
+    def __init__(self, log_dir: Path, *, env: Mapping[str, str] | None = None) -> None:
+        self.log_dir = Path(log_dir)
+        self._extra_env = dict(env or {})
+        self.ports: list[int] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self._unique_log_path()
+        self._log: IO[bytes] | None = None
+
+    @abc.abstractmethod
+    def command(self) -> list[str]:
+        """argv to run; called on every start attempt, after ``self.ports`` is set."""
+
+    @abc.abstractmethod
+    def probe(self) -> bool:
+        """One readiness check; must return quickly (short timeouts)."""
+
+    def base_env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} is not started"
+        return self.proc.pid
+
+    def group_pids(self) -> list[int]:
+        """Every live process of this child's group (it and what it spawned)."""
+        return group_pids(self.pid) if self.proc is not None else []
+
+    def _unique_log_path(self) -> Path:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        path, n = self.log_dir / f"{self.name}.log", 1
+        while path.exists():
+            n += 1
+            path = self.log_dir / f"{self.name}-{n}.log"
+        return path
+
+    def start(self) -> Self:
+        if self.proc is not None:
+            raise StackError(f"{self.name} already started")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        with _live_lock:
+            _live.append(self)
+        try:
+            for attempt in range(1, _START_ATTEMPTS + 1):
+                self.ports = free_ports(self.n_ports)
+                if self._launch_and_wait(last=attempt == _START_ATTEMPTS):
+                    return self
+            raise AssertionError("unreachable")  # _launch_and_wait raises on the last try
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch_and_wait(self, *, last: bool) -> bool:
+        """Start once and wait for readiness; False means "port race, retry"."""
+        assert self._log is not None
+        cmd = self.command()
+        env = self.base_env()
+        env.update(self._extra_env)
+        self._log.write(f"# {time.strftime('%H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+        self._log.flush()
+        log_offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            rc = self.proc.poll()
+            if rc is not None:
+                new_output = self.log_path.read_bytes()[log_offset:].decode(errors="replace")
+                self._reap_group()
+                self.proc = None
+                if not last and _BIND_ERROR.search(new_output):
+                    return False
+                raise self._error(f"exited with code {rc} before becoming ready")
+            if self.probe():
+                return True
+            if time.monotonic() > deadline:
+                raise self._error(f"not ready after {self.start_timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    def _error(self, what: str) -> StackError:
+        tail = log_tail(self.log_path)
+        return StackError(f"{self.name} {what} (log {self.log_path}):\n{tail}")
+
+    def check_alive(self) -> None:
+        """Raise StackError with the log tail if the process has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise self._error(f"exited with code {self.proc.returncode}")
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def _reap_group(self) -> None:
+        """Leader is gone: give the rest of its group 2 s to follow, then SIGKILL it."""
+        assert self.proc is not None
+        for grace_s in (2.0, 5.0):
+            deadline = time.monotonic() + grace_s
+            while group_pids(self.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not group_pids(self.proc.pid):
+                return
+            self._signal_group(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """SIGTERM the group, wait ``stop_timeout_s``, then SIGKILL. Idempotent."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self._signal_group(signal.SIGTERM)
+                try:
+                    self.proc.wait(self.stop_timeout_s)
+                except subprocess.TimeoutExpired:
+                    self._signal_group(signal.SIGKILL)
+                    self.proc.wait()
+            self._reap_group()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        with _live_lock:
+            if self in _live:
+                _live.remove(self)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class TritonServer(Supervisor):
+    """tritonserver from the nvidia-pytriton wheel. Ready = HTTP /v2/health/ready."""
+
+    name = "tritonserver"
+    n_ports = 3  # grpc, http, metrics
+    start_timeout_s = 60.0
+    stop_timeout_s = 15.0  # --exit-timeout-secs=5 plus model unload
+
+    def __init__(
+        self,
+        model_repository: Path,
+        log_dir: Path,
+        *,
+        model_control_mode: str = "none",
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(log_dir, env=env)
+        self.model_repository = Path(model_repository).resolve()
+        self.model_control_mode = model_control_mode
+        self.extra_args = list(extra_args)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports[0]}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.ports[1]}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"127.0.0.1:{self.ports[2]}"
+
+    def command(self) -> list[str]:
+        tritonpaths.ensure_python_stub()
+        grpc_port, http_port, metrics_port = self.ports
+        return [
+            str(tritonpaths.tritonserver_binary()),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={tritonpaths.backends_dir()}",
+            "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
+            "--http-address=127.0.0.1", f"--http-port={http_port}",
+            "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
+            "--exit-timeout-secs=5", f"--model-control-mode={self.model_control_mode}",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = "1"
+        env["INFERLINE_EXTRA_SITE_PACKAGES"] = os.pathsep.join(tritonpaths.venv_site_packages())
+        return env
+
+    def http_get(self, path: str, *, metrics: bool = False, timeout: float = 1.0) -> bytes:
+        """GET on Triton's HTTP (or metrics) endpoint; raises OSError unless 200."""
+        port = self.ports[2 if metrics else 1]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise OSError(f"GET {path} on port {port}: HTTP {resp.status} {body[:200]!r}")
+        return body
+
+    def probe(self) -> bool:
+        try:
+            self.http_get("/v2/health/ready")
+        except OSError:
+            return False
+        return True
+
+    def stub_pids(self) -> list[int]:
+        """Python-backend stub processes (one per model instance), for fault tests."""
+        if self.proc is None:
+            return []
+        return [p.pid for p in processes() if p.ppid == self.pid and p.exe == STUB_NAME]
+
+
+class RedisServer(Supervisor):
+    """redis-server without persistence. Ready = PING answered with PONG."""
+
+    name = "redis"
+    start_timeout_s = 15.0
+    stop_timeout_s = 5.0
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.ports[0]}"
+
+    def command(self) -> list[str]:
+        port, log_dir = str(self.ports[0]), str(self.log_dir.resolve())
+        return ["redis-server", "--port", port, "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", log_dir]  # fmt: skip
+
+    def probe(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.ports[0]), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+_ROUTER_BIND_VARS = frozenset({"INFERLINE_SERVER__HOST", "INFERLINE_SERVER__PORT"})
+
+
+class RouterProcess(Supervisor):
+    """``python -m router`` (or any gRPC server given as ``command``).
+
+    Ready = grpc.health.v1 Check(``health_service``) returns SERVING. The child
+    sees the parent's environment minus every INFERLINE_* variable, plus ``env``
+    and INFERLINE_SERVER__HOST/PORT (the port picked here).
+    """
+
+    name = "router"
+    start_timeout_s = 60.0  # loads Feast, waits for Triton
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        *,
+        command: Sequence[str] | None = None,
+        health_service: str = ROUTER_HEALTH_SERVICE,
+    ) -> None:
+        # The bind address and port are ours to choose: drop any the caller passed.
+        super().__init__(log_dir, env={k: v for k, v in env.items() if k not in _ROUTER_BIND_VARS})
+        self._command = list(command or [sys.executable, "-m", "router"])
+        self.health_service = health_service
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.ports[0]}"
+
+    def command(self) -> list[str]:
+        return self._command
+
+    def base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INFERLINE_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        env["INFERLINE_SERVER__HOST"] = "127.0.0.1"
+        env["INFERLINE_SERVER__PORT"] = str(self.ports[0])
+        return env
+
+    def probe(self) -> bool:
+        request = health_pb2.HealthCheckRequest(service=self.health_service)
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                resp = health_pb2_grpc.HealthStub(channel).Check(request, timeout=1.0)
+            except grpc.RpcError:
+                return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+OnlineStore = Literal["sqlite", "redis"]
+FeastBuilder = Callable[[Path, str], Path]
+"""(scratch_dir, redis_url) -> Feast repo path wired to that Redis, features loaded."""
+
+
+def build_demo_for_redis(out: Path, redis_url: str) -> Path:
+    """Default FeastBuilder: rerun the demo build against the given Redis."""
+    cmd = [sys.executable, "-m", "scripts.build_demo", "--out", str(out),
+           "--online-store", "redis", "--redis-url", redis_url]  # fmt: skip
+    log = out.parent / f"{out.name}.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as f:
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if rc != 0:
+        raise StackError(f"{' '.join(cmd)} failed with code {rc} (log {log}):\n{log_tail(log)}")
+    return out / "feast"
+
+
+@dataclasses.dataclass
+class Stack:
+    """Redis (if asked) -> Triton -> router, started in order and stopped in reverse.
+
+    ``build_dir`` is the output of ``python -m scripts.build_demo --out DIR``
+    (``model_repository/`` and ``feast/``). With ``online_store="redis"`` the
+    Feast repo is rebuilt against the fresh Redis by ``feast_builder``.
+    """
+
+    build_dir: Path
+    log_dir: Path
+    _: dataclasses.KW_ONLY
+    routing_table: Path
+    online_store: OnlineStore = "sqlite"
+    feast_builder: FeastBuilder = build_demo_for_redis
+    router_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    triton_args: Sequence[str] = ()
+    with_router: bool = True
+    redis: RedisServer | None = dataclasses.field(default=None, init=False)
+    triton: TritonServer | None = dataclasses.field(default=None, init=False)
+    router: RouterProcess | None = dataclasses.field(default=None, init=False)
+    feast_repo: Path | None = dataclasses.field(default=None, init=False)
+    _stack: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
+
+    def __post_init__(self) -> None:
+        self.build_dir, self.log_dir = Path(self.build_dir).resolve(), Path(self.log_dir).resolve()
+        self.routing_table = Path(self.routing_table).resolve()
+
+    def _check_build(self) -> Path:
+        repo = self.build_dir / "model_repository"
+        needed = [repo] + ([self.build_dir / "feast"] if self.online_store == "sqlite" else [])
+        missing = [str(p) for p in needed if not p.is_dir()]
+        if self.with_router and not self.routing_table.is_file():
+            missing.append(str(self.routing_table))
+        if missing:
+            raise StackError(f"missing {', '.join(missing)}: run `make build` first")
+        return repo
+
+    def start(self) -> Self:
+        repo = self._check_build()
+        with contextlib.ExitStack() as stack:
+            if self.online_store == "redis":
+                self.redis = stack.enter_context(RedisServer(self.log_dir))
+                self.feast_repo = self.feast_builder(self.log_dir / "build-redis", self.redis.url)
+            else:
+                self.feast_repo = self.build_dir / "feast"
+            self.triton = stack.enter_context(
+                TritonServer(repo, self.log_dir, extra_args=self.triton_args)
+            )
+            if self.with_router:
+                env = {
+                    "INFERLINE_TRITON__URL": self.triton.grpc_url,
+                    "INFERLINE_FEATURES__REPO_PATH": str(self.feast_repo),
+                    "INFERLINE_MODELS__REPOSITORY": str(repo),
+                    "INFERLINE_ROUTING__TABLE_PATH": str(self.routing_table),
+                    **self.router_env,
+                }
+                self.router = stack.enter_context(RouterProcess(env, self.log_dir))
+            self._stack = stack.pop_all()
+        return self
+
+    def stop(self) -> None:
+        self._stack.close()
+
+    def supervisors(self) -> list[Supervisor]:
+        return [s for s in (self.redis, self.triton, self.router) if s is not None]
+
+    def check_alive(self) -> None:
+        for s in self.supervisors():
+            s.check_alive()
+
+    def addresses(self) -> dict[str, str]:
+        out = {"router": self.router.address} if self.router else {}
+        if self.triton is not None:
+            t = self.triton
+            out |= {"triton_grpc": t.grpc_url, "triton_http": t.http_url}
+            out["triton_metrics"] = t.metrics_url
+        if self.redis is not None:
+            out["redis"] = self.redis.url
+        return out | {"logs": str(self.log_dir)}
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def add_stack_args(p: argparse.ArgumentParser) -> None:
+    """Stack options shared by this CLI and the benchmarks."""
+    p.add_argument("--build", type=Path, default=ROOT / "build", help="build_demo output dir")
+    p.add_argument("--log-dir", type=Path, default=None, help="default: <build>/logs/<time>")
+    p.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite")
+    p.add_argument("--routing-table", type=Path, default=ROOT / "scripts" / "demo_routing.yaml")
+    p.add_argument("--no-router", action="store_true", help="Redis and Triton only")
+
+
+def stack_from_args(args: argparse.Namespace) -> Stack:
+    log_dir = args.log_dir or args.build / "logs" / time.strftime("stack-%Y%m%d-%H%M%S")
+    store, table, router = args.online_store, args.routing_table, not args.no_router
+    return Stack(args.build, log_dir, online_store=store, routing_table=table, with_router=router)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.stack", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start the stack and wait for Ctrl-C / SIGTERM")
+    add_stack_args(up)
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with stack_from_args(args) as stack:
+            for k, v in stack.addresses().items():
+                print(f"{k:15} {v}", flush=True)
+            print("stack is up; Ctrl-C stops it", flush=True)
+            while not stop.wait(0.5):
+                stack.check_alive()
+            print("stopping...", flush=True)
+    except StackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The error interceptor on a real grpc.aio server: every failure is a clean status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from inferline.v1 import inference_pb2, inference_pb2_grpc
+from router.errors import NotFound, ResourceExhausted
+from router.transport.interceptors import ErrorInterceptor
+
+METHOD = "/inferline.v1.InferenceService/Predict"
+
+
+class _Servicer(inference_pb2_grpc.InferenceServiceServicer):
+    async def Predict(self, request, context):  # type: ignore[no-untyped-def]
+        match request.request_id:
+            case "not-found":
+                raise NotFound("unknown model 'x'")
+            case "quota":
+                raise ResourceExhausted("over quota")
+            case "bug":
+                raise KeyError("secret internal detail /etc/passwd")
+        return inference_pb2.PredictResponse(request_id=request.request_id)
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(_Servicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield ch
+    await server.stop(0)
+
+
+async def _call(ch: grpc.aio.Channel, request_id: str) -> inference_pb2.PredictResponse:
+    stub = inference_pb2_grpc.InferenceServiceStub(ch)
+    return await stub.Predict(inference_pb2.PredictRequest(request_id=request_id), timeout=5)
+
+
+async def test_ok_passes_through(channel: grpc.aio.Channel) -> None:
+    assert (await _call(channel, "fine")).request_id == "fine"
+
+
+@pytest.mark.parametrize(
+    ("rid", "code", "message"),
+    [
+        ("not-found", grpc.StatusCode.NOT_FOUND, "unknown model 'x'"),
+        ("quota", grpc.StatusCode.RESOURCE_EXHAUSTED, "over quota"),
+        ("bug", grpc.StatusCode.INTERNAL, "internal error"),
+    ],
+)
+async def test_errors_map_to_status(
+    channel: grpc.aio.Channel, rid: str, code: grpc.StatusCode, message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await _call(channel, rid)
+    assert exc.value.code() == code
+    assert exc.value.details() == message
+    assert "Traceback" not in (exc.value.details() or "")
+    assert "passwd" not in (exc.value.debug_error_string() or "")
+
+
+@pytest.mark.parametrize("body", [b"\xff\xff\xff\xff", b"\x0a\x05ab", b"\x08" + b"\xff" * 11])
+async def test_garbage_body_is_invalid_argument_and_server_survives(
+    channel: grpc.aio.Channel, body: bytes
+) -> None:
+    raw = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await raw(body, timeout=5)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await _call(channel, "after")).request_id == "after"

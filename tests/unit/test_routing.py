@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from router.errors import Code, ConfigError, InferlineError
+from router.pipeline.auth import authenticate
+from router.pipeline.routing import RoutingTable, parse_model_ref, resolve
+
+TABLE = {
+    "version": "t1",
+    "models": {
+        "fraud": {"versions": [1, 2], "aliases": {"prod": 1, "canary": 2}},
+        "ranker": {"versions": [1], "aliases": {"prod": 1}},
+    },
+    "tenants": {
+        "a": {"models": ["fraud"]},
+        "b": {"models": ["ranker"], "scopes": ["admin"]},
+    },
+}
+
+
+@pytest.fixture
+def table() -> RoutingTable:
+    return RoutingTable.model_validate(TABLE)
+
+
+def _code(exc: pytest.ExceptionInfo[InferlineError]) -> Code:
+    return exc.value.code
+
+
+@pytest.mark.parametrize(
+    ("alias", "version", "expected"),
+    [
+        ("fraud:prod", None, ("fraud", "prod", None)),
+        (None, "fraud@2", ("fraud", None, 2)),
+    ],
+)
+def test_parse_model_ref(
+    alias: str | None, version: str | None, expected: tuple[object, ...]
+) -> None:
+    ref = parse_model_ref(alias, version)
+    assert (ref.model, ref.alias, ref.version) == expected
+
+
+@pytest.mark.parametrize(
+    ("alias", "version"),
+    [
+        (None, None),
+        ("fraud", None),
+        ("fraud:", None),
+        ("Fraud:prod", None),
+        (None, "fraud@0"),
+        (None, "fraud@x"),
+        (None, "fraud:prod"),
+        ("fraud@1", None),
+        ("a" * 100 + ":prod", None),
+    ],
+)
+def test_malformed_model_ref_is_invalid_argument(alias: str | None, version: str | None) -> None:
+    with pytest.raises(InferlineError) as exc:
+        parse_model_ref(alias, version)
+    assert _code(exc) is Code.INVALID_ARGUMENT
+
+
+def test_resolve_alias_and_version(table: RoutingTable) -> None:
+    a = authenticate(table, "a")
+    route = resolve(table, a.policy, parse_model_ref("fraud:canary", None))
+    assert (route.model, route.version, route.alias) == ("fraud", 2, "canary")
+    route = resolve(table, a.policy, parse_model_ref(None, "fraud@1"))
+    assert (route.model, route.version, route.alias) == ("fraud", 1, None)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "alias", "version", "code"),
+    [
+        ("a", "ranker:prod", None, Code.PERMISSION_DENIED),  # exists, not granted
+        ("a", "nope:prod", None, Code.NOT_FOUND),
+        ("a", "fraud:staging", None, Code.NOT_FOUND),
+        ("a", None, "fraud@9", Code.NOT_FOUND),
+        ("b", "ranker:prod", None, Code.PERMISSION_DENIED),  # no predict scope
+    ],
+)
+def test_resolve_errors(
+    table: RoutingTable, tenant: str, alias: str | None, version: str | None, code: Code
+) -> None:
+    p = authenticate(table, tenant)
+    with pytest.raises(InferlineError) as exc:
+        resolve(table, p.policy, parse_model_ref(alias, version))
+    assert _code(exc) is code
+
+
+@pytest.mark.parametrize("tenant", [None, "", "zzz"])
+def test_unknown_or_missing_tenant_is_unauthenticated(
+    table: RoutingTable, tenant: str | None
+) -> None:
+    with pytest.raises(InferlineError) as exc:
+        authenticate(table, tenant)
+    assert _code(exc) is Code.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda t: t["models"]["fraud"]["aliases"].update({"prod": 7}),  # alias -> unlisted version
+        lambda t: t["tenants"]["a"]["models"].append("ghost"),  # unknown model
+        lambda t: t.update({"surprise": 1}),  # extra key
+        lambda t: t["models"]["fraud"].update({"versions": []}),
+    ],
+)
+def test_invalid_tables_rejected(mutate, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    import yaml
+
+    raw = copy.deepcopy(TABLE)
+    mutate(raw)
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError):
+        RoutingTable.from_yaml(path)
+
+
+def test_table_is_immutable(table: RoutingTable) -> None:
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
+        table.version = "x"  # type: ignore[misc]
+
+
+def test_demo_table_is_valid() -> None:
+    table = RoutingTable.from_yaml(Path("scripts/demo_routing.yaml"))
+    assert table.models["fraud"].aliases["prod"] == 1
