@@ -15,13 +15,16 @@ import signal
 import structlog
 
 from router.backends.feast_store import FeastFeatureStore
-from router.backends.triton import TritonModelServer
-from router.errors import ConfigError
+from router.backends.triton import TritonPools
+from router.errors import ConfigError, Unavailable
 from router.logging import configure_logging
+from router.pipeline.admission import Admission
+from router.pipeline.passthrough import Passthrough
 from router.pipeline.predict import Predictor
 from router.pipeline.routing import RoutingTable
 from router.pipeline.snapshot import Snapshot, SnapshotHolder
 from router.settings import Settings
+from router.transport.kserve import kserve_handler
 from router.transport.server import GrpcServer
 from router.transport.servicer import InferenceServicer
 
@@ -32,7 +35,8 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.features = FeastFeatureStore(settings.features.repo_path)
-        self.triton = TritonModelServer(settings.triton.url)
+        self.triton = TritonPools(settings.triton.url, settings.triton.startup_timeout_s)
+        self.admission = Admission(settings.limits.max_in_flight)
         self.snapshots: SnapshotHolder | None = None
         self.server: GrpcServer | None = None
         self._reloader: asyncio.Task[None] | None = None
@@ -53,11 +57,13 @@ class App:
         configure_logging(s.log)
         self.features.start()
         self.snapshots = SnapshotHolder(self._load_snapshot())
-        await self.triton.start(s.triton.startup_timeout_s)
+        await self.triton.start()
+        await self.triton.sync(self.snapshots.current.table.pools)
         predictor = Predictor(
             snapshot=self.snapshots.get,
             features=self.features,
-            models=self.triton,
+            servers=self.triton.get,
+            admission=self.admission,
             max_candidates=s.limits.max_candidates,
             feature_timeout_s=s.features.timeout_ms / 1000,
             min_inference_budget_s=s.limits.min_inference_budget_ms / 1000,
@@ -68,7 +74,13 @@ class App:
             auth=s.auth,
             default_deadline_s=s.limits.default_deadline_ms / 1000,
         )
-        self.server = GrpcServer(s.server, s.tls, servicer)
+        passthrough = Passthrough(
+            snapshot=self.snapshots.get, servers=self.triton.get, admission=self.admission
+        )
+        kserve = kserve_handler(
+            passthrough, auth=s.auth, default_deadline_s=s.limits.default_deadline_ms / 1000
+        )
+        self.server = GrpcServer(s.server, s.tls, servicer, (kserve,))
         port = await self.server.start()
         await self.server.set_serving(True)
         if s.routing.reload_interval_s > 0:
@@ -85,7 +97,8 @@ class App:
                 if path.stat().st_mtime == self._table_mtime:
                     continue
                 snap = self._load_snapshot()
-            except (OSError, ConfigError) as e:
+                await self.triton.sync(snap.table.pools)
+            except (OSError, ConfigError, Unavailable) as e:
                 log.error("routing.reload_rejected", error=str(e))
                 continue
             assert self.snapshots is not None

@@ -54,7 +54,18 @@ class PermissionDenied(InferlineError):
 
 
 class ResourceExhausted(InferlineError):
+    """Over a quota or shed under load. Carries what a well-behaved client needs
+    to back off: a retry-after hint and which quota was exceeded (sent as
+    google.rpc RetryInfo and QuotaFailure details by the transport)."""
+
     code = Code.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self, public_message: str, *, retry_after_s: float = 1.0, quota_subject: str = ""
+    ) -> None:
+        super().__init__(public_message)
+        self.retry_after_s = retry_after_s
+        self.quota_subject = quota_subject
 
 
 class FailedPrecondition(InferlineError):

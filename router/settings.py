@@ -78,6 +78,8 @@ class AuthSettings(_Section):
     development and tests only: anyone can claim any tenant)."""
     tenant_header: str = "x-inferline-tenant"
     """Metadata key read in "header" mode."""
+    priority_header: str = "x-inferline-priority"
+    """Metadata key carrying the request's priority class (critical|standard|batch)."""
     trusted_peers: tuple[str, ...] = ("spiffe://inferline/edge/envoy",)
     """URI SANs of peers allowed to forward identity (the edge's own identity)."""
     xfcc_header: str = "x-forwarded-client-cert"
@@ -91,6 +93,9 @@ class AuthSettings(_Section):
 class LimitSettings(_Section):
     max_candidates: int = Field(default=64, ge=1, le=4096)
     """Most candidates accepted in one Predict call."""
+    max_in_flight: int = Field(default=512, ge=1)
+    """Requests admitted at once per router process; beyond each priority
+    class's share of it requests are shed with RESOURCE_EXHAUSTED."""
     default_deadline_ms: float = Field(default=1000.0, gt=0)
     """Deadline applied when the caller sets none."""
     min_inference_budget_ms: float = Field(default=2.0, ge=0)

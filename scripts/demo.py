@@ -109,7 +109,7 @@ async def run(stack: Stack, n: int) -> None:
             await stub.Predict(fraud_request([42, 57, 999_999]), metadata=TENANT, timeout=5),
         )
         resp = await stub.Predict(
-            ranker_request(7, [3, 14, 15, 92, 65]), metadata=TENANT, timeout=5
+            ranker_request(8, [3, 14, 15, 92, 65]), metadata=TENANT, timeout=5
         )
         show("ranker, one user x 5 items", resp)
         ranked = sorted(resp.scores, key=lambda s: -s.score)
@@ -160,7 +160,7 @@ async def run(stack: Stack, n: int) -> None:
         triton = service_pb2_grpc.GRPCInferenceServiceStub(tch)
         one = fraud_request([42])
         one.options.return_timings = False
-        rank = ranker_request(7, list(range(1, 21)))
+        rank = ranker_request(8, list(range(1, 21)))
 
         async def via_router() -> None:
             await stub.Predict(one, metadata=TENANT, timeout=5)

@@ -17,6 +17,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from router.backends.kserve import Forwarder
 from router.errors import Code, DeadlineExceeded, InferlineError, Unavailable
 
 _STATUS = {str(code): code for code in grpc.StatusCode}
@@ -38,11 +39,13 @@ class TritonModelServer:
     """Implements ``router.pipeline.inference.ModelServer``."""
 
     def __init__(self, url: str) -> None:
-        self._url = url
+        self.url = url
         self._client: InferenceServerClient | None = None
+        self.forwarder: Forwarder | None = None
 
     async def start(self, ready_timeout_s: float) -> None:
-        self._client = InferenceServerClient(url=self._url)
+        self._client = InferenceServerClient(url=self.url)
+        self.forwarder = Forwarder(self.url)
         deadline = time.monotonic() + ready_timeout_s
         while True:
             try:
@@ -51,13 +54,16 @@ class TritonModelServer:
             except InferenceServerException:
                 pass
             if time.monotonic() > deadline:
-                raise Unavailable(f"Triton at {self._url} not ready after {ready_timeout_s}s")
+                raise Unavailable(f"Triton at {self.url} not ready after {ready_timeout_s}s")
             await asyncio.sleep(0.2)
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        if self.forwarder is not None:
+            await self.forwarder.close()
+            self.forwarder = None
 
     async def is_model_ready(self, model: str, version: int) -> bool:
         assert self._client is not None
@@ -92,3 +98,50 @@ class TritonModelServer:
         if out is None:
             raise Unavailable("model returned no output")
         return out
+
+
+class TritonPools:
+    """One long-lived client per Triton pool: "default" plus dedicated pools.
+
+    Dedicated tenants are served by their own Triton process (hard isolation);
+    the routing table names the pools, and a reload opens clients for new pools
+    before the snapshot that uses them goes live.
+    """
+
+    def __init__(self, default_url: str, ready_timeout_s: float) -> None:
+        self._ready_timeout_s = ready_timeout_s
+        self.urls: dict[str, str] = {"default": default_url}
+        self._servers: dict[str, TritonModelServer] = {}
+
+    async def start(self) -> None:
+        await self.sync({})
+
+    async def sync(self, pools: dict[str, str]) -> None:
+        """Make the open clients match ``pools`` (+ default); close the rest."""
+        wanted = {"default": self.urls["default"], **pools}
+        for name, url in wanted.items():
+            current = self._servers.get(name)
+            if current is not None and current.url == url:
+                continue
+            server = TritonModelServer(url)
+            await server.start(self._ready_timeout_s)
+            self._servers[name] = server
+            if current is not None:
+                await current.close()
+        for name in set(self._servers) - set(wanted):
+            await self._servers.pop(name).close()
+
+    def get(self, pool: str) -> TritonModelServer:
+        try:
+            return self._servers[pool]
+        except KeyError as e:
+            raise Unavailable("model server pool unavailable") from e
+
+    @property
+    def default(self) -> TritonModelServer:
+        return self._servers["default"]
+
+    async def close(self) -> None:
+        for server in self._servers.values():
+            await server.close()
+        self._servers.clear()

@@ -16,7 +16,8 @@ import structlog
 from router.errors import DeadlineExceeded, InvalidArgument, NotFound
 from router.pipeline import features as features_stage
 from router.pipeline import inference as inference_stage
-from router.pipeline.auth import authenticate
+from router.pipeline.admission import Admission, effective_priority
+from router.pipeline.auth import Principal, authenticate
 from router.pipeline.features import FeatureReader
 from router.pipeline.inference import ModelServer
 from router.pipeline.routing import parse_model_ref, resolve
@@ -32,7 +33,8 @@ class Predictor:
         *,
         snapshot: Callable[[], Snapshot],
         features: FeatureReader,
-        models: ModelServer,
+        servers: Callable[[str], ModelServer],
+        admission: Admission,
         max_candidates: int,
         feature_timeout_s: float,
         min_inference_budget_s: float,
@@ -40,7 +42,8 @@ class Predictor:
     ) -> None:
         self._snapshot = snapshot
         self._features = features
-        self._models = models
+        self._servers = servers
+        self._admission = admission
         self._max_candidates = max_candidates
         self._feature_timeout_s = feature_timeout_s
         self._min_inference_budget_s = min_inference_budget_s
@@ -49,11 +52,26 @@ class Predictor:
     async def predict(self, cmd: PredictCommand, deadline: float) -> PredictResult:
         """Score ``cmd`` before ``deadline`` (a ``time.monotonic()`` instant)."""
         t0 = time.monotonic()
-        timings: dict[str, int] = {}
-
         snap = self._snapshot()
         table = snap.table
         principal = authenticate(table, cmd.tenant)
+        priority = effective_priority(cmd.priority, principal.policy.max_priority)
+        ticket = self._admission.admit(principal.tenant, priority, principal.policy.max_in_flight)
+        try:
+            return await self._admitted(cmd, snap, principal, deadline, t0)
+        finally:
+            self._admission.release(ticket)
+
+    async def _admitted(
+        self,
+        cmd: PredictCommand,
+        snap: Snapshot,
+        principal: Principal,
+        deadline: float,
+        t0: float,
+    ) -> PredictResult:
+        timings: dict[str, int] = {}
+        table = snap.table
         ref = parse_model_ref(cmd.alias, cmd.version)
         route = resolve(table, principal.policy, ref)
         n = len(cmd.candidates)
@@ -83,7 +101,8 @@ class Predictor:
         remaining = deadline - t2
         if remaining <= 0:
             raise DeadlineExceeded("deadline exceeded before inference")
-        scores = await inference_stage.score(self._models, version, batch.matrix, remaining)
+        server = self._servers(route.pool)
+        scores = await inference_stage.score(server, version, batch.matrix, remaining)
         t3 = time.monotonic()
         timings["inference"] = int((t3 - t2) * 1e6)
         timings["total"] = int((t3 - t0) * 1e6)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -41,11 +41,28 @@ class ModelRoute(_Frozen):
         return self
 
 
+Priority = Literal["critical", "standard", "batch"]
+PRIORITY_RANK: dict[str, int] = {"batch": 0, "standard": 1, "critical": 2}
+
+
 class TenantPolicy(_Frozen):
     models: tuple[str, ...] = ()
     """Models this tenant may call (any alias or listed version)."""
     scopes: tuple[str, ...] = ("predict",)
     """Granted scopes: "predict" for scoring, "admin" for the admin API."""
+    aliases: dict[str, int] = Field(default_factory=dict)
+    """Tenant-specific aliases, "<model>:<alias>" -> version. They override the
+    model's shared aliases for this tenant only (pin "fraud:prod" to an older
+    version) or add private ones (a fine-tuned "fraud:acme")."""
+    isolation: Literal["shared", "dedicated"] = "shared"
+    """shared: the default Triton pool under quota; dedicated: its own pool."""
+    pool: str = "default"
+    """Triton pool serving this tenant ("default" is the router's own Triton)."""
+    max_in_flight: int = Field(default=256, ge=1)
+    """Concurrent requests this tenant may have in the router; beyond it
+    RESOURCE_EXHAUSTED, so one tenant's burst cannot starve the others."""
+    max_priority: Priority = "standard"
+    """Highest priority class this tenant may claim; higher claims are lowered."""
 
 
 class RoutingTable(_Frozen):
@@ -53,6 +70,9 @@ class RoutingTable(_Frozen):
     """Label of this table revision, logged on every swap."""
     models: dict[str, ModelRoute]
     tenants: dict[str, TenantPolicy]
+    pools: dict[str, str] = Field(default_factory=dict)
+    """Extra Triton pools, name -> host:port (dedicated tenants). "default" is
+    the router's configured Triton and cannot be redefined."""
 
     @model_validator(mode="after")
     def _tenants_reference_models(self) -> Self:
@@ -63,6 +83,18 @@ class RoutingTable(_Frozen):
             unknown = set(policy.models) - set(self.models)
             if unknown:
                 raise ValueError(f"tenant {tenant!r} references unknown models {sorted(unknown)}")
+            if policy.pool != "default" and policy.pool not in self.pools:
+                raise ValueError(f"tenant {tenant!r} uses unknown pool {policy.pool!r}")
+            if policy.isolation == "dedicated" and policy.pool == "default":
+                raise ValueError(f"dedicated tenant {tenant!r} needs its own pool")
+            for ref, version in policy.aliases.items():
+                m = _ALIAS_REF.match(ref)
+                if not m or m.group(1) not in policy.models:
+                    raise ValueError(f"tenant {tenant!r} alias {ref!r} names no granted model")
+                if version not in self.models[m.group(1)].versions:
+                    raise ValueError(f"tenant {tenant!r} alias {ref!r} -> unlisted version")
+        if "default" in self.pools:
+            raise ValueError("pool name 'default' is reserved")
         return self
 
     @classmethod
@@ -90,6 +122,7 @@ class Route:
     model: str
     version: int
     alias: str | None
+    pool: str = "default"
 
 
 def parse_model_ref(alias: str | None, version: str | None) -> ModelRef:
@@ -123,11 +156,13 @@ def resolve(table: RoutingTable, policy: TenantPolicy, ref: ModelRef) -> Route:
         raise NotFound(f"unknown model '{ref.model}'")
     route = table.models[ref.model]
     if ref.alias is not None:
-        version = route.aliases.get(ref.alias)
+        version = policy.aliases.get(f"{ref.model}:{ref.alias}")
+        if version is None:
+            version = route.aliases.get(ref.alias)
         if version is None:
             raise NotFound(f"unknown alias '{ref.model}:{ref.alias}'")
-        return Route(model=ref.model, version=version, alias=ref.alias)
+        return Route(model=ref.model, version=version, alias=ref.alias, pool=policy.pool)
     assert ref.version is not None
     if ref.version not in route.versions:
         raise NotFound(f"unknown version '{ref.model}@{ref.version}'")
-    return Route(model=ref.model, version=ref.version, alias=None)
+    return Route(model=ref.model, version=ref.version, alias=None, pool=policy.pool)

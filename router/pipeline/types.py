@@ -42,6 +42,7 @@ class PredictCommand:
     version: str | None
     candidates: tuple[CandidateIn, ...]
     idempotency_key: str = ""
+    priority: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

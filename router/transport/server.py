@@ -8,6 +8,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from inferline.v1 import inference_pb2, inference_pb2_grpc
+from router.backends.kserve import SERVICE as KSERVE_SERVICE
 from router.errors import ConfigError
 from router.settings import ServerSettings, TlsSettings
 from router.transport.interceptors import ErrorInterceptor
@@ -18,7 +19,11 @@ SERVICE_NAME: str = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"
 
 class GrpcServer:
     def __init__(
-        self, settings: ServerSettings, tls: TlsSettings, servicer: InferenceServicer
+        self,
+        settings: ServerSettings,
+        tls: TlsSettings,
+        servicer: InferenceServicer,
+        extra_handlers: tuple[grpc.GenericRpcHandler, ...] = (),
     ) -> None:
         self._settings = settings
         self._tls = tls
@@ -32,10 +37,12 @@ class GrpcServer:
         )
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self._server.add_generic_rpc_handlers(extra_handlers)
         if settings.reflection:
             reflection.enable_server_reflection(
                 (
                     SERVICE_NAME,
+                    KSERVE_SERVICE,
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                     reflection.SERVICE_NAME,
                 ),

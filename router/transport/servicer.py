@@ -110,6 +110,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             version=request.version if which == "version" else None,
             candidates=tuple(_candidate(c) for c in request.candidates),
             idempotency_key=request.idempotency_key,
+            priority=metadata.get(self._auth.priority_header),
         )
         result = await self._predictor.predict(cmd, deadline)
         return _response(result, request_id, trace_id, request.options.return_timings)

@@ -20,7 +20,7 @@ class _Servicer(inference_pb2_grpc.InferenceServiceServicer):
             case "not-found":
                 raise NotFound("unknown model 'x'")
             case "quota":
-                raise ResourceExhausted("over quota")
+                raise ResourceExhausted("over quota", retry_after_s=2.0, quota_subject="tenant:a")
             case "bug":
                 raise KeyError("secret internal detail /etc/passwd")
         return inference_pb2.PredictResponse(request_id=request.request_id)
@@ -74,3 +74,27 @@ async def test_garbage_body_is_invalid_argument_and_server_survives(
         await raw(body, timeout=5)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (await _call(channel, "after")).request_id == "after"
+
+
+async def test_resource_exhausted_carries_retry_info_and_quota_failure(
+    channel: grpc.aio.Channel,
+) -> None:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await _call(channel, "quota")
+    err = exc.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(err)
+    assert status is not None
+    kinds = {}
+    for d in status.details:
+        for cls in (error_details_pb2.RetryInfo, error_details_pb2.QuotaFailure):
+            if d.Is(cls.DESCRIPTOR):
+                msg = cls()
+                d.Unpack(msg)
+                kinds[cls.__name__] = msg
+    assert kinds["RetryInfo"].retry_delay.seconds == 2
+    assert kinds["QuotaFailure"].violations[0].subject == "tenant:a"
+    assert dict(err.trailing_metadata())["retry-after"] == "2"

@@ -13,11 +13,15 @@ PREFIX = "spiffe://inferline/tenant/"
 @pytest.mark.parametrize(
     ("xfcc", "uri"),
     [
-        ('By=spiffe://inferline/edge/envoy;Hash=ab12;URI=spiffe://inferline/tenant/acme/svc/web',
-         "spiffe://inferline/tenant/acme/svc/web"),
+        (
+            "By=spiffe://inferline/edge/envoy;Hash=ab12;URI=spiffe://inferline/tenant/acme/svc/web",
+            "spiffe://inferline/tenant/acme/svc/web",
+        ),
         # Several elements: only the last (set by our edge) counts.
-        ("URI=spiffe://inferline/tenant/evil/svc/x,Hash=1;URI=spiffe://inferline/tenant/ok/svc/y",
-         "spiffe://inferline/tenant/ok/svc/y"),
+        (
+            "URI=spiffe://inferline/tenant/evil/svc/x,Hash=1;URI=spiffe://inferline/tenant/ok/svc/y",
+            "spiffe://inferline/tenant/ok/svc/y",
+        ),
         ("Hash=ab12", None),
     ],
 )

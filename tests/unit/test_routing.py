@@ -130,3 +130,46 @@ def test_table_is_immutable(table: RoutingTable) -> None:
 def test_demo_table_is_valid() -> None:
     table = RoutingTable.from_yaml(Path("scripts/demo_routing.yaml"))
     assert table.models["fraud"].aliases["prod"] == 1
+
+
+def test_tenant_alias_overrides_and_private_alias() -> None:
+    raw = {
+        "models": {"fraud": {"versions": [1, 2, 3], "aliases": {"prod": 1}}},
+        "pools": {"payments": "127.0.0.1:1"},
+        "tenants": {
+            "a": {"models": ["fraud"]},
+            "p": {
+                "models": ["fraud"],
+                "aliases": {"fraud:prod": 2, "fraud:ft": 3},
+                "isolation": "dedicated",
+                "pool": "payments",
+            },
+        },
+    }
+    table = RoutingTable.model_validate(raw)
+    a, p = authenticate(table, "a"), authenticate(table, "p")
+    assert resolve(table, a.policy, parse_model_ref("fraud:prod", None)).version == 1
+    route = resolve(table, p.policy, parse_model_ref("fraud:prod", None))
+    assert (route.version, route.pool) == (2, "payments")
+    assert resolve(table, p.policy, parse_model_ref("fraud:ft", None)).version == 3
+    with pytest.raises(InferlineError) as exc:  # private alias invisible to others
+        resolve(table, a.policy, parse_model_ref("fraud:ft", None))
+    assert exc.value.code is Code.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "tenant",
+    [
+        {"models": ["fraud"], "pool": "nowhere"},
+        {"models": ["fraud"], "isolation": "dedicated"},
+        {"models": ["fraud"], "aliases": {"fraud:x": 9}},
+        {"models": [], "aliases": {"fraud:x": 1}},
+        {"models": ["fraud"], "max_priority": "urgent"},
+    ],
+)
+def test_invalid_tenant_policies(tenant: dict[str, object]) -> None:
+    from pydantic import ValidationError
+
+    raw = {"models": {"fraud": {"versions": [1]}}, "tenants": {"t": tenant}}
+    with pytest.raises(ValidationError):
+        RoutingTable.model_validate(raw)

@@ -1,0 +1,1 @@
+"""Feast repository of the demo (definitions) and its deterministic data generator."""

@@ -1,0 +1,1 @@
+"""Triton model repository sources: Python-backend models, config templates, builder."""

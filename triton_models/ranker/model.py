@@ -1,0 +1,49 @@
+"""Triton Python-backend model: MLP ranker in ONNX, run by onnxruntime on CPU.
+
+The pytriton Triton build has no ONNX Runtime backend, so the ONNX artifact is
+served from the Python backend; clusters with the onnxruntime or TensorRT
+backend serve the same ``model.onnx`` natively. All requests of one ``execute``
+call (Triton's dynamic batch) run as one session call.
+"""
+
+import os
+import sys
+
+# The stub embeds the system Python in isolated mode and ignores PYTHONPATH:
+# put the launcher's site-packages (NumPy 1.x stub site first) on sys.path.
+_paths = os.environ.get("INFERLINE_EXTRA_SITE_PACKAGES", "").split(os.pathsep)
+for _p in [os.path.dirname(os.path.abspath(__file__)), *reversed(_paths)]:
+    if _p and _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import json  # noqa: E402
+
+import onnxruntime as ort  # noqa: E402
+from batched import execute_batched  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.n_features = int(config["input"][0]["dims"][0])
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        opts = ort.SessionOptions()
+        # Single-threaded and sequential: on small hosts spinning intra-op
+        # threads double CPU per request and starve the gRPC threads.
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(
+            os.path.join(version_dir, "model.onnx"), opts, providers=["CPUExecutionProvider"]
+        )
+        self.onnx_input = self.session.get_inputs()[0].name
+
+    def execute(self, requests):
+        return execute_batched(
+            requests, self.input_name, self.output_name, self.n_features, self._score
+        )
+
+    def _score(self, x):
+        return self.session.run(None, {self.onnx_input: x})[0]
