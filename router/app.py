@@ -31,11 +31,19 @@ from router.transport.servicer import InferenceServicer
 log = structlog.get_logger("router.app")
 
 
+def _pools(table: RoutingTable) -> dict[str, tuple[str, str | None]]:
+    return {name: (p.grpc, p.http) for name, p in table.pools.items()}
+
+
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.features = FeastFeatureStore(settings.features.repo_path)
-        self.triton = TritonPools(settings.triton.url, settings.triton.startup_timeout_s)
+        self.features = FeastFeatureStore(
+            settings.features.repo_path, inline_sync_reads=settings.features.inline_sync_reads
+        )
+        self.triton = TritonPools(
+            settings.triton.url, settings.triton.http_url, settings.triton.startup_timeout_s
+        )
         self.admission = Admission(settings.limits.max_in_flight)
         self.snapshots: SnapshotHolder | None = None
         self.server: GrpcServer | None = None
@@ -58,7 +66,7 @@ class App:
         self.features.start()
         self.snapshots = SnapshotHolder(self._load_snapshot())
         await self.triton.start()
-        await self.triton.sync(self.snapshots.current.table.pools)
+        await self.triton.sync(_pools(self.snapshots.current.table))
         predictor = Predictor(
             snapshot=self.snapshots.get,
             features=self.features,
@@ -97,7 +105,7 @@ class App:
                 if path.stat().st_mtime == self._table_mtime:
                     continue
                 snap = self._load_snapshot()
-                await self.triton.sync(snap.table.pools)
+                await self.triton.sync(_pools(snap.table))
             except (OSError, ConfigError, Unavailable) as e:
                 log.error("routing.reload_rejected", error=str(e))
                 continue

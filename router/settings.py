@@ -34,7 +34,11 @@ class ServerSettings(_Section):
 
 class TritonSettings(_Section):
     url: str = "127.0.0.1:8001"
-    """Triton gRPC endpoint, host:port."""
+    """Triton gRPC endpoint, host:port (health, metadata, KServe pass-through;
+    inference too when http_url is unset)."""
+    http_url: str | None = None
+    """Triton HTTP endpoint, host:port. When set, inference uses HTTP/1.1 with
+    binary tensors: ~0.2 ms less router CPU per request than gRPC here."""
     startup_timeout_s: float = Field(default=60.0, gt=0)
     """How long start-up waits for Triton to report ready before failing."""
 
@@ -45,6 +49,11 @@ class FeatureSettings(_Section):
     timeout_ms: float = Field(default=8.0, gt=0)
     """Hard budget for the batched online read (DESIGN.md latency budget). On
     expiry the request is scored with defaults and marked degraded."""
+    inline_sync_reads: bool = True
+    """Run a synchronous online store's read (SQLite, a local file) on the event
+    loop instead of a worker thread: the thread hop costs ~0.1 ms of CPU, more
+    than the read itself. The read then cannot be cut short by timeout_ms; use a
+    network store (Redis, async) where that matters."""
     max_clock_skew_s: float = Field(default=5.0, ge=0)
     """Event timestamps this far in the future are tolerated (writer clock skew)."""
 

@@ -514,6 +514,7 @@ class Stack:
             if self.with_router:
                 env = {
                     "INFERLINE_TRITON__URL": self.triton.grpc_url,
+                    "INFERLINE_TRITON__HTTP_URL": self.triton.http_url,
                     "INFERLINE_FEATURES__REPO_PATH": str(self.feast_repo),
                     "INFERLINE_MODELS__REPOSITORY": str(repo),
                     "INFERLINE_ROUTING__TABLE_PATH": str(self.routing_table),

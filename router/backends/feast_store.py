@@ -80,8 +80,9 @@ def _convert(
 class FeastFeatureStore:
     """Implements ``router.pipeline.features.FeatureReader`` over a Feast repo."""
 
-    def __init__(self, repo_path: Path) -> None:
+    def __init__(self, repo_path: Path, *, inline_sync_reads: bool = True) -> None:
         self._repo_path = repo_path
+        self._inline = inline_sync_reads
         self._store: FeatureStore | None = None
         self._views: dict[str, FeatureView] = {}
         self._infos: dict[str, ViewInfo] = {}
@@ -107,7 +108,7 @@ class FeastFeatureStore:
                 ttl_s=fv.ttl.total_seconds() if fv.ttl else 0.0,
                 features=frozenset(f.name for f in fv.features),
             )
-        if not self._async:
+        if not self._async and not self._inline:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-read")
 
     async def close(self) -> None:
@@ -160,7 +161,11 @@ class FeastFeatureStore:
     async def read(self, reads: Sequence[ViewRead]) -> list[list[Row]]:
         try:
             if self._async:
+                if len(reads) == 1:
+                    return [await self._read_one_async(reads[0])]
                 return list(await asyncio.gather(*(self._read_one_async(r) for r in reads)))
+            if self._inline:
+                return self._read_sync(reads)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, self._read_sync, reads)
         except (OSError, sqlite3.Error, RedisError) as e:

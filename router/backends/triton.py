@@ -18,6 +18,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from router.backends.kserve import Forwarder
+from router.backends.triton_http import TritonHttpClient
 from router.errors import Code, DeadlineExceeded, InferlineError, Unavailable
 
 _STATUS = {str(code): code for code in grpc.StatusCode}
@@ -38,14 +39,19 @@ def map_triton_error(e: InferenceServerException) -> InferlineError:
 class TritonModelServer:
     """Implements ``router.pipeline.inference.ModelServer``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, http_url: str | None = None) -> None:
         self.url = url
+        self.http_url = http_url
         self._client: InferenceServerClient | None = None
+        self._http: TritonHttpClient | None = None
         self.forwarder: Forwarder | None = None
 
     async def start(self, ready_timeout_s: float) -> None:
         self._client = InferenceServerClient(url=self.url)
         self.forwarder = Forwarder(self.url)
+        if self.http_url:
+            host, _, port = self.http_url.rpartition(":")
+            self._http = TritonHttpClient(host, int(port))
         deadline = time.monotonic() + ready_timeout_s
         while True:
             try:
@@ -64,6 +70,9 @@ class TritonModelServer:
         if self.forwarder is not None:
             await self.forwarder.close()
             self.forwarder = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def is_model_ready(self, model: str, version: int) -> bool:
         assert self._client is not None
@@ -82,6 +91,8 @@ class TritonModelServer:
         timeout_s: float,
     ) -> np.ndarray:
         assert self._client is not None, "TritonModelServer.start() was not called"
+        if self._http is not None:
+            return await self._http.infer(model, version, input_name, output_name, batch, timeout_s)
         inp = InferInput(input_name, list(batch.shape), "FP32")
         inp.set_data_from_numpy(batch)
         try:
@@ -108,22 +119,25 @@ class TritonPools:
     before the snapshot that uses them goes live.
     """
 
-    def __init__(self, default_url: str, ready_timeout_s: float) -> None:
+    def __init__(
+        self, default_url: str, default_http_url: str | None, ready_timeout_s: float
+    ) -> None:
         self._ready_timeout_s = ready_timeout_s
-        self.urls: dict[str, str] = {"default": default_url}
+        self._default = (default_url, default_http_url)
         self._servers: dict[str, TritonModelServer] = {}
 
     async def start(self) -> None:
         await self.sync({})
 
-    async def sync(self, pools: dict[str, str]) -> None:
-        """Make the open clients match ``pools`` (+ default); close the rest."""
-        wanted = {"default": self.urls["default"], **pools}
-        for name, url in wanted.items():
+    async def sync(self, pools: dict[str, tuple[str, str | None]]) -> None:
+        """Make the open clients match ``pools`` (name -> (grpc, http) endpoints,
+        plus "default"); close the rest."""
+        wanted = {"default": self._default, **pools}
+        for name, (grpc_url, http_url) in wanted.items():
             current = self._servers.get(name)
-            if current is not None and current.url == url:
+            if current is not None and (current.url, current.http_url) == (grpc_url, http_url):
                 continue
-            server = TritonModelServer(url)
+            server = TritonModelServer(grpc_url, http_url)
             await server.start(self._ready_timeout_s)
             self._servers[name] = server
             if current is not None:

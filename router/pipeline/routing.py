@@ -65,14 +65,21 @@ class TenantPolicy(_Frozen):
     """Highest priority class this tenant may claim; higher claims are lowered."""
 
 
+class PoolSpec(_Frozen):
+    grpc: str
+    """Triton gRPC endpoint host:port (health, metadata, KServe pass-through)."""
+    http: str | None = None
+    """Triton HTTP endpoint host:port; when set, inference uses it (cheaper)."""
+
+
 class RoutingTable(_Frozen):
     version: str = "0"
     """Label of this table revision, logged on every swap."""
     models: dict[str, ModelRoute]
     tenants: dict[str, TenantPolicy]
-    pools: dict[str, str] = Field(default_factory=dict)
-    """Extra Triton pools, name -> host:port (dedicated tenants). "default" is
-    the router's configured Triton and cannot be redefined."""
+    pools: dict[str, PoolSpec] = Field(default_factory=dict)
+    """Extra Triton pools for dedicated tenants. "default" is the router's
+    configured Triton and cannot be redefined."""
 
     @model_validator(mode="after")
     def _tenants_reference_models(self) -> Self:

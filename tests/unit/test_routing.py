@@ -135,7 +135,7 @@ def test_demo_table_is_valid() -> None:
 def test_tenant_alias_overrides_and_private_alias() -> None:
     raw = {
         "models": {"fraud": {"versions": [1, 2, 3], "aliases": {"prod": 1}}},
-        "pools": {"payments": "127.0.0.1:1"},
+        "pools": {"payments": {"grpc": "127.0.0.1:1"}},
         "tenants": {
             "a": {"models": ["fraud"]},
             "p": {
