@@ -19,8 +19,13 @@ from router.backends.triton import TritonPools
 from router.errors import ConfigError, Unavailable
 from router.logging import configure_logging
 from router.pipeline.admission import Admission
+from router.pipeline.breaker import BreakerRegistry, RetryBudget
+from router.pipeline.cache import TtlCache
+from router.pipeline.fallback import Ladder
+from router.pipeline.features import Row
 from router.pipeline.passthrough import Passthrough
 from router.pipeline.predict import Predictor
+from router.pipeline.probe import Prober
 from router.pipeline.routing import RoutingTable
 from router.pipeline.snapshot import Snapshot, SnapshotHolder
 from router.settings import Settings
@@ -45,6 +50,14 @@ class App:
             settings.triton.url, settings.triton.http_url, settings.triton.startup_timeout_s
         )
         self.admission = Admission(settings.limits.max_in_flight)
+        r = settings.reliability
+        self.breakers = BreakerRegistry(
+            failure_threshold=r.breaker_failure_threshold, open_s=r.breaker_open_s
+        )
+        self.retry_budget = RetryBudget(ratio=r.retry_budget_ratio)
+        self.score_cache: TtlCache[float] = TtlCache(r.score_cache_entries)
+        self.feature_cache: TtlCache[Row] = TtlCache(r.feature_cache_entries)
+        self._prober_task: asyncio.Task[None] | None = None
         self.snapshots: SnapshotHolder | None = None
         self.server: GrpcServer | None = None
         self._reloader: asyncio.Task[None] | None = None
@@ -70,8 +83,16 @@ class App:
         predictor = Predictor(
             snapshot=self.snapshots.get,
             features=self.features,
-            servers=self.triton.get,
+            ladder=Ladder(
+                servers=self.triton.get,
+                breakers=self.breakers,
+                budget=self.retry_budget,
+                score_cache=self.score_cache,
+                reserve_s=s.reliability.fallback_reserve_ms / 1000,
+            ),
             admission=self.admission,
+            breakers=self.breakers,
+            feature_cache=self.feature_cache,
             max_candidates=s.limits.max_candidates,
             feature_timeout_s=s.features.timeout_ms / 1000,
             min_inference_budget_s=s.limits.min_inference_budget_ms / 1000,
@@ -91,10 +112,26 @@ class App:
         self.server = GrpcServer(s.server, s.tls, servicer, (kserve,))
         port = await self.server.start()
         await self.server.set_serving(True)
+        if s.reliability.probe_interval_s > 0:
+            prober = Prober(
+                snapshot=self.snapshots.get,
+                servers=self.triton.get,
+                breakers=self.breakers,
+                interval_s=s.reliability.probe_interval_s,
+                timeout_s=s.reliability.probe_timeout_ms / 1000,
+                on_round=self._on_probe_round,
+            )
+            await prober.probe_once()  # breakers reflect reality before traffic
+            self._prober_task = asyncio.create_task(prober.run())
         if s.routing.reload_interval_s > 0:
             self._reloader = asyncio.create_task(self._reload_loop())
         log.info("router.started", port=port, routing_version=self.snapshots.current.table.version)
         return port
+
+    async def _on_probe_round(self, results: dict[str, bool]) -> None:
+        """Ready only while some routed version can actually score."""
+        if self.server is not None and results:
+            await self.server.set_serving(any(results.values()))
 
     async def _reload_loop(self) -> None:
         """Swap in a changed routing table; an invalid one keeps the old snapshot."""
@@ -116,10 +153,11 @@ class App:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()
-        if self._reloader is not None:
-            self._reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
+        for task in (self._reloader, self._prober_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.triton.close()
         await self.features.close()
         log.info("router.stopped")

@@ -112,6 +112,25 @@ class LimitSettings(_Section):
     gets at most (remaining deadline - this)."""
 
 
+class ReliabilitySettings(_Section):
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    """Consecutive failures that open a breaker (feature store, model version)."""
+    breaker_open_s: float = Field(default=1.0, gt=0)
+    """How long an open breaker rejects calls before one half-open trial."""
+    retry_budget_ratio: float = Field(default=0.1, ge=0, le=1)
+    """Extra upstream attempts (fallback versions) allowed per primary attempt."""
+    fallback_reserve_ms: float = Field(default=1.0, ge=0)
+    """Deadline slice kept back from each upstream call so lower rungs can answer."""
+    probe_interval_s: float = Field(default=1.0, ge=0)
+    """Canary-inference probe period per routed version (0 disables probing)."""
+    probe_timeout_ms: float = Field(default=250.0, gt=0)
+    """Timeout of one canary inference."""
+    score_cache_entries: int = Field(default=100_000, ge=0)
+    """Bound of the recent-score cache (fallback rung 3)."""
+    feature_cache_entries: int = Field(default=100_000, ge=0)
+    """Bound of the router's feature-row cache (per-model TTL in the routing table)."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Minimum log level."""
@@ -145,5 +164,7 @@ class Settings(BaseSettings):
     """Caller identity."""
     limits: LimitSettings = LimitSettings()
     """Request limits and deadlines."""
+    reliability: ReliabilitySettings = ReliabilitySettings()
+    """Breakers, retry budget, probes, caches."""
     log: LogSettings = LogSettings()
     """Logging."""

@@ -19,6 +19,8 @@ from typing import Protocol
 import numpy as np
 
 from router.errors import InvalidArgument
+from router.pipeline.breaker import CircuitBreaker
+from router.pipeline.cache import TtlCache
 from router.pipeline.catalog import ModelVersion
 from router.pipeline.types import CandidateIn, Freshness, Scalar, ViewFreshness
 
@@ -122,6 +124,53 @@ def plan_reads(
     return reads, index, infos
 
 
+async def _read(
+    store: FeatureReader,
+    reads: list[ViewRead],
+    timeout_s: float,
+    breaker: CircuitBreaker | None,
+    cache: TtlCache[Row] | None,
+    cache_ttl_s: float,
+) -> list[list[Row]] | None:
+    """Rows for every read (cache first), or None when the store cannot answer."""
+    use_cache = cache is not None and cache_ttl_s > 0
+    results: list[list[Row | None]] = []
+    misses: list[ViewRead] = []
+    for r in reads:
+        cached: list[Row | None] = (
+            [cache.get((r.view, k)) for k in r.keys]
+            if cache is not None and use_cache
+            else [None] * len(r.keys)
+        )
+        results.append(cached)
+        missing = [k for k, c in zip(r.keys, cached, strict=True) if c is None]
+        if missing:
+            misses.append(ViewRead(view=r.view, keys=missing, features=r.features))
+    if misses:
+        if breaker is not None and not breaker.allow():
+            return None
+        try:
+            fetched = await asyncio.wait_for(store.read(misses), timeout=max(timeout_s, 0.0))
+        except (TimeoutError, FeatureStoreUnavailable):
+            if breaker is not None:
+                breaker.record_failure()
+            return None
+        if breaker is not None:
+            breaker.record_success()
+        by_view = {
+            m.view: dict(zip(m.keys, rows, strict=True))
+            for m, rows in zip(misses, fetched, strict=True)
+        }
+        for r, row_list in zip(reads, results, strict=True):
+            got = by_view.get(r.view, {})
+            for j, k in enumerate(r.keys):
+                if row_list[j] is None:
+                    row_list[j] = got[k]
+                    if cache is not None and use_cache and got[k][0] is not None:
+                        cache.put((r.view, k), got[k], cache_ttl_s)
+    return [[row for row in rows if row is not None] for rows in results]
+
+
 async def assemble(
     version: ModelVersion,
     candidates: Sequence[CandidateIn],
@@ -129,8 +178,15 @@ async def assemble(
     timeout_s: float,
     *,
     max_clock_skew_s: float = 5.0,
+    breaker: CircuitBreaker | None = None,
+    cache: TtlCache[Row] | None = None,
+    cache_ttl_s: float = 0.0,
 ) -> FeatureBatch:
-    """Build the [n_candidates, n_features] float32 input for ``version``."""
+    """Build the [n_candidates, n_features] float32 input for ``version``.
+
+    ``breaker`` guards the store (open: skip the read, answer with defaults);
+    ``cache`` (with ``cache_ttl_s`` > 0) serves recently read rows without a read.
+    """
     n = len(candidates)
     matrix = np.empty((n, version.n_features), dtype=np.float32)
     matrix[:] = np.asarray(version.defaults, dtype=np.float32)
@@ -142,12 +198,14 @@ async def assemble(
         batch.freshness = [() for _ in range(n)]
         return batch
 
-    results: list[list[Row]] | None
-    try:
-        results = await asyncio.wait_for(store.read(reads), timeout=max(timeout_s, 0.0))
-    except (TimeoutError, FeatureStoreUnavailable):
+    if timeout_s <= 0:
+        # The caller's deadline leaves no time for a read: answer on defaults.
         results = None
-        batch.reasons.add("feature_store_unavailable")
+        batch.reasons.add("feature_budget_exhausted")
+    else:
+        results = await _read(store, reads, timeout_s, breaker, cache, cache_ttl_s)
+        if results is None:
+            batch.reasons.add("feature_store_unavailable")
 
     now = time.time()
     for v, plan in enumerate(version.views):

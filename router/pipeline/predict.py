@@ -15,14 +15,15 @@ import structlog
 
 from router.errors import DeadlineExceeded, InvalidArgument, NotFound
 from router.pipeline import features as features_stage
-from router.pipeline import inference as inference_stage
 from router.pipeline.admission import Admission, effective_priority
 from router.pipeline.auth import Principal, authenticate
-from router.pipeline.features import FeatureReader
-from router.pipeline.inference import ModelServer
+from router.pipeline.breaker import FEATURE_STORE_BREAKER, BreakerRegistry
+from router.pipeline.cache import TtlCache
+from router.pipeline.fallback import Ladder
+from router.pipeline.features import FeatureReader, Row
 from router.pipeline.routing import parse_model_ref, resolve
 from router.pipeline.snapshot import Snapshot
-from router.pipeline.types import FallbackLevel, PredictCommand, PredictResult
+from router.pipeline.types import PredictCommand, PredictResult
 
 log = structlog.get_logger("router.predict")
 
@@ -33,8 +34,10 @@ class Predictor:
         *,
         snapshot: Callable[[], Snapshot],
         features: FeatureReader,
-        servers: Callable[[str], ModelServer],
+        ladder: Ladder,
         admission: Admission,
+        breakers: BreakerRegistry,
+        feature_cache: TtlCache[Row],
         max_candidates: int,
         feature_timeout_s: float,
         min_inference_budget_s: float,
@@ -42,8 +45,10 @@ class Predictor:
     ) -> None:
         self._snapshot = snapshot
         self._features = features
-        self._servers = servers
+        self._ladder = ladder
         self._admission = admission
+        self._breakers = breakers
+        self._feature_cache = feature_cache
         self._max_candidates = max_candidates
         self._feature_timeout_s = feature_timeout_s
         self._min_inference_budget_s = min_inference_budget_s
@@ -87,6 +92,7 @@ class Predictor:
         t1 = time.monotonic()
         timings["routing"] = int((t1 - t0) * 1e6)
 
+        model_route = table.models[route.model]
         budget = min(self._feature_timeout_s, deadline - t1 - self._min_inference_budget_s)
         batch = await features_stage.assemble(
             version,
@@ -94,27 +100,30 @@ class Predictor:
             self._features,
             budget,
             max_clock_skew_s=self._max_clock_skew_s,
+            breaker=self._breakers.get(FEATURE_STORE_BREAKER),
+            cache=self._feature_cache,
+            cache_ttl_s=model_route.feature_cache_ttl_s,
         )
         t2 = time.monotonic()
         timings["features"] = int((t2 - t1) * 1e6)
 
-        remaining = deadline - t2
-        if remaining <= 0:
+        if deadline - t2 <= 0:
             raise DeadlineExceeded("deadline exceeded before inference")
-        server = self._servers(route.pool)
-        scores = await inference_stage.score(server, version, batch.matrix, remaining)
+        result = await self._ladder.run(
+            route, version, batch.matrix, deadline, model_route.fallback, catalog
+        )
         t3 = time.monotonic()
         timings["inference"] = int((t3 - t2) * 1e6)
         timings["total"] = int((t3 - t0) * 1e6)
 
         return PredictResult(
             model=route.model,
-            version=route.version,
+            version=result.version,
             alias=route.alias,
             candidate_ids=[c.candidate_id for c in cmd.candidates],
-            scores=scores.tolist(),
+            scores=result.scores.tolist(),
             freshness=batch.freshness,
-            fallback_level=FallbackLevel.PRIMARY,
-            degraded_reasons=sorted(batch.reasons),
+            fallback_level=result.level,
+            degraded_reasons=sorted(batch.reasons.union(result.reasons)),
             timings_us=timings,
         )

@@ -25,11 +25,30 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class FallbackPolicy(_Frozen):
+    """The ladder below a model's primary version (docs/DESIGN.md Part 6)."""
+
+    version: int | None = None
+    """Last-known-good or cheaper version asked when the primary fails."""
+    cache_scores: bool = False
+    """Answer with a recent cached score for the same input row (only for
+    deterministic models whose inputs repeat; off for personalized inputs)."""
+    cache_ttl_s: float = Field(default=300.0, gt=0)
+    """How old a cached score may be."""
+    default_score: float | None = None
+    """Static last-resort score; the version's training base rate when unset."""
+
+
 class ModelRoute(_Frozen):
     versions: tuple[int, ...] = Field(min_length=1)
     """Versions that may be served (each must exist in the model repository)."""
     aliases: dict[str, int] = Field(default_factory=dict)
     """Alias name -> version, e.g. {"prod": 1, "canary": 2}."""
+    fallback: FallbackPolicy = FallbackPolicy()
+    """What answers when the primary version cannot."""
+    feature_cache_ttl_s: float = Field(default=0.0, ge=0)
+    """Cache feature rows in the router this long (0 = off). Bounded staleness
+    traded for fewer store reads; keep it well under the views' TTLs."""
 
     @model_validator(mode="after")
     def _aliases_point_at_versions(self) -> Self:
@@ -38,6 +57,9 @@ class ModelRoute(_Frozen):
                 raise ValueError(f"invalid alias name {alias!r}")
             if version not in self.versions:
                 raise ValueError(f"alias {alias!r} points at unlisted version {version}")
+        fb = self.fallback.version
+        if fb is not None and fb not in self.versions:
+            raise ValueError(f"fallback version {fb} is not listed")
         return self
 
 

@@ -289,10 +289,21 @@ async def test_garbage_body_does_not_crash_or_wedge(stack: Stack, stub: Any, bod
     stack.check_alive()
 
 
-async def test_tiny_deadline_is_deadline_exceeded_not_hang(stub: Any) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as exc:
-        await predict(stub, deadline_s=0.0005, alias="fraud:prod", candidates=[fraud_candidate(4)])
-    assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+async def test_tiny_deadline_answers_in_time_or_deadline_exceeded(stub: Any) -> None:
+    """A deadline too short for the work: a degraded answer or DEADLINE_EXCEEDED, never a hang."""
+    import time
+
+    for _ in range(5):
+        t0 = time.monotonic()
+        try:
+            resp = await predict(
+                stub, deadline_s=0.002, alias="fraud:prod", candidates=[fraud_candidate(4)]
+            )
+        except grpc.aio.AioRpcError as e:
+            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            assert len(resp.scores) == 1 and math.isfinite(resp.scores[0].score)
+        assert time.monotonic() - t0 < 0.5
     resp = await predict(stub, alias="fraud:prod", candidates=[fraud_candidate(4)])
     assert len(resp.scores) == 1
 

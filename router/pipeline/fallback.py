@@ -1,0 +1,128 @@
+"""The fixed fallback ladder for the inference stage.
+
+    1 PRIMARY          the routed version (breaker closed, or its half-open trial)
+    2 LAST_KNOWN_GOOD  the model's fallback version, if the retry budget allows
+    3 CACHED_SCORE     a recent score for the same input row, where policy allows
+    4 STATIC_DEFAULT   the model's static default score
+
+Every rung below the first marks the answer degraded. The ladder never fails a
+request because a model failed: the last rung always answers. Each upstream
+call gets the caller's remaining deadline minus a small reserve, so the lower
+rungs still answer in time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from router.errors import Code, InferlineError
+from router.pipeline.breaker import BreakerRegistry, RetryBudget, model_breaker_name
+from router.pipeline.cache import TtlCache
+from router.pipeline.catalog import ModelCatalog, ModelVersion
+from router.pipeline.inference import ModelServer, score
+from router.pipeline.routing import FallbackPolicy, Route
+from router.pipeline.types import FallbackLevel
+
+log = structlog.get_logger("router.fallback")
+
+# Failures that say "this backend cannot serve now" (fall down the ladder), as
+# opposed to the caller's deadline passing.
+_BACKEND_FAILURES = {Code.UNAVAILABLE, Code.INTERNAL, Code.NOT_FOUND, Code.RESOURCE_EXHAUSTED}
+
+
+@dataclass(slots=True)
+class LadderResult:
+    scores: np.ndarray
+    level: FallbackLevel
+    version: int
+    reasons: list[str] = field(default_factory=list)
+
+
+def _row_key(model: str, row: np.ndarray) -> bytes:
+    return hashlib.blake2b(model.encode() + row.tobytes(), digest_size=16).digest()
+
+
+class Ladder:
+    def __init__(
+        self,
+        *,
+        servers: Callable[[str], ModelServer],
+        breakers: BreakerRegistry,
+        budget: RetryBudget,
+        score_cache: TtlCache[float],
+        reserve_s: float,
+    ) -> None:
+        self._servers = servers
+        self._breakers = breakers
+        self._budget = budget
+        self._cache = score_cache
+        self._reserve_s = reserve_s
+
+    async def _try(
+        self, route: Route, version: ModelVersion, batch: np.ndarray, deadline: float
+    ) -> np.ndarray | None:
+        breaker = self._breakers.get(model_breaker_name(route.pool, version.model, version.version))
+        if not breaker.allow():
+            return None
+        timeout = deadline - time.monotonic() - self._reserve_s
+        if timeout <= 0:
+            return None
+        try:
+            out = await score(self._servers(route.pool), version, batch, timeout)
+        except InferlineError as e:
+            if e.code is Code.DEADLINE_EXCEEDED:
+                # Slow is a failure of the backend too: it ate the budget.
+                breaker.record_failure()
+                return None
+            if e.code not in _BACKEND_FAILURES:
+                raise
+            breaker.record_failure()
+            return None
+        breaker.record_success()
+        return out
+
+    async def run(
+        self,
+        route: Route,
+        version: ModelVersion,
+        batch: np.ndarray,
+        deadline: float,
+        policy: FallbackPolicy,
+        catalog: ModelCatalog,
+    ) -> LadderResult:
+        self._budget.deposit()
+        out = await self._try(route, version, batch, deadline)
+        if out is not None:
+            if policy.cache_scores:
+                for row, s in zip(batch, out, strict=True):
+                    self._cache.put(_row_key(version.model, row), float(s), policy.cache_ttl_s)
+            return LadderResult(out, FallbackLevel.PRIMARY, version.version)
+        reasons = ["primary_unavailable"]
+
+        fb = policy.version
+        if fb is not None and fb != version.version and (version.model, fb) in catalog:
+            lkg = catalog.get(version.model, fb)
+            if lkg.schema_hash == version.schema_hash and self._budget.try_spend():
+                out = await self._try(route, lkg, batch, deadline)
+                if out is not None:
+                    return LadderResult(out, FallbackLevel.LAST_KNOWN_GOOD, fb, reasons)
+            reasons.append("last_known_good_unavailable")
+
+        if policy.cache_scores:
+            cached = [self._cache.get(_row_key(version.model, row)) for row in batch]
+            if all(c is not None for c in cached):
+                scores = np.asarray(cached, dtype=np.float64)
+                return LadderResult(scores, FallbackLevel.CACHED_SCORE, version.version, reasons)
+            reasons.append("score_cache_miss")
+
+        default = policy.default_score
+        if default is None:
+            default = version.default_score
+        scores = np.full(batch.shape[0], default, dtype=np.float64)
+        return LadderResult(scores, FallbackLevel.STATIC_DEFAULT, version.version, reasons)

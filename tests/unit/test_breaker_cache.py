@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+
+from router.pipeline.breaker import CircuitBreaker, RetryBudget, State
+from router.pipeline.cache import TtlCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_breaker_opens_after_threshold_and_half_opens_one_trial() -> None:
+    clock = Clock()
+    b = CircuitBreaker("x", failure_threshold=3, open_s=1.0, clock=clock)
+    for _ in range(2):
+        assert b.allow()
+        b.record_failure()
+    assert b.state is State.CLOSED
+    b.record_failure()
+    assert b.state is State.OPEN and not b.allow()
+    clock.t = 0.99
+    assert not b.allow()
+    clock.t = 1.01
+    assert b.allow()  # the one half-open trial
+    assert not b.allow()  # no second concurrent trial
+    b.record_failure()
+    assert b.state is State.OPEN and not b.allow()
+    clock.t = 2.5
+    assert b.allow()
+    b.record_success()
+    assert b.state is State.CLOSED and b.allow() and b.opened_count == 2
+
+
+def test_success_resets_consecutive_failures() -> None:
+    b = CircuitBreaker("x", failure_threshold=2)
+    b.record_failure()
+    b.record_success()
+    b.record_failure()
+    assert b.state is State.CLOSED
+
+
+def test_trip_opens_immediately() -> None:
+    b = CircuitBreaker("x", failure_threshold=100)
+    b.trip()
+    assert b.is_open and not b.allow()
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.25])
+def test_retry_budget_bounds_extra_attempts(ratio: float) -> None:
+    budget = RetryBudget(ratio=ratio, max_tokens=10, min_tokens=1)
+    extra = 0
+    for _ in range(10_000):  # every primary attempt fails and wants a retry
+        budget.deposit()
+        extra += budget.try_spend()
+    assert extra / 10_000 <= ratio + 0.001
+    assert extra / 10_000 >= ratio - 0.01
+
+
+def test_ttl_cache_expiry_and_lru_bound() -> None:
+    clock = Clock()
+    c: TtlCache[int] = TtlCache(max_entries=2, clock=clock)
+    c.put("a", 1, ttl_s=10)
+    c.put("b", 2, ttl_s=1)
+    assert c.get("a") == 1  # a is now most recent
+    c.put("c", 3, ttl_s=10)  # evicts b (least recently used)
+    assert c.get("b") is None and c.get("c") == 3
+    clock.t = 11
+    assert c.get("a") is None
+    assert (c.hits, c.misses) == (2, 2)

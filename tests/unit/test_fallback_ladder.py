@@ -1,0 +1,104 @@
+"""The fallback ladder, with a model server that fails on demand.
+
+A fake server is used only to inject faults no real process produces on
+demand (fail exactly the calls we choose); integration tests kill real
+processes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from router.errors import Code, InferlineError, Unavailable
+from router.pipeline.breaker import BreakerRegistry, RetryBudget
+from router.pipeline.cache import TtlCache
+from router.pipeline.catalog import ModelCatalog, ModelVersion
+from router.pipeline.fallback import Ladder
+from router.pipeline.routing import FallbackPolicy, Route
+from router.pipeline.types import FallbackLevel
+
+
+def _version(v: int) -> ModelVersion:
+    return ModelVersion(model="m", version=v, input_name="i", output_name="o", n_features=2,
+                        schema_hash="h", default_score=0.07, views=(), request_features=(),
+                        defaults=(0.0, 0.0))
+
+
+class FaultyServer:
+    def __init__(self, failing: set[int]) -> None:
+        self.failing = failing
+        self.calls: list[int] = []
+
+    async def infer(self, model: str, version: int, input_name: str, output_name: str,
+                    batch: np.ndarray, timeout_s: float) -> np.ndarray:
+        self.calls.append(version)
+        if version in self.failing:
+            raise Unavailable("down")
+        return batch.sum(axis=1) + version
+
+
+def _ladder(server: FaultyServer, budget: RetryBudget | None = None) -> Ladder:
+    return Ladder(servers=lambda pool: server,
+                  breakers=BreakerRegistry(failure_threshold=3, open_s=60),
+                  budget=budget or RetryBudget(ratio=1.0, min_tokens=10),
+                  score_cache=TtlCache(100), reserve_s=0.0)
+
+
+CATALOG = ModelCatalog([_version(1), _version(2)])
+ROUTE = Route(model="m", version=2, alias="prod")
+X = np.asarray([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
+
+
+async def _run(ladder: Ladder, policy: FallbackPolicy) -> tuple[FallbackLevel, list[float], int]:
+    r = await ladder.run(ROUTE, _version(2), X, time.monotonic() + 1, policy, CATALOG)
+    return r.level, r.scores.tolist(), r.version
+
+
+async def test_primary_then_each_rung_in_order() -> None:
+    server = FaultyServer(failing=set())
+    ladder = _ladder(server)
+    policy = FallbackPolicy(version=1, cache_scores=True)
+    assert await _run(ladder, policy) == (FallbackLevel.PRIMARY, [5.0, 9.0], 2)
+    server.failing = {2}
+    assert await _run(ladder, policy) == (FallbackLevel.LAST_KNOWN_GOOD, [4.0, 8.0], 1)
+    server.failing = {1, 2}
+    assert await _run(ladder, policy) == (FallbackLevel.CACHED_SCORE, [5.0, 9.0], 2)
+    no_cache = FallbackPolicy(version=1, cache_scores=False, default_score=0.5)
+    assert await _run(ladder, no_cache) == (FallbackLevel.STATIC_DEFAULT, [0.5, 0.5], 2)
+    assert await _run(ladder, FallbackPolicy()) == (FallbackLevel.STATIC_DEFAULT, [0.07, 0.07], 2)
+
+
+async def test_open_breaker_skips_the_call() -> None:
+    server = FaultyServer(failing={2})
+    ladder = _ladder(server)
+    for _ in range(3):
+        await _run(ladder, FallbackPolicy())
+    assert server.calls == [2, 2, 2]
+    for _ in range(5):
+        assert (await _run(ladder, FallbackPolicy()))[0] is FallbackLevel.STATIC_DEFAULT
+    assert server.calls == [2, 2, 2]  # breaker open: no more upstream calls
+
+
+async def test_retry_budget_bounds_upstream_attempts_at_50_percent_failure() -> None:
+    server = FaultyServer(failing=set())
+    ladder = Ladder(servers=lambda pool: server,
+                    breakers=BreakerRegistry(failure_threshold=10**9, open_s=60),
+                    budget=RetryBudget(ratio=0.1), score_cache=TtlCache(10), reserve_s=0.0)
+    rng = np.random.default_rng(0)
+    n = 2000
+    for _ in range(n):
+        server.failing = {2} if rng.random() < 0.5 else set()
+        await _run(ladder, FallbackPolicy(version=1))
+    assert len(server.calls) / n <= 1.1
+
+
+async def test_caller_errors_are_not_swallowed() -> None:
+    class Rejecting(FaultyServer):
+        async def infer(self, *a: object, **k: object) -> np.ndarray:
+            raise InferlineError("bad", code=Code.INVALID_ARGUMENT)
+
+    with pytest.raises(InferlineError):
+        await _run(_ladder(Rejecting(set())), FallbackPolicy())
