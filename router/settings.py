@@ -117,8 +117,9 @@ class ReliabilitySettings(_Section):
     """Consecutive failures that open a breaker (feature store, model version)."""
     breaker_open_s: float = Field(default=1.0, gt=0)
     """How long an open breaker rejects calls before one half-open trial."""
-    retry_budget_ratio: float = Field(default=0.1, ge=0, le=1)
-    """Extra upstream attempts (fallback versions) allowed per primary attempt."""
+    retry_budget_ratio: float = Field(default=0.09, ge=0, le=1)
+    """Extra upstream attempts (fallback versions) allowed per primary attempt.
+    0.09 keeps attempts per request under 1.1 even with the bucket's start-up token."""
     fallback_reserve_ms: float = Field(default=1.0, ge=0)
     """Deadline slice kept back from each upstream call so lower rungs can answer."""
     probe_interval_s: float = Field(default=1.0, ge=0)

@@ -8,16 +8,18 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
-
 from inferline_edge import resources, tenants
 from inferline_edge.certs import DevPKI
+from pydantic import ValidationError
+
 from scripts.stack import ROOT
 
 
 def _cfg(**tenant_overrides: Any) -> dict[str, Any]:
-    t = {"identities": ["spiffe://inferline/tenant/acme/svc/*"],
-         "rate_limit": {"requests_per_second": 10, "burst": 20}} | tenant_overrides  # fmt: skip
+    t = {
+        "identities": ["spiffe://inferline/tenant/acme/svc/*"],
+        "rate_limit": {"requests_per_second": 10, "burst": 20},
+    } | tenant_overrides
     return {"tenants": {"acme": t}}
 
 
@@ -76,8 +78,13 @@ def test_token_bucket_rate_is_exact(rps: float, burst: int, rate: float) -> None
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     pki = DevPKI.create(tmp_path_factory.mktemp("pki"), days=1)
     cfg = tenants.load(ROOT / "envoy" / "tenants.yaml")
-    topo = resources.Topology(pki=pki, mtls_port=10443, jwt_port=10444,
-                              upstream=("127.0.0.1", 5000), ratelimit=("127.0.0.1", 5001))  # fmt: skip
+    topo = resources.Topology(
+        pki=pki,
+        mtls_port=10443,
+        jwt_port=10444,
+        upstream=("127.0.0.1", 5000),
+        ratelimit=("127.0.0.1", 5001),
+    )
     out = resources.build(cfg, topo)
     return {t: {n: m.to_dict() for n, m in items.items()} for t, items in out.items()}
 

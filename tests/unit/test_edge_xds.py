@@ -11,14 +11,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import pytest
 import pytest_asyncio
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster
 from envoy_data_plane.envoy.config.core.v3 import Node
 from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from envoy_data_plane.google.rpc import Status
-
 from inferline_edge import resources, xds
 
 CDS, RDS = resources.CLUSTER, resources.ROUTE
@@ -47,13 +45,23 @@ class Ads:
         async for resp in self.call:
             await self.inbox.put(resp)
 
-    async def send(self, type_url: str, *, names: tuple[str, ...] = (), nonce: str = "",
-                   version: str = "", nack: str | None = None) -> None:  # fmt: skip
+    async def send(
+        self,
+        type_url: str,
+        *,
+        names: tuple[str, ...] = (),
+        nonce: str = "",
+        version: str = "",
+        nack: str | None = None,
+    ) -> None:
         req = DiscoveryRequest(
-            node=Node(id="test-node"), type_url=type_url, resource_names=list(names),
-            response_nonce=nonce, version_info=version,
+            node=Node(id="test-node"),
+            type_url=type_url,
+            resource_names=list(names),
+            response_nonce=nonce,
+            version_info=version,
             error_detail=Status(code=3, message=nack) if nack else None,
-        )  # fmt: skip
+        )
         await self.call.write(req)
 
     async def recv(self, timeout: float = 2.0) -> DiscoveryResponse:

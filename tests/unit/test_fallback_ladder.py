@@ -86,7 +86,7 @@ async def test_retry_budget_bounds_upstream_attempts_at_50_percent_failure() -> 
     server = FaultyServer(failing=set())
     ladder = Ladder(servers=lambda pool: server,
                     breakers=BreakerRegistry(failure_threshold=10**9, open_s=60),
-                    budget=RetryBudget(ratio=0.1), score_cache=TtlCache(10), reserve_s=0.0)
+                    budget=RetryBudget(ratio=0.09), score_cache=TtlCache(10), reserve_s=0.0)
     rng = np.random.default_rng(0)
     n = 2000
     for _ in range(n):
