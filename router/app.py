@@ -15,6 +15,7 @@ import signal
 import structlog
 
 from router.backends.feast_store import FeastFeatureStore
+from router.backends.redis_idempotency import RedisIdempotencyStore
 from router.backends.triton import TritonPools
 from router.errors import ConfigError, Unavailable
 from router.logging import configure_logging
@@ -23,6 +24,7 @@ from router.pipeline.breaker import BreakerRegistry, RetryBudget
 from router.pipeline.cache import TtlCache
 from router.pipeline.fallback import Ladder
 from router.pipeline.features import Row
+from router.pipeline.idempotency import Idempotency, MemoryIdempotencyStore
 from router.pipeline.passthrough import Passthrough
 from router.pipeline.predict import Predictor
 from router.pipeline.probe import Prober
@@ -58,6 +60,13 @@ class App:
         self.score_cache: TtlCache[float] = TtlCache(r.score_cache_entries)
         self.feature_cache: TtlCache[Row] = TtlCache(r.feature_cache_entries)
         self._prober_task: asyncio.Task[None] | None = None
+        idem = settings.idempotency
+        self.idempotency_store: MemoryIdempotencyStore | RedisIdempotencyStore = (
+            RedisIdempotencyStore(idem.redis_url)
+            if idem.redis_url
+            else MemoryIdempotencyStore(idem.max_entries)
+        )
+        self.idempotency = Idempotency(self.idempotency_store, idem.ttl_s)
         self.snapshots: SnapshotHolder | None = None
         self.server: GrpcServer | None = None
         self._reloader: asyncio.Task[None] | None = None
@@ -102,6 +111,7 @@ class App:
             predictor,
             auth=s.auth,
             default_deadline_s=s.limits.default_deadline_ms / 1000,
+            idempotency=self.idempotency,
         )
         passthrough = Passthrough(
             snapshot=self.snapshots.get, servers=self.triton.get, admission=self.admission
@@ -160,6 +170,8 @@ class App:
                     await task
         await self.triton.close()
         await self.features.close()
+        if isinstance(self.idempotency_store, RedisIdempotencyStore):
+            await self.idempotency_store.close()
         log.info("router.stopped")
 
 

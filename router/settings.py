@@ -132,6 +132,15 @@ class ReliabilitySettings(_Section):
     """Bound of the router's feature-row cache (per-model TTL in the routing table)."""
 
 
+class IdempotencySettings(_Section):
+    ttl_s: float = Field(default=600.0, gt=0)
+    """How long a response is replayed for a retry carrying the same key."""
+    max_entries: int = Field(default=100_000, ge=1)
+    """Bound of the in-process store."""
+    redis_url: str | None = None
+    """host:port of a Redis shared by all routers; in-process store when unset."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Minimum log level."""
@@ -167,5 +176,7 @@ class Settings(BaseSettings):
     """Request limits and deadlines."""
     reliability: ReliabilitySettings = ReliabilitySettings()
     """Breakers, retry budget, probes, caches."""
+    idempotency: IdempotencySettings = IdempotencySettings()
+    """Idempotent retries."""
     log: LogSettings = LogSettings()
     """Logging."""

@@ -16,6 +16,7 @@ import structlog
 
 from inferline.v1 import inference_pb2, inference_pb2_grpc
 from router.errors import InvalidArgument
+from router.pipeline.idempotency import Idempotency
 from router.pipeline.predict import Predictor
 from router.pipeline.types import CandidateIn, PredictCommand, PredictResult, Scalar
 from router.settings import AuthSettings
@@ -78,9 +79,15 @@ def _response(
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(
-        self, predictor: Predictor, *, auth: AuthSettings, default_deadline_s: float
+        self,
+        predictor: Predictor,
+        *,
+        auth: AuthSettings,
+        default_deadline_s: float,
+        idempotency: Idempotency,
     ) -> None:
         self._predictor = predictor
+        self._idempotency = idempotency
         self._auth = auth
         self._default_deadline_s = default_deadline_s
 
@@ -112,5 +119,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             idempotency_key=request.idempotency_key,
             priority=metadata.get(self._auth.priority_header),
         )
-        result = await self._predictor.predict(cmd, deadline)
-        return _response(result, request_id, trace_id, request.options.return_timings)
+        if not request.idempotency_key:
+            result = await self._predictor.predict(cmd, deadline)
+            return _response(result, request_id, trace_id, request.options.return_timings)
+
+        async def compute() -> bytes:
+            result = await self._predictor.predict(cmd, deadline)
+            resp = _response(result, request_id, trace_id, request.options.return_timings)
+            return bytes(resp.SerializeToString())
+
+        # The fingerprint ignores request_id: a retry may carry a new one.
+        body = inference_pb2.PredictRequest()
+        body.CopyFrom(request)
+        body.request_id = ""
+        fingerprint = Idempotency.fingerprint(body.SerializeToString(deterministic=True))
+        key = f"{tenant}\x00{request.idempotency_key}"
+        raw = await self._idempotency.run(key, fingerprint, compute)
+        return inference_pb2.PredictResponse.FromString(raw)

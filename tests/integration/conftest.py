@@ -23,7 +23,13 @@ from scripts.stack import ROOT, Stack
 
 # Generous feature budget: CI boxes are slow and these tests check values,
 # not latency (the benchmarks measure latency).
-ROUTER_ENV = {"INFERLINE_FEATURES__TIMEOUT_MS": "1000", "INFERLINE_LOG__LEVEL": "warning"}
+# Probes off here so Triton's request counters count only the tests' requests
+# (tests/integration/test_faults.py exercises the probes).
+ROUTER_ENV = {
+    "INFERLINE_FEATURES__TIMEOUT_MS": "1000",
+    "INFERLINE_LOG__LEVEL": "warning",
+    "INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0",
+}
 TENANT = (("x-inferline-tenant", "demo"),)
 
 

@@ -324,3 +324,43 @@ async def test_health_and_reflection(stack: Stack) -> None:
             names = {s.name for s in r.list_services_response.service}
             assert "inferline.v1.InferenceService" in names
             break
+
+
+async def test_idempotent_retry_returns_identical_response_scored_once(
+    stack: Stack, stub: Any
+) -> None:
+    import uuid
+
+    assert stack.triton is not None
+
+    def successes() -> float:
+        text = stack.triton.http_get("/metrics", metrics=True).decode()  # type: ignore[union-attr]
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("nv_inference_request_success{")
+            and 'model="fraud"' in line
+            and 'version="1"' in line
+        )
+
+    key = f"order-{uuid.uuid4()}"
+    req = pb.PredictRequest(
+        alias="fraud:prod",
+        idempotency_key=key,
+        request_id="first",
+        candidates=[fraud_candidate(101, amount=77.0)],
+    )
+    before = successes()
+    first = await stub.Predict(req, metadata=TENANT, timeout=10)
+    req.request_id = "retry"  # a retry may carry a new request id
+    second = await stub.Predict(req, metadata=TENANT, timeout=10)
+    assert second.SerializeToString() == first.SerializeToString()
+    assert second.request_id == "first"
+    assert successes() - before == 1  # scored once
+    # Same key, different request: refused rather than answered with the wrong scores.
+    other = pb.PredictRequest(
+        alias="fraud:prod", idempotency_key=key, candidates=[fraud_candidate(102)]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await stub.Predict(other, metadata=TENANT, timeout=10)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
