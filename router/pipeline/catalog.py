@@ -86,9 +86,16 @@ class ModelVersion:
     request_features: tuple[RequestFeature, ...]
     defaults: tuple[float, ...]
     """Default per column, in tensor order (imputation for missing/stale rows)."""
+    assembled_hash: str = ""
+    """Hash of the schema the router actually assembles for this version."""
+
+    @property
+    def schema_ok(self) -> bool:
+        """Train/serve parity: a version whose hashes differ is never scored."""
+        return self.assembled_hash == self.schema_hash
 
 
-def _plan(meta: VersionMetadata) -> ModelVersion:
+def _plan(meta: VersionMetadata, assembled_hash: str) -> ModelVersion:
     views: dict[str, list[tuple[int, FeatureSpec]]] = {}
     request: list[RequestFeature] = []
     for col, f in enumerate(meta.features):
@@ -124,6 +131,7 @@ def _plan(meta: VersionMetadata) -> ModelVersion:
         views=tuple(plans),
         request_features=tuple(request),
         defaults=tuple(f.default for f in meta.features),
+        assembled_hash=assembled_hash,
     )
 
 
@@ -133,10 +141,12 @@ def load_version(repository: Path, model: str, version: int) -> ModelVersion:
         meta = VersionMetadata.model_validate(json.loads(path.read_text()))
         if (meta.model, meta.version) != (model, version):
             raise ValueError(f"metadata names {meta.model}@{meta.version}")
-        computed = feature_schema_hash(f.model_dump() for f in meta.features)
-        if computed != meta.schema_hash:
-            raise ValueError("schema_hash does not match the feature list")
-        return _plan(meta)
+        # What the router will assemble is exactly this ordered list: if its hash
+        # differs from the one recorded at training time, the file was edited or
+        # the schema drifted. The version still loads (so the fallback ladder
+        # can answer for it), but it is never scored.
+        assembled = feature_schema_hash(f.model_dump() for f in meta.features)
+        return _plan(meta, assembled)
     except (OSError, ValueError, ValidationError) as e:
         raise ConfigError(f"bad metadata for {model}@{version} at {path}: {e}") from e
 

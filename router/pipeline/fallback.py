@@ -97,18 +97,28 @@ class Ladder:
         catalog: ModelCatalog,
     ) -> LadderResult:
         self._budget.deposit()
-        out = await self._try(route, version, batch, deadline)
+        reasons: list[str] = []
+        if version.schema_ok:
+            out = await self._try(route, version, batch, deadline)
+        else:
+            # Fail closed: a version whose feature schema does not match what it
+            # was trained on is never scored (train/serve parity).
+            log.error("parity.schema_mismatch", model=version.model, version=version.version)
+            reasons.append("schema_mismatch")
+            out = None
         if out is not None:
             if policy.cache_scores:
                 for row, s in zip(batch, out, strict=True):
                     self._cache.put(_row_key(version.model, row), float(s), policy.cache_ttl_s)
             return LadderResult(out, FallbackLevel.PRIMARY, version.version)
-        reasons = ["primary_unavailable"]
+        if version.schema_ok:
+            reasons.append("primary_unavailable")
 
         fb = policy.version
         if fb is not None and fb != version.version and (version.model, fb) in catalog:
             lkg = catalog.get(version.model, fb)
-            if lkg.schema_hash == version.schema_hash and self._budget.try_spend():
+            same_schema = lkg.schema_ok and lkg.schema_hash == version.assembled_hash
+            if same_schema and self._budget.try_spend():
                 out = await self._try(route, lkg, batch, deadline)
                 if out is not None:
                     return LadderResult(out, FallbackLevel.LAST_KNOWN_GOOD, fb, reasons)

@@ -64,8 +64,8 @@ class Ads:
         )
         await self.call.write(req)
 
-    async def recv(self, timeout: float = 2.0) -> DiscoveryResponse:
-        return await asyncio.wait_for(self.inbox.get(), timeout)
+    async def recv(self, within_s: float = 2.0) -> DiscoveryResponse:
+        return await asyncio.wait_for(self.inbox.get(), within_s)
 
     async def nothing(self, within: float = 0.3) -> None:
         await asyncio.sleep(within)

@@ -8,6 +8,7 @@ processes.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +23,19 @@ from router.pipeline.types import FallbackLevel
 
 
 def _version(v: int) -> ModelVersion:
-    return ModelVersion(model="m", version=v, input_name="i", output_name="o", n_features=2,
-                        schema_hash="h", default_score=0.07, views=(), request_features=(),
-                        defaults=(0.0, 0.0))
+    return ModelVersion(
+        model="m",
+        version=v,
+        input_name="i",
+        output_name="o",
+        n_features=2,
+        schema_hash="h",
+        default_score=0.07,
+        views=(),
+        request_features=(),
+        defaults=(0.0, 0.0),
+        assembled_hash="h",
+    )
 
 
 class FaultyServer:
@@ -32,8 +43,15 @@ class FaultyServer:
         self.failing = failing
         self.calls: list[int] = []
 
-    async def infer(self, model: str, version: int, input_name: str, output_name: str,
-                    batch: np.ndarray, timeout_s: float) -> np.ndarray:
+    async def infer(
+        self,
+        model: str,
+        version: int,
+        input_name: str,
+        output_name: str,
+        batch: np.ndarray,
+        timeout_s: float,
+    ) -> np.ndarray:
         self.calls.append(version)
         if version in self.failing:
             raise Unavailable("down")
@@ -41,10 +59,13 @@ class FaultyServer:
 
 
 def _ladder(server: FaultyServer, budget: RetryBudget | None = None) -> Ladder:
-    return Ladder(servers=lambda pool: server,
-                  breakers=BreakerRegistry(failure_threshold=3, open_s=60),
-                  budget=budget or RetryBudget(ratio=1.0, min_tokens=10),
-                  score_cache=TtlCache(100), reserve_s=0.0)
+    return Ladder(
+        servers=lambda pool: server,
+        breakers=BreakerRegistry(failure_threshold=3, open_s=60),
+        budget=budget or RetryBudget(ratio=1.0, min_tokens=10),
+        score_cache=TtlCache(100),
+        reserve_s=0.0,
+    )
 
 
 CATALOG = ModelCatalog([_version(1), _version(2)])
@@ -84,9 +105,13 @@ async def test_open_breaker_skips_the_call() -> None:
 
 async def test_retry_budget_bounds_upstream_attempts_at_50_percent_failure() -> None:
     server = FaultyServer(failing=set())
-    ladder = Ladder(servers=lambda pool: server,
-                    breakers=BreakerRegistry(failure_threshold=10**9, open_s=60),
-                    budget=RetryBudget(ratio=0.09), score_cache=TtlCache(10), reserve_s=0.0)
+    ladder = Ladder(
+        servers=lambda pool: server,
+        breakers=BreakerRegistry(failure_threshold=10**9, open_s=60),
+        budget=RetryBudget(ratio=0.09),
+        score_cache=TtlCache(10),
+        reserve_s=0.0,
+    )
     rng = np.random.default_rng(0)
     n = 2000
     for _ in range(n):
@@ -102,3 +127,49 @@ async def test_caller_errors_are_not_swallowed() -> None:
 
     with pytest.raises(InferlineError):
         await _run(_ladder(Rejecting(set())), FallbackPolicy())
+
+
+async def test_schema_mismatch_is_never_scored_and_falls_back() -> None:
+    import dataclasses
+
+    server = FaultyServer(failing=set())
+    ladder = _ladder(server)
+    broken = dataclasses.replace(_version(2), assembled_hash="other")
+    catalog = ModelCatalog([_version(1), broken])
+    r = await ladder.run(ROUTE, broken, X, time.monotonic() + 1, FallbackPolicy(version=1), catalog)
+    # The tensor follows the mismatched schema, so no version can consume it.
+    assert r.level is FallbackLevel.STATIC_DEFAULT and r.scores.tolist() == [0.07, 0.07]
+    assert "schema_mismatch" in r.reasons
+    assert server.calls == []  # nothing was scored on a malformed input
+
+
+def test_catalog_flags_edited_metadata(tmp_path: Path) -> None:
+    import json
+
+    from router.pipeline.catalog import load_version
+    from router.pipeline.schema import feature_schema_hash
+
+    features = [
+        {"name": n, "dtype": "float32", "source": "request", "view": None, "default": 0.0}
+        for n in ("a", "b")
+    ]
+    meta = {
+        "format": 1,
+        "model": "m",
+        "version": 1,
+        "kind": "gbdt",
+        "framework": "xgboost",
+        "tensors": {"input": "i", "output": "o"},
+        "entities": {},
+        "features": features,
+        "schema_hash": feature_schema_hash(features),
+        "default_score": 0.1,
+    }
+    d = tmp_path / "m" / "1"
+    d.mkdir(parents=True)
+    (d / "metadata.json").write_text(json.dumps(meta))
+    assert load_version(tmp_path, "m", 1).schema_ok
+    meta["features"] = features[::-1]  # columns reordered, hash left as trained
+    (d / "metadata.json").write_text(json.dumps(meta))
+    v = load_version(tmp_path, "m", 1)
+    assert not v.schema_ok and v.assembled_hash != v.schema_hash
