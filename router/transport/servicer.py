@@ -57,6 +57,15 @@ def _trace_id(metadata: dict[str, str]) -> str:
 def _response(
     result: PredictResult, request_id: str, trace_id: str, timings: bool
 ) -> inference_pb2.PredictResponse:
+    # The request's one log line (written by the interceptor) carries these.
+    structlog.contextvars.bind_contextvars(
+        version=result.version,
+        degraded=result.degraded,
+        fallback_level=result.fallback_level.name,
+        degraded_reasons=result.degraded_reasons,
+        stages_us=result.timings_us,
+        candidates=len(result.scores),
+    )
     resp = inference_pb2.PredictResponse(
         request_id=request_id,
         trace_id=trace_id,
