@@ -69,8 +69,8 @@ test: venv
 	exit $$rc
 
 lint: venv
-	$(VENV)/bin/ruff check router scripts bench tests
-	$(VENV)/bin/mypy router scripts bench tests
+	$(VENV)/bin/ruff check router scripts bench tests envoy
+	$(VENV)/bin/mypy router scripts bench tests envoy/inferline_edge
 
 bench: venv build
 	$(PY) -m bench.loadgen --start-stack --build build $(BENCH_ARGS)

@@ -98,6 +98,7 @@ class App:
                 budget=self.retry_budget,
                 score_cache=self.score_cache,
                 reserve_s=s.reliability.fallback_reserve_ms / 1000,
+                slow_call_s=s.reliability.slow_call_ms / 1000,
             ),
             admission=self.admission,
             breakers=self.breakers,

@@ -122,6 +122,9 @@ class ReliabilitySettings(_Section):
     0.09 keeps attempts per request under 1.1 even with the bucket's start-up token."""
     fallback_reserve_ms: float = Field(default=1.0, ge=0)
     """Deadline slice kept back from each upstream call so lower rungs can answer."""
+    slow_call_ms: float = Field(default=20.0, gt=0)
+    """A timed-out upstream call counts against the breaker only if it was given
+    at least this long (short caller deadlines say nothing about the backend)."""
     probe_interval_s: float = Field(default=1.0, ge=0)
     """Canary-inference probe period per routed version (0 disables probing)."""
     probe_timeout_ms: float = Field(default=250.0, gt=0)

@@ -82,6 +82,11 @@ class CircuitBreaker:
             self._opened_at = self._clock()
             self.opened_count += 1
 
+    def release_trial(self) -> None:
+        """The call's outcome says nothing about the backend (e.g. the caller's
+        deadline was too short): free a half-open trial slot, change nothing else."""
+        self._trial_in_flight = False
+
     def trip(self) -> None:
         """Open now (a failed canary probe: the backend is broken, not slow)."""
         if self.state is State.CLOSED:

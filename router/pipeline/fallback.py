@@ -57,12 +57,14 @@ class Ladder:
         budget: RetryBudget,
         score_cache: TtlCache[float],
         reserve_s: float,
+        slow_call_s: float = 0.02,
     ) -> None:
         self._servers = servers
         self._breakers = breakers
         self._budget = budget
         self._cache = score_cache
         self._reserve_s = reserve_s
+        self._slow_call_s = slow_call_s
 
     async def _try(
         self, route: Route, version: ModelVersion, batch: np.ndarray, deadline: float
@@ -77,8 +79,12 @@ class Ladder:
             out = await score(self._servers(route.pool), version, batch, timeout)
         except InferlineError as e:
             if e.code is Code.DEADLINE_EXCEEDED:
-                # Slow is a failure of the backend too: it ate the budget.
-                breaker.record_failure()
+                # Slow is a backend failure only if it had a fair budget: a
+                # caller's too-short deadline must not open the breaker.
+                if timeout >= self._slow_call_s:
+                    breaker.record_failure()
+                else:
+                    breaker.release_trial()
                 return None
             if e.code not in _BACKEND_FAILURES:
                 raise

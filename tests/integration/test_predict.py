@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import pickle
 from typing import Any
@@ -356,6 +357,14 @@ async def test_idempotent_retry_returns_identical_response_scored_once(
     second = await stub.Predict(req, metadata=TENANT, timeout=10)
     assert second.SerializeToString() == first.SerializeToString()
     assert second.request_id == "first"
+    # Triton publishes its counters with a lag: wait for the first, then make
+    # sure no second one shows up.
+    import time
+
+    deadline = time.monotonic() + 6
+    while successes() - before < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(2.5)
     assert successes() - before == 1  # scored once
     # Same key, different request: refused rather than answered with the wrong scores.
     other = pb.PredictRequest(
