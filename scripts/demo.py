@@ -21,9 +21,12 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from inferline.v1 import inference_pb2 as pb
 from inferline.v1 import inference_pb2_grpc
-from scripts.stack import ROOT, Stack, StackError
+from inferline_edge.certs import EDGE_DNS, DevPKI
+from scripts.edge_stack import FullStack
+from scripts.stack import ROOT, StackError
 
-TENANT = (("x-inferline-tenant", "demo"),)
+# Behind the edge the tenant is the client certificate's SPIFFE id: no header.
+TENANT: tuple[tuple[str, str], ...] = ()
 FRESHNESS = {
     v.number: v.name.removeprefix("FRESHNESS_STATUS_") for v in pb.FreshnessStatus.DESCRIPTOR.values
 }
@@ -97,13 +100,28 @@ def fmt(ms: np.ndarray) -> str:
     return f"p50={p50:6.2f} ms  p95={p95:6.2f} ms  p99={p99:6.2f} ms"
 
 
-async def run(stack: Stack, n: int) -> None:
-    assert stack.router is not None and stack.triton is not None
+def _tls_channel(address: str, pki: DevPKI, tenant: str | None, svc: str) -> grpc.aio.Channel:
+    """An mTLS channel to the edge with a tenant's client certificate (or none)."""
+    key = cert = None
+    if tenant is not None:
+        pair = pki.client(tenant, svc)
+        key, cert = pair.key.read_bytes(), pair.cert.read_bytes()
+    creds = grpc.ssl_channel_credentials(pki.ca.cert.read_bytes(), key, cert)
+    return grpc.aio.secure_channel(
+        address, creds, options=[("grpc.ssl_target_name_override", EDGE_DNS)]
+    )
+
+
+async def run(full: FullStack, pki: DevPKI, n: int) -> None:
+    assert full.edge is not None and full.base is not None and full.base.triton is not None
+    edge = full.edge.mtls_address
     async with (
-        grpc.aio.insecure_channel(stack.router.address) as ch,
-        grpc.aio.insecure_channel(stack.triton.grpc_url) as tch,
+        _tls_channel(edge, pki, "demo", "cli") as ch,
+        _tls_channel(edge, pki, "payments", "checkout") as pay_ch,
+        grpc.aio.insecure_channel(full.base.triton.grpc_url) as tch,
     ):
         stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        pay = inference_pb2_grpc.InferenceServiceStub(pay_ch)
         show(
             "fraud, fresh + stale + missing account",
             await stub.Predict(fraud_request([42, 57, 999_999]), metadata=TENANT, timeout=5),
@@ -139,18 +157,37 @@ async def run(stack: Stack, n: int) -> None:
                 ),
                 TENANT,
             ),
-            ("no identity", fraud_request([1]), ()),
-            ("model not granted", ranker_request(1, [1]), (("x-inferline-tenant", "payments"),)),
+            (
+                "forged XFCC header",
+                fraud_request([1]),
+                (("x-forwarded-client-cert", "URI=spiffe://inferline/tenant/payments/svc/x"),),
+            ),
         ]:
             try:
-                await stub.Predict(req, metadata=md, timeout=5)
-                print(f"   {title:18} -> OK (unexpected)")
+                resp = await stub.Predict(req, metadata=md, timeout=5)
+                print(
+                    f"   {title:18} -> OK, still tenant demo (edge replaced the header): "
+                    f"{resp.model.name}@{resp.model.version}"
+                )
             except grpc.aio.AioRpcError as e:
                 print(f"   {title:18} -> {e.code().name}: {e.details()}")
+        try:
+            await pay.Predict(ranker_request(1, [1]), timeout=5)
+        except grpc.aio.AioRpcError as e:
+            print(
+                f"   {'model not granted':18} -> {e.code().name}: {e.details()} (tenant payments)"
+            )
+        async with _tls_channel(edge, pki, None, "") as anon:
+            try:
+                await inference_pb2_grpc.InferenceServiceStub(anon).Predict(
+                    fraud_request([1]), timeout=5
+                )
+            except grpc.aio.AioRpcError as e:
+                print(f"   {'no client cert':18} -> {e.code().name} (TLS handshake refused)")
 
         # Latency, router vs direct Triton on the same feature row, sequential calls.
         meta = json.loads(
-            (stack.build_dir / "model_repository" / "fraud" / "1" / "metadata.json").read_text()
+            (full.base.build_dir / "model_repository" / "fraud" / "1" / "metadata.json").read_text()
         )
         row = np.asarray([[f["default"] for f in meta["features"]]], dtype=np.float32)
         infer = service_pb2.ModelInferRequest(model_name="fraud", model_version="1")
@@ -177,10 +214,10 @@ async def run(stack: Stack, n: int) -> None:
         r = await latency(via_router, n)
         d = await latency(direct, n)
         k = await latency(via_router_ranker, n)
-        print(f"   fraud via router     {fmt(r)}")
-        print(f"   fraud direct Triton  {fmt(d)}")
-        print(f"   router overhead      p50={np.median(r) - np.median(d):.2f} ms")
-        print(f"   ranker via router (20 candidates)  {fmt(k)}")
+        print(f"   fraud via Envoy (mTLS) + router  {fmt(r)}")
+        print(f"   fraud direct Triton              {fmt(d)}")
+        print(f"   stack overhead                   p50={np.median(r) - np.median(d):.2f} ms")
+        print(f"   ranker via Envoy + router (20 candidates)  {fmt(k)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,11 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build", type=Path, default=ROOT / "build")
     p.add_argument("--requests", type=int, default=300)
     args = p.parse_args(argv)
-    logs = args.build / "logs" / time.strftime("demo-%Y%m%d-%H%M%S")
+    logs = (args.build / "logs" / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
+    pki = DevPKI.create(
+        logs / "pki", tenants=[("demo", "cli"), ("payments", "checkout"), ("feed", "web")]
+    )
     try:
-        with Stack(args.build, logs, routing_table=ROOT / "scripts" / "demo_routing.yaml") as s:
-            print("stack up:", ", ".join(f"{k}={v}" for k, v in s.addresses().items()))
-            asyncio.run(run(s, args.requests))
+        with FullStack(args.build, logs, pki) as full:
+            assert full.edge is not None and full.router is not None
+            print(
+                f"stack up: edge (mTLS) {full.edge.mtls_address} -> router "
+                f"{full.router.address} -> Triton; client certs in {logs / 'pki'}"
+            )
+            asyncio.run(run(full, pki, args.requests))
     except StackError as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1

@@ -33,8 +33,8 @@ from typing import Any, Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from inferline_edge.certs import ROUTER_DNS, DevPKI
 
+from inferline_edge.certs import ROUTER_DNS, DevPKI
 from scripts.stack import (
     ROOT,
     OnlineStore,
@@ -493,6 +493,7 @@ class FullStack:
             )
             env = {
                 "INFERLINE_TRITON__URL": self.base.triton.grpc_url,
+                "INFERLINE_TRITON__HTTP_URL": self.base.triton.http_url,
                 "INFERLINE_FEATURES__REPO_PATH": str(self.base.feast_repo),
                 "INFERLINE_MODELS__REPOSITORY": str(build / "model_repository"),
                 "INFERLINE_ROUTING__TABLE_PATH": str(Path(self.routing_table).resolve()),
