@@ -1,20 +1,51 @@
-"""``python -m router``: run the inference router (settings from INFERLINE_* env)."""
+"""``python -m router``: run the inference router (settings from INFERLINE_* env).
+
+With ``server.workers`` > 1 this process becomes a small supervisor: it starts
+that many router processes on the same port (SO_REUSEPORT; the kernel spreads
+connections), forwards SIGTERM/SIGINT to them and exits when they all have.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import multiprocessing
+import signal
 import sys
+from types import FrameType
 
-import uvloop
-
-from router.app import serve
+from router.app import run
 from router.settings import Settings
+
+
+def _supervise(settings: Settings) -> int:
+    if settings.server.port == 0:
+        print("server.workers > 1 needs a fixed server.port", file=sys.stderr)
+        return 2
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=run, args=(settings,), name=f"router-{i}")
+        for i in range(settings.server.workers)
+    ]
+
+    def forward(_signum: int, _frame: FrameType | None) -> None:
+        # SIGTERM each worker: it stops accepting, drains, and exits.
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+
+    for p in procs:
+        p.start()
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()
+    return max((p.exitcode or 0) for p in procs)
 
 
 def main() -> int:
     settings = Settings()
-    uvloop.install()
-    asyncio.run(serve(settings))
+    if settings.server.workers > 1:
+        return _supervise(settings)
+    run(settings)
     return 0
 
 

@@ -13,6 +13,7 @@ import contextlib
 import signal
 
 import structlog
+import uvloop
 
 from router.backends.feast_store import FeastFeatureStore
 from router.backends.redis_idempotency import RedisIdempotencyStore
@@ -188,3 +189,10 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
     finally:
         await app.stop()
+
+
+def run(settings: Settings) -> None:
+    """One router process: uvloop event loop, serve until SIGTERM (importable, so
+    ``multiprocessing`` can start workers with it)."""
+    uvloop.install()
+    asyncio.run(serve(settings))

@@ -24,6 +24,9 @@ class ServerSettings(_Section):
     """Address the gRPC server binds to."""
     port: int = Field(default=50051, ge=0, le=65535)
     """gRPC port (0 picks a free one; the bound port is logged)."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Router processes sharing the port (SO_REUSEPORT): one Python process uses
+    one core, so set this to the cores the pod has. Needs a fixed port."""
     grace_period_s: float = Field(default=5.0, ge=0)
     """On SIGTERM, how long in-flight RPCs may finish before they are cancelled."""
     max_receive_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
