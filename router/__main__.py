@@ -16,13 +16,21 @@ from router.app import run
 from router.settings import Settings
 
 
+def _worker_settings(settings: Settings, i: int) -> Settings:
+    """Worker i scrapes on metrics.port + i (each process has its own counters)."""
+    port = settings.metrics.port + i if settings.metrics.port else 0
+    return settings.model_copy(
+        update={"metrics": settings.metrics.model_copy(update={"port": port})}
+    )
+
+
 def _supervise(settings: Settings) -> int:
     if settings.server.port == 0:
         print("server.workers > 1 needs a fixed server.port", file=sys.stderr)
         return 2
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=run, args=(settings,), name=f"router-{i}")
+        ctx.Process(target=run, args=(_worker_settings(settings, i),), name=f"router-{i}")
         for i in range(settings.server.workers)
     ]
 

@@ -20,6 +20,7 @@ from router.backends.redis_idempotency import RedisIdempotencyStore
 from router.backends.triton import TritonPools
 from router.errors import ConfigError, Unavailable
 from router.logging import configure_logging
+from router.observability.metrics import Metrics
 from router.pipeline.admission import Admission
 from router.pipeline.breaker import BreakerRegistry, RetryBudget
 from router.pipeline.cache import TtlCache
@@ -33,6 +34,7 @@ from router.pipeline.routing import RoutingTable
 from router.pipeline.snapshot import Snapshot, SnapshotHolder
 from router.settings import Settings
 from router.transport.kserve import kserve_handler
+from router.transport.metrics_http import MetricsServer
 from router.transport.server import GrpcServer
 from router.transport.servicer import InferenceServicer
 
@@ -68,6 +70,9 @@ class App:
             else MemoryIdempotencyStore(idem.max_entries)
         )
         self.idempotency = Idempotency(self.idempotency_store, idem.ttl_s)
+        self._label_values: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+        self.metrics = Metrics(lambda: self._label_values)
+        self.metrics_server: MetricsServer | None = None
         self.snapshots: SnapshotHolder | None = None
         self.server: GrpcServer | None = None
         self._reloader: asyncio.Task[None] | None = None
@@ -81,6 +86,7 @@ class App:
             for plan in version.views:
                 self.features.check_features(plan.view, plan.features)
         self._table_mtime = path.stat().st_mtime
+        self._label_values = (frozenset(table.tenants), frozenset(table.models))
         return snap
 
     async def start(self) -> int:
@@ -121,7 +127,10 @@ class App:
         kserve = kserve_handler(
             passthrough, auth=s.auth, default_deadline_s=s.limits.default_deadline_ms / 1000
         )
-        self.server = GrpcServer(s.server, s.tls, servicer, (kserve,))
+        self.server = GrpcServer(s.server, s.tls, servicer, (kserve,), self.metrics)
+        if s.metrics.enabled:
+            self.metrics_server = MetricsServer(s.metrics.host, s.metrics.port, self._scrape)
+            log.info("metrics.listening", port=await self.metrics_server.start())
         port = await self.server.start()
         await self.server.set_serving(True)
         if s.reliability.probe_interval_s > 0:
@@ -139,6 +148,19 @@ class App:
             self._reloader = asyncio.create_task(self._reload_loop())
         log.info("router.started", port=port, routing_version=self.snapshots.current.table.version)
         return port
+
+    def _scrape(self) -> bytes:
+        self.metrics.sync_gauges(
+            inflight=self.admission.in_flight,
+            breakers=self.breakers.states(),
+            shed=dict(self.admission.shed),
+            caches=[
+                ("score", self.score_cache.hits, self.score_cache.misses),
+                ("feature", self.feature_cache.hits, self.feature_cache.misses),
+                ("idempotency_replay", self.idempotency.replayed, 0),
+            ],
+        )
+        return self.metrics.render()
 
     async def _on_probe_round(self, results: dict[str, bool]) -> None:
         """Ready only while some routed version can actually score."""
@@ -165,6 +187,8 @@ class App:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         for task in (self._reloader, self._prober_task):
             if task is not None:
                 task.cancel()

@@ -147,6 +147,16 @@ class IdempotencySettings(_Section):
     """host:port of a Redis shared by all routers; in-process store when unset."""
 
 
+class MetricsSettings(_Section):
+    enabled: bool = True
+    """Serve Prometheus metrics over HTTP."""
+    host: str = "127.0.0.1"
+    """Address of the metrics endpoint (0.0.0.0 in a pod, for the scraper)."""
+    port: int = Field(default=9464, ge=0, le=65535)
+    """Port of ``GET /metrics`` (0 picks a free one; the bound port is logged).
+    With several workers each needs its own port: worker i uses port + i."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Minimum log level."""
@@ -184,5 +194,7 @@ class Settings(BaseSettings):
     """Breakers, retry budget, probes, caches."""
     idempotency: IdempotencySettings = IdempotencySettings()
     """Idempotent retries."""
+    metrics: MetricsSettings = MetricsSettings()
+    """Prometheus endpoint."""
     log: LogSettings = LogSettings()
     """Logging."""

@@ -437,7 +437,7 @@ class TlsRouterProcess(RouterProcess):
 
     def command(self) -> list[str]:
         if self._port is not None:
-            self.ports = [self._port]
+            self.ports = [self._port, *free_ports(1)]
         return super().command()
 
     def probe(self) -> bool:

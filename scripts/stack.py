@@ -393,7 +393,9 @@ class RedisServer(Supervisor):
             return False
 
 
-_ROUTER_BIND_VARS = frozenset({"INFERLINE_SERVER__HOST", "INFERLINE_SERVER__PORT"})
+_ROUTER_BIND_VARS = frozenset(
+    {"INFERLINE_SERVER__HOST", "INFERLINE_SERVER__PORT", "INFERLINE_METRICS__PORT"}
+)
 
 
 class RouterProcess(Supervisor):
@@ -405,6 +407,7 @@ class RouterProcess(Supervisor):
     """
 
     name = "router"
+    n_ports = 2  # gRPC, metrics
     start_timeout_s = 60.0  # loads Feast, waits for Triton
 
     def __init__(
@@ -424,6 +427,10 @@ class RouterProcess(Supervisor):
     def address(self) -> str:
         return f"127.0.0.1:{self.ports[0]}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[1]}/metrics"
+
     def command(self) -> list[str]:
         return self._command
 
@@ -432,6 +439,7 @@ class RouterProcess(Supervisor):
         env["PYTHONUNBUFFERED"] = "1"
         env["INFERLINE_SERVER__HOST"] = "127.0.0.1"
         env["INFERLINE_SERVER__PORT"] = str(self.ports[0])
+        env["INFERLINE_METRICS__PORT"] = str(self.ports[1])
         return env
 
     def probe(self) -> bool:

@@ -12,6 +12,8 @@ import re
 import time
 from collections.abc import Callable
 
+import structlog
+
 from router.backends import kserve
 from router.backends.triton import TritonModelServer
 from router.errors import DeadlineExceeded, NotFound, Unavailable
@@ -59,6 +61,7 @@ class Passthrough:
         principal = authenticate(snap.table, tenant)
         call = kserve.parse(method, raw)
         route = resolve(snap.table, principal.policy, _ref(call.model, call.version))
+        structlog.contextvars.bind_contextvars(model=route.model, version=route.version)
         if (route.model, route.version) not in snap.catalog:
             raise NotFound(f"version '{route.model}@{route.version}' is not loaded")
         forwarder = self._servers(route.pool).forwarder

@@ -25,6 +25,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from router.errors import InferlineError, ResourceExhausted
+from router.observability.metrics import Metrics
 
 log = structlog.get_logger("router.rpc")
 
@@ -87,6 +88,9 @@ class _Status(grpc.Status):  # type: ignore[misc]
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -120,12 +124,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("rpc.unhandled_error", method=method)
                 await context.abort(status, "internal error")
             finally:
+                duration = time.monotonic() - t0
                 log.info(
                     "rpc.done",
                     method=method,
                     status=status.name,
-                    duration_ms=round((time.monotonic() - t0) * 1000, 3),
+                    duration_ms=round(duration * 1000, 3),
                 )
+                if self._metrics is not None:
+                    self._metrics.observe_rpc(
+                        method, status.name, duration, structlog.contextvars.get_contextvars()
+                    )
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,

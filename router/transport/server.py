@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection
 from inferline.v1 import inference_pb2, inference_pb2_grpc
 from router.backends.kserve import SERVICE as KSERVE_SERVICE
 from router.errors import ConfigError
+from router.observability.metrics import Metrics
 from router.settings import ServerSettings, TlsSettings
 from router.transport.interceptors import ErrorInterceptor
 from router.transport.servicer import InferenceServicer
@@ -24,12 +25,13 @@ class GrpcServer:
         tls: TlsSettings,
         servicer: InferenceServicer,
         extra_handlers: tuple[grpc.GenericRpcHandler, ...] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._tls = tls
         self.health = HealthServicer()
         self._server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            interceptors=[ErrorInterceptor(metrics)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                 ("grpc.so_reuseport", 1),

@@ -54,6 +54,15 @@ def _trace_id(metadata: dict[str, str]) -> str:
     return os.urandom(16).hex()
 
 
+def _freshness_counts(result: PredictResult) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for per_candidate in result.freshness:
+        for f in per_candidate:
+            key = f"{f.view}:{f.status.name}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def _response(
     result: PredictResult, request_id: str, trace_id: str, timings: bool
 ) -> inference_pb2.PredictResponse:
@@ -65,6 +74,7 @@ def _response(
         degraded_reasons=result.degraded_reasons,
         stages_us=result.timings_us,
         candidates=len(result.scores),
+        freshness=_freshness_counts(result),
     )
     resp = inference_pb2.PredictResponse(
         request_id=request_id,

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, SLO tooling (no gRPC imports)."""
