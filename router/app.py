@@ -21,6 +21,7 @@ from router.backends.triton import TritonPools
 from router.errors import ConfigError, Unavailable
 from router.logging import configure_logging
 from router.observability.metrics import Metrics
+from router.observability.tracing import build_provider, tracer
 from router.pipeline.admission import Admission
 from router.pipeline.breaker import BreakerRegistry, RetryBudget
 from router.pipeline.cache import TtlCache
@@ -73,6 +74,14 @@ class App:
         self._label_values: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
         self.metrics = Metrics(lambda: self._label_values)
         self.metrics_server: MetricsServer | None = None
+        t = settings.tracing
+        self.tracer_provider = build_provider(
+            exporter=t.exporter,
+            sample_ratio=t.sample_ratio,
+            otlp_endpoint=t.otlp_endpoint,
+            jsonl_path=t.jsonl_path,
+        )
+        self.tracer = tracer(self.tracer_provider)
         self.snapshots: SnapshotHolder | None = None
         self.server: GrpcServer | None = None
         self._reloader: asyncio.Task[None] | None = None
@@ -110,6 +119,7 @@ class App:
             admission=self.admission,
             breakers=self.breakers,
             feature_cache=self.feature_cache,
+            tracer=self.tracer,
             max_candidates=s.limits.max_candidates,
             feature_timeout_s=s.features.timeout_ms / 1000,
             min_inference_budget_s=s.limits.min_inference_budget_ms / 1000,
@@ -120,6 +130,7 @@ class App:
             auth=s.auth,
             default_deadline_s=s.limits.default_deadline_ms / 1000,
             idempotency=self.idempotency,
+            tracer=self.tracer,
         )
         passthrough = Passthrough(
             snapshot=self.snapshots.get, servers=self.triton.get, admission=self.admission
@@ -198,6 +209,7 @@ class App:
         await self.features.close()
         if isinstance(self.idempotency_store, RedisIdempotencyStore):
             await self.idempotency_store.close()
+        self.tracer_provider.shutdown()
         log.info("router.stopped")
 
 

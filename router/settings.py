@@ -157,6 +157,18 @@ class MetricsSettings(_Section):
     With several workers each needs its own port: worker i uses port + i."""
 
 
+class TracingSettings(_Section):
+    exporter: Literal["none", "otlp", "jsonl"] = "none"
+    """Where finished spans go: an OTLP collector, a JSON-lines file, or nowhere
+    (trace ids are still propagated and echoed)."""
+    sample_ratio: float = Field(default=0.01, ge=0, le=1)
+    """Fraction of new traces recorded (callers' sampled flags are honoured)."""
+    otlp_endpoint: str = "127.0.0.1:4317"
+    """OTLP/gRPC collector endpoint."""
+    jsonl_path: Path | None = None
+    """File for the jsonl exporter."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Minimum log level."""
@@ -196,5 +208,7 @@ class Settings(BaseSettings):
     """Idempotent retries."""
     metrics: MetricsSettings = MetricsSettings()
     """Prometheus endpoint."""
+    tracing: TracingSettings = TracingSettings()
+    """OpenTelemetry traces."""
     log: LogSettings = LogSettings()
     """Logging."""

@@ -18,6 +18,7 @@ import json
 from collections import deque
 
 import numpy as np
+from opentelemetry import trace
 
 from router.errors import Code, DeadlineExceeded, InferlineError, Unavailable
 
@@ -61,6 +62,19 @@ def map_http_status(status: int) -> InferlineError:
         return InferlineError("internal error", code=Code.INTERNAL)
     # 404 (version not loaded), 429, 500, 503...: the model server cannot serve it.
     return Unavailable("model server unavailable")
+
+
+def _traceparent() -> bytes:
+    """The current span as a W3C traceparent header, so Triton's own tracing
+    (``--trace-config mode=opentelemetry``) continues the request's trace."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return b""
+    return b"traceparent: 00-%032x-%016x-%02x\r\n" % (
+        ctx.trace_id,
+        ctx.span_id,
+        int(ctx.trace_flags),
+    )
 
 
 class TritonHttpClient:
@@ -123,6 +137,7 @@ class TritonHttpClient:
             (
                 b"POST /v2/models/%s/versions/%d/infer HTTP/1.1\r\n" % (model.encode(), version),
                 b"Host: triton\r\nContent-Type: application/octet-stream\r\n",
+                _traceparent(),
                 b"Inference-Header-Content-Length: %d\r\n" % len(header),
                 b"Content-Length: %d\r\n\r\n" % (len(header) + len(payload)),
                 header,

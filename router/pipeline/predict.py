@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 
 from router.errors import DeadlineExceeded, InvalidArgument, NotFound
 from router.pipeline import features as features_stage
@@ -38,6 +40,7 @@ class Predictor:
         admission: Admission,
         breakers: BreakerRegistry,
         feature_cache: TtlCache[Row],
+        tracer: Tracer,
         max_candidates: int,
         feature_timeout_s: float,
         min_inference_budget_s: float,
@@ -49,6 +52,7 @@ class Predictor:
         self._admission = admission
         self._breakers = breakers
         self._feature_cache = feature_cache
+        self._tracer = tracer
         self._max_candidates = max_candidates
         self._feature_timeout_s = feature_timeout_s
         self._min_inference_budget_s = min_inference_budget_s
@@ -59,9 +63,15 @@ class Predictor:
         t0 = time.monotonic()
         snap = self._snapshot()
         table = snap.table
-        principal = authenticate(table, cmd.tenant)
-        priority = effective_priority(cmd.priority, principal.policy.max_priority)
-        ticket = self._admission.admit(principal.tenant, priority, principal.policy.max_in_flight)
+        with self._tracer.start_as_current_span("auth"):
+            principal = authenticate(table, cmd.tenant)
+        with self._tracer.start_as_current_span("admission") as span:
+            priority = effective_priority(cmd.priority, principal.policy.max_priority)
+            if span.is_recording():
+                span.set_attribute("inferline.priority", priority)
+            ticket = self._admission.admit(
+                principal.tenant, priority, principal.policy.max_in_flight
+            )
         try:
             return await self._admitted(cmd, snap, principal, deadline, t0)
         finally:
@@ -77,41 +87,55 @@ class Predictor:
     ) -> PredictResult:
         timings: dict[str, int] = {}
         table = snap.table
-        ref = parse_model_ref(cmd.alias, cmd.version)
-        route = resolve(table, principal.policy, ref)
-        n = len(cmd.candidates)
-        if n == 0:
-            raise InvalidArgument("at least one candidate is required")
-        if n > self._max_candidates:
-            raise InvalidArgument(f"at most {self._max_candidates} candidates per request")
         catalog = snap.catalog
-        if (route.model, route.version) not in catalog:
-            raise NotFound(f"version '{route.model}@{route.version}' is not loaded")
-        version = catalog.get(route.model, route.version)
+        with self._tracer.start_as_current_span("routing"):
+            ref = parse_model_ref(cmd.alias, cmd.version)
+            route = resolve(table, principal.policy, ref)
+            n = len(cmd.candidates)
+            if n == 0:
+                raise InvalidArgument("at least one candidate is required")
+            if n > self._max_candidates:
+                raise InvalidArgument(f"at most {self._max_candidates} candidates per request")
+            if (route.model, route.version) not in catalog:
+                raise NotFound(f"version '{route.model}@{route.version}' is not loaded")
+            version = catalog.get(route.model, route.version)
         structlog.contextvars.bind_contextvars(model=route.model, version=route.version)
+        current = trace.get_current_span()
+        if current.is_recording():
+            current.set_attribute("inferline.model", route.model)
+            current.set_attribute("inferline.version", route.version)
+            current.set_attribute("inferline.alias", route.alias or "")
+            current.set_attribute("inferline.arm", "")  # experiment arm: issue 6
         t1 = time.monotonic()
         timings["routing"] = int((t1 - t0) * 1e6)
 
         model_route = table.models[route.model]
         budget = min(self._feature_timeout_s, deadline - t1 - self._min_inference_budget_s)
-        batch = await features_stage.assemble(
-            version,
-            cmd.candidates,
-            self._features,
-            budget,
-            max_clock_skew_s=self._max_clock_skew_s,
-            breaker=self._breakers.get(FEATURE_STORE_BREAKER),
-            cache=self._feature_cache,
-            cache_ttl_s=model_route.feature_cache_ttl_s,
-        )
+        with self._tracer.start_as_current_span("features") as span:
+            batch = await features_stage.assemble(
+                version,
+                cmd.candidates,
+                self._features,
+                budget,
+                max_clock_skew_s=self._max_clock_skew_s,
+                breaker=self._breakers.get(FEATURE_STORE_BREAKER),
+                cache=self._feature_cache,
+                cache_ttl_s=model_route.feature_cache_ttl_s,
+            )
+            if span.is_recording():
+                span.set_attribute("inferline.degraded_reasons", sorted(batch.reasons))
         t2 = time.monotonic()
         timings["features"] = int((t2 - t1) * 1e6)
 
         if deadline - t2 <= 0:
             raise DeadlineExceeded("deadline exceeded before inference")
-        result = await self._ladder.run(
-            route, version, batch.matrix, deadline, model_route.fallback, catalog
-        )
+        with self._tracer.start_as_current_span("inference") as span:
+            result = await self._ladder.run(
+                route, version, batch.matrix, deadline, model_route.fallback, catalog
+            )
+            if span.is_recording():
+                span.set_attribute("inferline.fallback_level", result.level.name)
+                span.set_attribute("inferline.served_version", result.version)
         t3 = time.monotonic()
         timings["inference"] = int((t3 - t2) * 1e6)
         timings["total"] = int((t3 - t0) * 1e6)

@@ -7,15 +7,16 @@ business logic lives here.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
 import grpc
 import structlog
+from opentelemetry.trace import Span, SpanKind, Tracer
 
 from inferline.v1 import inference_pb2, inference_pb2_grpc
 from router.errors import InvalidArgument
+from router.observability.tracing import PROPAGATOR
 from router.pipeline.idempotency import Idempotency
 from router.pipeline.predict import Predictor
 from router.pipeline.types import CandidateIn, PredictCommand, PredictResult, Scalar
@@ -39,19 +40,6 @@ def _candidate(c: inference_pb2.Candidate) -> CandidateIn:
         entities={k: _scalar(k, v) for k, v in c.entities.items()},
         features={k: _scalar(k, v) for k, v in c.features.items()},
     )
-
-
-def _trace_id(metadata: dict[str, str]) -> str:
-    """The W3C trace id from ``traceparent`` when valid, else a new random one."""
-    parts = metadata.get("traceparent", "").split("-")
-    if len(parts) == 4 and len(parts[1]) == 32:
-        try:
-            int(parts[1], 16)
-            if parts[1] != "0" * 32:
-                return parts[1].lower()
-        except ValueError:
-            pass
-    return os.urandom(16).hex()
 
 
 def _freshness_counts(result: PredictResult) -> dict[str, int]:
@@ -104,7 +92,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         auth: AuthSettings,
         default_deadline_s: float,
         idempotency: Idempotency,
+        tracer: Tracer,
     ) -> None:
+        self._tracer = tracer
         self._predictor = predictor
         self._idempotency = idempotency
         self._auth = auth
@@ -114,13 +104,32 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.PredictResponse:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        # Continue the caller's trace (W3C traceparent) or start one; its id is
+        # echoed in the response and the log line even when not sampled.
+        parent = PROPAGATOR.extract(carrier=metadata)
+        with self._tracer.start_as_current_span(
+            "inferline.Predict", context=parent, kind=SpanKind.SERVER
+        ) as span:
+            trace_id = f"{span.get_span_context().trace_id:032x}"
+            return await self._predict(request, context, metadata, span, trace_id)
+
+    async def _predict(
+        self,
+        request: inference_pb2.PredictRequest,
+        context: grpc.aio.ServicerContext,
+        metadata: dict[str, str],
+        span: Span,
+        trace_id: str,
+    ) -> inference_pb2.PredictResponse:
         if len(request.request_id) > _MAX_ID_LEN or len(request.idempotency_key) > _MAX_ID_LEN:
             raise InvalidArgument(
                 f"request_id and idempotency_key are limited to {_MAX_ID_LEN} characters"
             )
         request_id = request.request_id or uuid.uuid4().hex
-        trace_id = _trace_id(metadata)
         tenant = caller_tenant(self._auth, metadata, context)
+        if span.is_recording():
+            span.set_attribute("inferline.tenant", tenant or "")
+            span.set_attribute("inferline.request_id", request_id)
         structlog.contextvars.bind_contextvars(
             request_id=request_id, trace_id=trace_id, tenant=tenant
         )
