@@ -20,6 +20,7 @@ from router.backends.redis_idempotency import RedisIdempotencyStore
 from router.backends.triton import TritonPools
 from router.errors import ConfigError, Unavailable
 from router.logging import configure_logging
+from router.observability.drift import DriftMonitor
 from router.observability.metrics import Metrics
 from router.observability.tracing import build_provider, tracer
 from router.pipeline.admission import Admission
@@ -82,6 +83,7 @@ class App:
             jsonl_path=t.jsonl_path,
         )
         self.tracer = tracer(self.tracer_provider)
+        self.drift = DriftMonitor(settings.quality.drift_window, settings.quality.drift_min_samples)
         self.snapshots: SnapshotHolder | None = None
         self.server: GrpcServer | None = None
         self._reloader: asyncio.Task[None] | None = None
@@ -96,6 +98,9 @@ class App:
                 self.features.check_features(plan.view, plan.features)
         self._table_mtime = path.stat().st_mtime
         self._label_values = (frozenset(table.tenants), frozenset(table.models))
+        for v in snap.catalog:
+            if v.drift_reference:
+                self.drift.register(v.model, v.version, list(v.feature_names), v.drift_reference)
         return snap
 
     async def start(self) -> int:
@@ -120,6 +125,7 @@ class App:
             breakers=self.breakers,
             feature_cache=self.feature_cache,
             tracer=self.tracer,
+            drift=self.drift,
             max_candidates=s.limits.max_candidates,
             feature_timeout_s=s.features.timeout_ms / 1000,
             min_inference_budget_s=s.limits.min_inference_budget_ms / 1000,
@@ -165,6 +171,7 @@ class App:
             inflight=self.admission.in_flight,
             breakers=self.breakers.states(),
             shed=dict(self.admission.shed),
+            drift=self.drift.snapshot(),
             caches=[
                 ("score", self.score_cache.hits, self.score_cache.misses),
                 ("feature", self.feature_cache.hits, self.feature_cache.misses),

@@ -169,6 +169,13 @@ class TracingSettings(_Section):
     """File for the jsonl exporter."""
 
 
+class QualitySettings(_Section):
+    drift_window: int = Field(default=2000, ge=10)
+    """Rows per model version in the sliding drift window."""
+    drift_min_samples: int = Field(default=200, ge=1)
+    """PSI is exported only once the window holds this many rows."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Minimum log level."""
@@ -206,6 +213,8 @@ class Settings(BaseSettings):
     """Breakers, retry budget, probes, caches."""
     idempotency: IdempotencySettings = IdempotencySettings()
     """Idempotent retries."""
+    quality: QualitySettings = QualitySettings()
+    """Drift detection."""
     metrics: MetricsSettings = MetricsSettings()
     """Prometheus endpoint."""
     tracing: TracingSettings = TracingSettings()

@@ -38,6 +38,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from feast_repo.data import DEFAULT_SEED, VIEWS_BY_NAME, feature_values
+from router.observability.profile import drift_reference, quality_profile
 from router.pipeline.schema import feature_schema_hash
 
 HERE = Path(__file__).resolve().parent
@@ -159,7 +160,8 @@ def train_fraud(ds: Dataset, version: int) -> tuple[xgb.Booster, dict[str, Any]]
         num_boost_round=rounds,
     )
     p = booster.inplace_predict(ds.x[test])
-    return booster, {"params": params, "metrics": _metrics(ds.y[test], p)}
+    scores = booster.inplace_predict(ds.x[train])
+    return booster, {"params": params, "metrics": _metrics(ds.y[test], p), "train_scores": scores}
 
 
 def train_ranker(ds: Dataset) -> tuple[Pipeline, dict[str, Any]]:
@@ -172,7 +174,9 @@ def train_ranker(ds: Dataset) -> tuple[Pipeline, dict[str, Any]]:
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(ds.x[train], ds.y[train])
     p = model.predict_proba(ds.x[test])[:, 1]
+    train_scores = model.predict_proba(ds.x[train])[:, 1]
     return model, {
+        "train_scores": train_scores,
         "params": {**params, "hidden_layer_sizes": [64, 32]},
         "metrics": _metrics(ds.y[test], p),
     }
@@ -274,6 +278,8 @@ def metadata(
         for j, f in enumerate(ds.features)
     ]
     data_hash = hashlib.sha256(ds.x.tobytes() + ds.y.tobytes()).hexdigest()
+    for f, prof in zip(features, quality_profile(x, features), strict=True):
+        f["profile"] = prof
     return {
         "format": 1,
         "model": model,
@@ -286,6 +292,7 @@ def metadata(
         "features": features,
         "schema_hash": feature_schema_hash(features),
         "default_score": info["metrics"]["base_rate"],
+        "drift_reference": drift_reference(x, info["train_scores"]),
         "training": {
             "seed": DEFAULT_SEED,
             "rows": len(ds.y),

@@ -62,6 +62,14 @@ class Metrics:
             "inferline_schema_mismatch", "Requests for a version whose schema hash mismatched.",
             ["model", "version"], registry=r,
         )  # fmt: skip
+        self.dq_violations = Counter(
+            "inferline_dq_violations", "Data-quality violations by feature, kind and action.",
+            ["model", "feature", "kind", "action"], registry=r,
+        )  # fmt: skip
+        self.drift_psi = Gauge(
+            "inferline_drift_psi", "PSI of the live window vs training, per feature and score.",
+            ["model", "version", "feature"], registry=r,
+        )  # fmt: skip
         self.breaker_open = Gauge(
             "inferline_breaker_open", "1 while a circuit breaker is open or half-open.",
             ["breaker"], registry=r,
@@ -98,6 +106,10 @@ class Metrics:
                 self.degraded.labels(model, level, reason).inc()
             if "schema_mismatch" in (ctx.get("degraded_reasons") or ()):
                 self.schema_mismatch.labels(model, version).inc()
+        violations: Mapping[str, int] = ctx.get("dq_violations") or {}
+        for key, n in violations.items():
+            feature, kind, action = key.split(":")
+            self.dq_violations.labels(model, feature, kind, action).inc(n)
         freshness: Mapping[str, int] = ctx.get("freshness") or {}
         for key, n in freshness.items():
             view, _, status = key.partition(":")
@@ -110,6 +122,7 @@ class Metrics:
         breakers: Mapping[str, str],
         shed: Mapping[tuple[str, str], int],
         caches: Iterable[tuple[str, int, int]],
+        drift: Mapping[tuple[str, int], Mapping[str, float]] | None = None,
     ) -> None:
         """Copy state owned elsewhere (admission, breakers, caches) into series.
 
@@ -121,6 +134,9 @@ class Metrics:
         for (reason, priority), count in shed.items():
             child = self.shed.labels(reason, priority)
             child.inc(max(0, count - child._value.get()))
+        for (model, version), values in (drift or {}).items():
+            for feature, value in values.items():
+                self.drift_psi.labels(model, str(version), feature).set(value)
         for name, hits, misses in caches:
             for result, count in (("hit", hits), ("miss", misses)):
                 child = self.cache.labels(name, result)

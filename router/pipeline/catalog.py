@@ -15,8 +15,9 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.errors import ConfigError
@@ -27,7 +28,15 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
+class FeatureProfile(_Frozen):
+    lo: float
+    hi: float
+    values: tuple[float, ...] | None = None
+    action: Literal["impute", "reject"] = "impute"
+
+
 class FeatureSpec(_Frozen):
+    profile: FeatureProfile | None = None
     name: str
     dtype: Literal["float32"]
     source: Literal["feast", "request"]
@@ -54,6 +63,7 @@ class VersionMetadata(_Frozen):
     features: tuple[FeatureSpec, ...] = Field(min_length=1)
     schema_hash: str
     default_score: float
+    drift_reference: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +84,18 @@ class RequestFeature:
 
 
 @dataclass(frozen=True, slots=True)
+class DataQuality:
+    """Vectorised form of the per-feature profiles, in tensor column order."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    reject: np.ndarray
+    """True where a violation rejects the request (request features)."""
+    categorical: tuple[tuple[int, np.ndarray], ...]
+    """(column, allowed values) for low-cardinality features."""
+
+
+@dataclass(frozen=True, slots=True)
 class ModelVersion:
     model: str
     version: int
@@ -88,6 +110,10 @@ class ModelVersion:
     """Default per column, in tensor order (imputation for missing/stale rows)."""
     assembled_hash: str = ""
     """Hash of the schema the router actually assembles for this version."""
+    feature_names: tuple[str, ...] = ()
+    dq: DataQuality | None = None
+    """Training profile checks (None: the version carries no profile)."""
+    drift_reference: dict[str, Any] | None = None
 
     @property
     def schema_ok(self) -> bool:
@@ -132,6 +158,26 @@ def _plan(meta: VersionMetadata, assembled_hash: str) -> ModelVersion:
         request_features=tuple(request),
         defaults=tuple(f.default for f in meta.features),
         assembled_hash=assembled_hash,
+        feature_names=tuple(f.name for f in meta.features),
+        dq=_data_quality(meta.features),
+        drift_reference=meta.drift_reference,
+    )
+
+
+def _data_quality(features: tuple[FeatureSpec, ...]) -> DataQuality | None:
+    profiles = [f.profile for f in features]
+    if any(p is None for p in profiles):
+        return None
+    ps = [p for p in profiles if p is not None]
+    return DataQuality(
+        lo=np.asarray([p.lo for p in ps], dtype=np.float64),
+        hi=np.asarray([p.hi for p in ps], dtype=np.float64),
+        reject=np.asarray([p.action == "reject" for p in ps]),
+        categorical=tuple(
+            (j, np.asarray(p.values, dtype=np.float32))
+            for j, p in enumerate(ps)
+            if p.values is not None
+        ),
     )
 
 

@@ -16,7 +16,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from router.errors import DeadlineExceeded, InvalidArgument, NotFound
+from router.observability.drift import DriftMonitor
 from router.pipeline import features as features_stage
+from router.pipeline import quality
 from router.pipeline.admission import Admission, effective_priority
 from router.pipeline.auth import Principal, authenticate
 from router.pipeline.breaker import FEATURE_STORE_BREAKER, BreakerRegistry
@@ -25,7 +27,7 @@ from router.pipeline.fallback import Ladder
 from router.pipeline.features import FeatureReader, Row
 from router.pipeline.routing import parse_model_ref, resolve
 from router.pipeline.snapshot import Snapshot
-from router.pipeline.types import PredictCommand, PredictResult
+from router.pipeline.types import FallbackLevel, PredictCommand, PredictResult
 
 log = structlog.get_logger("router.predict")
 
@@ -41,6 +43,7 @@ class Predictor:
         breakers: BreakerRegistry,
         feature_cache: TtlCache[Row],
         tracer: Tracer,
+        drift: DriftMonitor,
         max_candidates: int,
         feature_timeout_s: float,
         min_inference_budget_s: float,
@@ -53,6 +56,7 @@ class Predictor:
         self._breakers = breakers
         self._feature_cache = feature_cache
         self._tracer = tracer
+        self._drift = drift
         self._max_candidates = max_candidates
         self._feature_timeout_s = feature_timeout_s
         self._min_inference_budget_s = min_inference_budget_s
@@ -124,6 +128,10 @@ class Predictor:
             )
             if span.is_recording():
                 span.set_attribute("inferline.degraded_reasons", sorted(batch.reasons))
+        with self._tracer.start_as_current_span("quality"):
+            report = quality.check(version, batch.matrix)
+            if report.imputed:
+                batch.reasons.add("dq_imputed")
         t2 = time.monotonic()
         timings["features"] = int((t2 - t1) * 1e6)
 
@@ -136,6 +144,8 @@ class Predictor:
             if span.is_recording():
                 span.set_attribute("inferline.fallback_level", result.level.name)
                 span.set_attribute("inferline.served_version", result.version)
+        if result.level in (FallbackLevel.PRIMARY, FallbackLevel.LAST_KNOWN_GOOD):
+            self._drift.observe(route.model, result.version, batch.matrix, result.scores)
         t3 = time.monotonic()
         timings["inference"] = int((t3 - t2) * 1e6)
         timings["total"] = int((t3 - t0) * 1e6)

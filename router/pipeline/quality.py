@@ -1,0 +1,63 @@
+"""Online data-quality checks against the version's training profile.
+
+Runs on the assembled tensor, before inference. Each feature has an allowed
+range (and, for low-cardinality features, an allowed value set) from training,
+and an action: a request-time feature the caller sent out of profile is the
+caller's error (INVALID_ARGUMENT, naming the feature); a stored feature out of
+profile is imputed with the training default and the answer marked degraded
+(`dq_imputed`), because the caller cannot fix the feature store. Nulls and
+wrong types never reach this stage: transport and feature assembly handle them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from router.errors import InvalidArgument
+from router.pipeline.catalog import ModelVersion
+
+
+@dataclass(slots=True)
+class QualityReport:
+    violations: dict[str, int] = field(default_factory=dict)
+    """"<feature>:<kind>:<action>" -> rows (kind: range | cardinality)."""
+    imputed: bool = False
+
+
+def check(version: ModelVersion, matrix: np.ndarray) -> QualityReport:
+    """Validate (and repair in place) ``matrix``; raise for rejected features."""
+    report = QualityReport()
+    dq = version.dq
+    if dq is None:
+        return report
+    bad = (matrix < dq.lo) | (matrix > dq.hi)
+    kinds = np.where(bad, 1, 0)
+    for col, allowed in dq.categorical:
+        off = ~np.isin(matrix[:, col], allowed)
+        kinds[:, col] = np.where(off & ~bad[:, col], 2, kinds[:, col])
+        bad[:, col] |= off
+    if not bad.any():
+        return report
+    rows, cols = np.nonzero(bad)
+    for c in np.unique(cols):
+        action = "reject" if dq.reject[c] else "impute"
+        for kind_id, kind in ((1, "range"), (2, "cardinality")):
+            n = int(np.sum(kinds[:, c] == kind_id))
+            if n:
+                report.violations[f"{version.feature_names[c]}:{kind}:{action}"] = n
+    structlog.contextvars.bind_contextvars(dq_violations=report.violations)
+    rejected = [c for c in np.unique(cols) if dq.reject[c]]
+    if rejected:
+        c = int(rejected[0])
+        raise InvalidArgument(
+            f"feature '{version.feature_names[c]}' is outside the model's accepted range "
+            f"[{dq.lo[c]:.6g}, {dq.hi[c]:.6g}]"
+            + (" or value set" if any(col == c for col, _ in dq.categorical) else "")
+        )
+    defaults = np.asarray(version.defaults, dtype=np.float32)
+    matrix[rows, cols] = defaults[cols]
+    report.imputed = True
+    return report
