@@ -409,7 +409,7 @@ def test_burn_rate_alerts() -> None:
     assert set(alerts) == set(expected)
     for name, (long, short, factor, severity) in expected.items():
         expr = " ".join(alerts[name]["expr"].split())
-        threshold = f"({factor} * (1 - 0.9995))"
+        threshold = f"({factor} * (1 - 0.999))"
         assert expr == (
             f"inferline:slo_errors:ratio_rate{long} > {threshold} and "
             f"inferline:slo_errors:ratio_rate{short} > {threshold}"

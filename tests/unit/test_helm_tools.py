@@ -92,19 +92,20 @@ def test_burn_rate_alerts_fire_in_promtool(tmp_path: Path) -> None:
                 _fired("InferlineErrorBudgetBurnPage6h", "65m", _PAGE),  # 100% burns both
             ],
         },
-        {  # a 5-minute blip at ~9% errors: 180x the 0.05% budget, ~0.8% over the hour,
-            # above 14.4 x 0.05% = 0.72%: at 99.95% even a short blip pages
+        {  # after 6 healthy hours, a 5-minute blip at ~9% errors: ~0.8% over the
+            # hour, under 14.4 x 0.1% = 1.44%, and ~0.14% over 6h, under 6 x 0.1%:
+            # at the 99.9% SLO a short blip pages nobody
             "interval": "1m",
-            "input_series": _series("0+1000x120", "0+0x55 0+100x5 500+0x60"),
+            "input_series": _series("0+1000x430", "0+0x360 0+100x5 500+0x65"),
             "alert_rule_test": [
-                _fired("InferlineErrorBudgetBurnPage1h", "55m", None),
-                _fired("InferlineErrorBudgetBurnPage1h", "65m", _PAGE),  # blip ends at 61m
-                _fired("InferlineErrorBudgetBurnPage1h", "70m", None),  # 5m window clears
+                _fired(name, at, None)
+                for name in ("InferlineErrorBudgetBurnPage1h", "InferlineErrorBudgetBurnPage6h")
+                for at in ("362m", "366m", "370m", "400m")
             ],
         },
-        {  # 0.2% errors (4x the 0.05% budget) for a day
+        {  # 0.4% errors (4x the 0.1% budget) for a day
             "interval": "5m",
-            "input_series": _series("0+998x300", "0+2x300"),
+            "input_series": _series("0+996x300", "0+4x300"),
             "alert_rule_test": [
                 _fired("InferlineErrorBudgetBurnPage1h", "1d", None),
                 _fired("InferlineErrorBudgetBurnPage6h", "1d", None),
