@@ -91,8 +91,9 @@ class DataQuality:
     hi: np.ndarray
     reject: np.ndarray
     """True where a violation rejects the request (request features)."""
-    categorical: tuple[tuple[int, np.ndarray], ...]
-    """(column, allowed values) for low-cardinality features."""
+    categorical: tuple[tuple[int, frozenset[float]], ...]
+    """(column, allowed float32 values as Python floats) for low-cardinality
+    features: set lookups beat np.isin by ~20x at a handful of rows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +174,11 @@ def _data_quality(features: tuple[FeatureSpec, ...]) -> DataQuality | None:
         lo=np.asarray([p.lo for p in ps], dtype=np.float64),
         hi=np.asarray([p.hi for p in ps], dtype=np.float64),
         reject=np.asarray([p.action == "reject" for p in ps]),
+        # The training default (a mean) is always allowed: it is what missing or
+        # stale rows are imputed with.
         categorical=tuple(
-            (j, np.asarray(p.values, dtype=np.float32))
-            for j, p in enumerate(ps)
+            (j, frozenset(np.asarray([*p.values, f.default], dtype=np.float32).tolist()))
+            for j, (p, f) in enumerate(zip(ps, features, strict=True))
             if p.values is not None
         ),
     )

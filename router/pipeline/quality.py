@@ -34,13 +34,18 @@ def check(version: ModelVersion, matrix: np.ndarray) -> QualityReport:
     if dq is None:
         return report
     bad = (matrix < dq.lo) | (matrix > dq.hi)
-    kinds = np.where(bad, 1, 0)
-    for col, allowed in dq.categorical:
-        off = ~np.isin(matrix[:, col], allowed)
-        kinds[:, col] = np.where(off & ~bad[:, col], 2, kinds[:, col])
-        bad[:, col] |= off
-    if not bad.any():
+    off_set = [
+        (col, off)
+        for col, allowed in dq.categorical
+        if any(off := [v not in allowed for v in matrix[:, col].tolist()])
+    ]
+    if not off_set and not bad.any():
         return report
+    kinds = np.where(bad, 1, 0)
+    for col, off in off_set:
+        mask = np.asarray(off)
+        kinds[:, col] = np.where(mask & ~bad[:, col], 2, kinds[:, col])
+        bad[:, col] |= mask
     rows, cols = np.nonzero(bad)
     for c in np.unique(cols):
         action = "reject" if dq.reject[c] else "impute"

@@ -13,7 +13,7 @@ def _version() -> ModelVersion:
         lo=np.asarray([0.0, 0.0, -1.0]),
         hi=np.asarray([10.0, 23.0, 1.0]),
         reject=np.asarray([False, True, True]),
-        categorical=((1, np.arange(24, dtype=np.float32)),),
+        categorical=((1, frozenset(float(h) for h in range(24))),),
     )
     return ModelVersion(
         model="m",
