@@ -223,10 +223,10 @@ async def serve(args: argparse.Namespace) -> None:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    server.add_insecure_port(f"127.0.0.1:{args.port}")
+    server.add_insecure_port(f"{args.host}:{args.port}")
     await server.start()
     watcher = asyncio.create_task(tenants.watch([Path(args.tenants)], reload))
-    log.info("rate-limit service on 127.0.0.1:%d, redis %s", args.port, args.redis)
+    log.info("rate-limit service on %s:%d, redis %s", args.host, args.port, args.redis)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tenants", type=Path, required=True, help="tenants.yaml")
-    p.add_argument("--port", type=int, required=True, help="gRPC port (127.0.0.1)")
+    p.add_argument("--port", type=int, required=True, help="gRPC port")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a pod)")
     p.add_argument("--redis", required=True, help="host:port")
     p.add_argument("--redis-timeout-ms", type=float, default=20.0)
     p.add_argument("--domain", default="inferline")

@@ -15,6 +15,7 @@ on ports, certificates by name, and the rate-limit-service settings.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 from typing import Any
 
@@ -121,9 +122,16 @@ def _h2_options() -> dict[str, Any]:
 
 
 def _static_cluster(name: str, addr: tuple[str, int], connect_timeout: str) -> dict[str, Any]:
+    # IP literals (loopback, tests) are STATIC; Service names (Kubernetes) are
+    # resolved and re-resolved by Envoy (STRICT_DNS: every pod IP is an endpoint).
+    try:
+        ipaddress.ip_address(addr[0])
+        kind = "STATIC"
+    except ValueError:
+        kind = "STRICT_DNS"
     return {
         "name": name,
-        "type": "STATIC",
+        "type": kind,
         "connect_timeout": connect_timeout,
         "per_connection_buffer_limit_bytes": 32768,
         "load_assignment": {

@@ -314,7 +314,7 @@ async def _status_server(cp: ControlPlane, port: int) -> asyncio.Server:
             await writer.drain()
         writer.close()
 
-    return await asyncio.start_server(handle, "127.0.0.1", port)
+    return await asyncio.start_server(handle, "127.0.0.1", port)  # debug endpoint: loopback only
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -329,6 +329,7 @@ async def serve(args: argparse.Namespace) -> None:
         upstream=hostport(args.upstream),
         ratelimit=hostport(args.ratelimit) if args.ratelimit else None,
         access_log=args.access_log,
+        listen_address=args.listen_address,
     )
     cp = ControlPlane(args.tenants, topo)
     await cp.rebuild()
@@ -337,13 +338,13 @@ async def serve(args: argparse.Namespace) -> None:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set(ADS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    server.add_insecure_port(f"127.0.0.1:{args.port}")
+    server.add_insecure_port(f"{args.host}:{args.port}")
     await server.start()
     status = await _status_server(cp, args.status_port) if args.status_port else None
     watcher = asyncio.create_task(
         tenants.watch(cp.watched(), cp.rebuild, interval_s=args.poll_interval)
     )
-    log.info("ADS on 127.0.0.1:%d, status on %s", args.port, args.status_port)
+    log.info("ADS on %s:%d, status on %s", args.host, args.port, args.status_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -363,7 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tenants", type=Path, required=True, help="tenants.yaml")
     p.add_argument("--pki", type=Path, required=True, help="dev PKI directory (certs.py)")
-    p.add_argument("--port", type=int, required=True, help="ADS gRPC port (127.0.0.1)")
+    p.add_argument("--port", type=int, required=True, help="ADS gRPC port")
+    p.add_argument("--host", default="127.0.0.1", help="ADS bind address (0.0.0.0 in a pod)")
+    p.add_argument(
+        "--listen-address", default="127.0.0.1", help="Envoy's public listeners bind here"
+    )
     p.add_argument("--status-port", type=int, default=0, help="JSON status port (0 = off)")
     p.add_argument("--mtls-port", type=int, required=True, help="Envoy's public mTLS listener")
     p.add_argument("--jwt-port", type=int, default=None, help="Envoy's public JWT listener")
