@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-url", help="host:port of the Redis online store")
     p.add_argument("--gbdt-backend", choices=["auto", "fil", "python"], default="auto")
     p.add_argument("--features-only", action="store_true", help="skip model training")
+    p.add_argument(
+        "--response-cache",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="enable Triton's response cache for MODEL (repeatable)",
+    )
     args = p.parse_args(argv)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         installed = tritonpaths.installed_backends()
     except tritonpaths.TritonNotInstalledError:
         installed = frozenset({"python"})
-    repo = build_repository(out, installed, args.gbdt_backend)
+    repo = build_repository(out, installed, args.gbdt_backend, frozenset(args.response_cache))
     print(f"models:   {repo} in {time.monotonic() - t1:.1f}s", flush=True)
     return 0
 

@@ -331,6 +331,8 @@ class TritonServer(Supervisor):
             "--http-address=127.0.0.1", f"--http-port={http_port}",
             "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
             "--exit-timeout-secs=5", f"--model-control-mode={self.model_control_mode}",
+            f"--cache-directory={tritonpaths.caches_dir()}",
+            "--cache-config=local,size=67108864",  # for models with response_cache on
             *self.extra_args,
         ]  # fmt: skip
 

@@ -39,6 +39,11 @@ def backends_dir() -> Path:
     return triton_root() / "backends"
 
 
+def caches_dir() -> Path:
+    """Triton's cache implementations (the local response cache ships in the wheel)."""
+    return triton_root() / "caches"
+
+
 def installed_backends(backend_dir: Path | None = None) -> frozenset[str]:
     """Names of the Triton backends present (``python``, ``fil``, ``onnxruntime``...).
 

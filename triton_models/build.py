@@ -305,7 +305,14 @@ def metadata(
     }
 
 
-def render_config(model: str, backend: str, n_features: int, *, instances: int = 1) -> str:
+def render_config(
+    model: str,
+    backend: str,
+    n_features: int,
+    *,
+    instances: int = 1,
+    response_cache: bool = False,
+) -> str:
     template = (HERE / model / f"config.{backend}.pbtxt.tmpl").read_text()
     return string.Template(template).substitute(
         max_batch_size=MAX_BATCH_SIZE,
@@ -313,6 +320,7 @@ def render_config(model: str, backend: str, n_features: int, *, instances: int =
         n_features=n_features,
         instances=instances,
         fil_kind="KIND_AUTO",
+        response_cache="true" if response_cache else "false",
     )
 
 
@@ -343,7 +351,12 @@ def _write_version(
     (vdir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def build_repository(out: Path, installed: frozenset[str], gbdt: GbdtBackend = "auto") -> Path:
+def build_repository(
+    out: Path,
+    installed: frozenset[str],
+    gbdt: GbdtBackend = "auto",
+    response_cache: frozenset[str] = frozenset(),
+) -> Path:
     """Train, export and write ``<out>/model_repository`` (+ ``<out>/training``)."""
     repo, training = out / "model_repository", out / "training"
     shutil.rmtree(repo, ignore_errors=True)
@@ -367,7 +380,9 @@ def build_repository(out: Path, installed: frozenset[str], gbdt: GbdtBackend = "
             python_backend=fraud_backend == "python",
         )
     (repo / "fraud" / "config.pbtxt").write_text(
-        render_config("fraud", fraud_backend, fraud.x.shape[1])
+        render_config(
+            "fraud", fraud_backend, fraud.x.shape[1], response_cache="fraud" in response_cache
+        )
     )
 
     ranker = ranker_dataset()
@@ -380,6 +395,8 @@ def build_repository(out: Path, installed: frozenset[str], gbdt: GbdtBackend = "
     meta["artifact"]["file"] = "model.onnx"
     _write_version(repo, "ranker", 1, {"model.onnx": onnx_path}, meta, python_backend=True)
     (repo / "ranker" / "config.pbtxt").write_text(
-        render_config("ranker", "python", ranker.x.shape[1])
+        render_config(
+            "ranker", "python", ranker.x.shape[1], response_cache="ranker" in response_cache
+        )
     )
     return repo
