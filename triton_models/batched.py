@@ -6,8 +6,37 @@ rows in one call, and split the scores back, answering a malformed request
 with its own error instead of failing its batch-mates.
 """
 
+import abc
+import json
+import os
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+class BatchedModel(abc.ABC):
+    """Base for the Python-backend models: reads the I/O spec from the model
+    config; subclasses load their artifact in ``load`` and implement ``score``."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.n_features = int(config["input"][0]["dims"][0])
+        self.load(os.path.join(args["model_repository"], args["model_version"]))
+
+    @abc.abstractmethod
+    def load(self, version_dir):
+        """Load the version's artifact from ``version_dir``."""
+
+    @abc.abstractmethod
+    def score(self, x):
+        """float32 [N, n_features] -> N scores."""
+
+    def execute(self, requests):
+        return execute_batched(
+            requests, self.input_name, self.output_name, self.n_features, self.score
+        )
 
 
 def execute_batched(requests, input_name, output_name, n_features, score):

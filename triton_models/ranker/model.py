@@ -16,19 +16,12 @@ for _p in [os.path.dirname(os.path.abspath(__file__)), *reversed(_paths)]:
     if _p and _p not in sys.path:
         sys.path.insert(0, _p)
 
-import json  # noqa: E402
-
 import onnxruntime as ort  # noqa: E402
-from batched import execute_batched  # noqa: E402
+from batched import BatchedModel  # noqa: E402
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
-        self.n_features = int(config["input"][0]["dims"][0])
-        version_dir = os.path.join(args["model_repository"], args["model_version"])
+class TritonPythonModel(BatchedModel):
+    def load(self, version_dir):
         opts = ort.SessionOptions()
         # Single-threaded and sequential: on small hosts spinning intra-op
         # threads double CPU per request and starve the gRPC threads.
@@ -40,10 +33,5 @@ class TritonPythonModel:
         )
         self.onnx_input = self.session.get_inputs()[0].name
 
-    def execute(self, requests):
-        return execute_batched(
-            requests, self.input_name, self.output_name, self.n_features, self._score
-        )
-
-    def _score(self, x):
+    def score(self, x):
         return self.session.run(None, {self.onnx_input: x})[0]
