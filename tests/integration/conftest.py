@@ -80,12 +80,13 @@ class OfflineData:
 
         fs = FeatureStore(repo_path=str(self.build / "feast"))
         fv = fs.get_feature_view(view)
-        path = Path(fv.batch_source.path)
+        source: Any = fv.batch_source  # a FileSource in this repo
+        path = Path(source.path)
         if not path.is_absolute():
             path = self.build / "feast" / path
         df = pd.read_parquet(path)
         keys = [c.name for c in fv.entity_columns]
-        ts = fv.batch_source.timestamp_field
+        ts = source.timestamp_field
         return df.sort_values(ts).groupby(keys, as_index=True).last()
 
 

@@ -27,10 +27,10 @@ import pytest_asyncio
 import tritonclient.grpc as tgrpc
 import yaml
 from grpc_status import rpc_status
-from inferline_edge.certs import EDGE_DNS, EDGE_SPIFFE_ID, ROUTER_DNS, DevPKI
-from inferline_edge.devtools import SLEEP_HEADER, EchoUpstream, EdgeClient, Result, Seen
 
 from inferline.v1 import inference_pb2_grpc
+from inferline_edge.certs import EDGE_DNS, EDGE_SPIFFE_ID, ROUTER_DNS, DevPKI
+from inferline_edge.devtools import SLEEP_HEADER, EchoUpstream, EdgeClient, Result, Seen
 from scripts.demo import fraud_request, ranker_request
 from scripts.edge_stack import EdgeStack, FullStack
 

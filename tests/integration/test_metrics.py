@@ -9,9 +9,10 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from inferline.v1 import inference_pb2 as pb
 from scripts.stack import Stack
 from tests.integration.conftest import TENANT
-from tests.integration.test_predict import fraud_candidate, pb
+from tests.integration.test_predict import fraud_candidate
 
 
 def _scrape(stack: Stack) -> dict[str, list[Any]]:
@@ -22,10 +23,10 @@ def _scrape(stack: Stack) -> dict[str, list[Any]]:
 
 
 def _value(samples: list[Any], name: str, **labels: str) -> float:
-    return sum(
+    return float(sum(
         s.value for s in samples
         if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 async def test_requests_stages_and_degraded_are_counted(stack: Stack, stub: Any) -> None:

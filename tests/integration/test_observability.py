@@ -12,10 +12,11 @@ import grpc
 import numpy as np
 import pytest
 
+from inferline.v1 import inference_pb2 as pb
 from inferline.v1 import inference_pb2_grpc
 from scripts.stack import ROOT, Stack
 from tests.integration.conftest import ROUTER_ENV, TENANT
-from tests.integration.test_predict import fraud_candidate, pb
+from tests.integration.test_predict import fraud_candidate
 
 
 @pytest.fixture(scope="module")

@@ -362,7 +362,7 @@ async def test_idempotent_retry_returns_identical_response_scored_once(
     import time
 
     deadline = time.monotonic() + 6
-    while successes() - before < 1 and time.monotonic() < deadline:
+    while successes() - before < 1 and time.monotonic() < deadline:  # noqa: ASYNC110 - polling another process
         await asyncio.sleep(0.2)
     await asyncio.sleep(2.5)
     assert successes() - before == 1  # scored once

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 import yaml
-from inferline_edge import resources, tenants
-from inferline_edge.certs import DevPKI
 from pydantic import ValidationError
 
+import inferline_edge.resources as resources
+import inferline_edge.tenants as tenants
+from inferline_edge.certs import DevPKI
 from scripts.stack import ROOT
 
 
@@ -144,6 +145,11 @@ def test_route_carries_per_tenant_buckets_and_policies(built: dict[str, dict[str
     assert {d["entries"][0]["value"] for d in descriptors} == set(cfg.tenants)
     policies = per["envoy.filters.http.rbac"]["rbac"]["rules"]["policies"]
     assert set(policies) == {f"tenant-{t}" for t in cfg.tenants}
+    # Quota descriptors (-> a rate-limit-service call) only for tenants with a quota.
+    metered = {t for t, c in cfg.tenants.items() if c.quota_per_minute > 0}
+    match = vhost["rateLimits"][0]["actions"][0]["headerValueMatch"]["headers"][0]
+    regex = match["stringMatch"]["safeRegex"]["regex"]
+    assert {t for t in cfg.tenants if re.fullmatch(regex, t)} == metered != set(cfg.tenants)
     prefixes = {r["match"]["prefix"] for r in vhost["routes"]}
     assert set(resources.GRPC_PREFIXES) <= prefixes
 

@@ -7,6 +7,7 @@ import base64
 
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+
 from inferline_edge.ratelimit import WINDOW_S, WindowState, quota_failure_details
 
 

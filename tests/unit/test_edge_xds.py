@@ -17,7 +17,9 @@ from envoy_data_plane.envoy.config.core.v3 import Node
 from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from envoy_data_plane.google.rpc import Status
-from inferline_edge import resources, xds
+
+import inferline_edge.resources as resources
+import inferline_edge.xds as xds
 
 CDS, RDS = resources.CLUSTER, resources.ROUTE
 METHOD = f"/{xds.ADS_SERVICE}/StreamAggregatedResources"

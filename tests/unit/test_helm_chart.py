@@ -8,7 +8,6 @@ them; the autoscaling targets equal scripts/capacity.py's output.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
