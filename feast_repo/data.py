@@ -166,8 +166,9 @@ def feature_values(spec: ViewSpec, seed: int = DEFAULT_SEED) -> pd.DataFrame:
     return pd.DataFrame(frame)
 
 
-def is_stale_id(entity_id: int | np.ndarray) -> bool | np.ndarray:
-    return np.asarray(entity_id) % STALE_MODULUS == STALE_REMAINDER
+def is_stale_id(entity_id: int | np.ndarray) -> np.ndarray:
+    """Ids planted with a stale row (a 0-d array for a scalar id)."""
+    return np.asarray(np.asarray(entity_id) % STALE_MODULUS == STALE_REMAINDER)
 
 
 def event_times(spec: ViewSpec, now: datetime, seed: int = DEFAULT_SEED) -> pd.Series:

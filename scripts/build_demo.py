@@ -19,8 +19,13 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from feast_repo.data import VIEWS, generate_tables, write_tables
+import numpy as np
+import pandas as pd
+
+from feast_repo.data import STALE_REMAINDER, VIEWS, generate_tables, write_tables
+from feast_repo.definitions import TIMESTAMP_FIELD
 from scripts import tritonpaths
 
 FEATURE_STORE_YAML = """\
@@ -46,6 +51,40 @@ def write_feature_store_yaml(repo: Path, online_store: str, redis_url: str | Non
     (repo / "feature_store.yaml").write_text(FEATURE_STORE_YAML.format(online=online))
 
 
+def verify_online(store: Any, tables: dict[str, pd.DataFrame]) -> None:
+    """Read back a fresh, a stale and a missing entity per view through the
+    online store's own ``online_read`` (the router's read path) and check the
+    values and event times round-tripped; raise on any mismatch."""
+    from feast.infra.online_stores.helpers import get_online_store_from_config
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    online = get_online_store_from_config(store.config.online_store)
+    for spec in VIEWS:
+        fresh, stale, missing = 1, STALE_REMAINDER, spec.n_entities + 1
+        keys = [
+            EntityKey(join_keys=[spec.join_key], entity_values=[Value(int64_val=i)])
+            for i in (fresh, stale, missing)
+        ]
+        fv = store.get_feature_view(spec.name)
+        rows = online.online_read(store.config, fv, keys, list(spec.features))
+        table = tables[spec.name].set_index(spec.join_key)
+        for entity_id, (ts, values) in zip((fresh, stale), rows[:2], strict=True):
+            if ts is None or not values:
+                raise RuntimeError(f"{spec.name}: {spec.join_key}={entity_id} not materialized")
+            want = table.loc[entity_id]
+            got = np.array([values[f].float_val for f in spec.features], dtype=np.float32)
+            if not np.array_equal(got, want[list(spec.features)].to_numpy(np.float32)):
+                raise RuntimeError(f"{spec.name}: {spec.join_key}={entity_id} values differ")
+            # SQLite keeps whole seconds of the event time.
+            if abs(ts.timestamp() - want[TIMESTAMP_FIELD].timestamp()) >= 1.0:
+                raise RuntimeError(f"{spec.name}: {spec.join_key}={entity_id} event time differs")
+        # SQLite answers a missing key with (None, None), Redis with unset values.
+        _, values = rows[2]
+        if values and any(v.WhichOneof("val") is not None for v in values.values()):
+            raise RuntimeError(f"{spec.name}: {spec.join_key}={missing} should be missing")
+
+
 def build_features(out: Path, online_store: str, redis_url: str | None) -> Path:
     from feast import FeatureStore
 
@@ -56,10 +95,12 @@ def build_features(out: Path, online_store: str, redis_url: str | None) -> Path:
     (repo / "data").mkdir(parents=True)
     write_feature_store_yaml(repo, online_store, redis_url)
     now = datetime.now(UTC)
-    write_tables(generate_tables(now), repo / "data")
+    tables = generate_tables(now)
+    write_tables(tables, repo / "data")
     store = FeatureStore(repo_path=str(repo))
     store.apply([*ENTITIES, *FEATURE_VIEWS])
     store.materialize(start_date=now - timedelta(days=30), end_date=now + timedelta(minutes=1))
+    verify_online(store, tables)
     summary = {
         v.name: {
             "join_keys": [v.join_key],

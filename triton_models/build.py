@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import shutil
 import string
 import subprocess
@@ -162,6 +163,26 @@ def train_fraud(ds: Dataset, version: int) -> tuple[xgb.Booster, dict[str, Any]]
     p = booster.inplace_predict(ds.x[test])
     scores = booster.inplace_predict(ds.x[train])
     return booster, {"params": params, "metrics": _metrics(ds.y[test], p), "train_scores": scores}
+
+
+# XGBoost >= 3.1 writes base_score as a one-element list ("[8.1E-2]"). Treelite
+# before its XGBoost 3.1 support (dmlc/treelite#638, Oct 2025), and so the FIL
+# backend of Triton 24.x, parses it as a number and refuses the file; a scalar
+# string is read by every XGBoost and Treelite.
+_LIST_BASE_SCORE = re.compile(rb'"base_score":"\[([^\[\],]+)\]"')
+
+
+def save_xgboost_json(booster: xgb.Booster, path: Path, check_rows: np.ndarray) -> None:
+    """Save ``booster`` as XGBoost JSON that FIL's Treelite also loads.
+
+    The file is reloaded and must score ``check_rows`` exactly as ``booster``.
+    """
+    booster.save_model(str(path))
+    path.write_bytes(_LIST_BASE_SCORE.sub(rb'"base_score":"\1"', path.read_bytes()))
+    reloaded = xgb.Booster(model_file=str(path))
+    want = booster.inplace_predict(check_rows)
+    if not np.array_equal(reloaded.inplace_predict(check_rows), want):
+        raise RuntimeError(f"{path}: rewritten model scores differ from the trained booster")
 
 
 def train_ranker(ds: Dataset) -> tuple[Pipeline, dict[str, Any]]:
@@ -368,7 +389,7 @@ def build_repository(
     for version in (1, 2):
         booster, info = train_fraud(fraud, version)
         artifact = training / f"fraud_v{version}.json"
-        booster.save_model(str(artifact))
+        save_xgboost_json(booster, artifact, fraud.x[:2000])
         meta = metadata("fraud", version, "gbdt", "xgboost", artifact, fraud, info)
         meta["artifact"]["file"] = "xgboost.json"
         _write_version(

@@ -5,6 +5,8 @@ scores are identical whichever backend a cluster has. All requests of one
 ``execute`` call (Triton's dynamic batch) are scored in one ``inplace_predict``.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -15,16 +17,18 @@ for _p in [os.path.dirname(os.path.abspath(__file__)), *reversed(_paths)]:
     if _p and _p not in sys.path:
         sys.path.insert(0, _p)
 
+import numpy as np  # noqa: E402
 import xgboost as xgb  # noqa: E402
-from batched import BatchedModel  # noqa: E402
+from batched import BatchedModel  # type: ignore[import-not-found]  # noqa: E402
 
 
 class TritonPythonModel(BatchedModel):
-    def load(self, version_dir):
+    def load(self, version_dir: str) -> None:
         self.booster = xgb.Booster()
         self.booster.load_model(os.path.join(version_dir, "xgboost.json"))
         # One thread: on small hosts extra OpenMP threads spin and starve gRPC.
         self.booster.set_param({"nthread": int(os.environ.get("OMP_NUM_THREADS", "1"))})
 
-    def score(self, x):
-        return self.booster.inplace_predict(x)
+    def score(self, x: np.ndarray) -> np.ndarray:
+        # predict_type="value": the sigmoid applied, i.e. P(positive class).
+        return np.asarray(self.booster.inplace_predict(x, predict_type="value"))

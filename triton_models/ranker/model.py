@@ -6,6 +6,8 @@ backend serve the same ``model.onnx`` natively. All requests of one ``execute``
 call (Triton's dynamic batch) run as one session call.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -16,12 +18,13 @@ for _p in [os.path.dirname(os.path.abspath(__file__)), *reversed(_paths)]:
     if _p and _p not in sys.path:
         sys.path.insert(0, _p)
 
+import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
-from batched import BatchedModel  # noqa: E402
+from batched import BatchedModel  # type: ignore[import-not-found]  # noqa: E402
 
 
 class TritonPythonModel(BatchedModel):
-    def load(self, version_dir):
+    def load(self, version_dir: str) -> None:
         opts = ort.SessionOptions()
         # Single-threaded and sequential: on small hosts spinning intra-op
         # threads double CPU per request and starve the gRPC threads.
@@ -33,5 +36,5 @@ class TritonPythonModel(BatchedModel):
         )
         self.onnx_input = self.session.get_inputs()[0].name
 
-    def score(self, x):
-        return self.session.run(None, {self.onnx_input: x})[0]
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.onnx_input: x})[0])
