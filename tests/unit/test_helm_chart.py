@@ -393,7 +393,12 @@ def test_router_probes() -> None:
 
 
 def test_burn_rate_alerts() -> None:
-    (group,) = of_kind(rendered("gpu"), "PrometheusRule")[0]["spec"]["groups"]
+    group, quality = of_kind(rendered("gpu"), "PrometheusRule")[0]["spec"]["groups"]
+    assert {r.get("alert") for r in quality["rules"]} >= {
+        "InferlineFeatureDrift",
+        "InferlineSchemaMismatch",
+        "InferlineDegradedAnswersHigh",
+    }
     records = {r["record"]: r["expr"] for r in group["rules"] if "record" in r}
     alerts = {r["alert"]: r for r in group["rules"] if "alert" in r}
     # Ratios are recorded before any alert reads them (same group, in order).

@@ -139,3 +139,90 @@ def _annotations(groups: list[dict[str, Any]], alert: str) -> dict[str, str]:
     rule = next(r for g in groups for r in g["rules"] if r.get("alert") == alert)
     annotations: dict[str, str] = rule["annotations"]
     return annotations
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (Debian package `prometheus`)"
+)
+def test_quality_alerts_fire_in_promtool(tmp_path: Path) -> None:
+    """Drifted PSI fires the drift alert after 15m, undrifted never; a schema
+    mismatch pages at once; steady degraded answers above 1% open a ticket."""
+    groups = of_kind(rendered("gpu"), "PrometheusRule")[0]["spec"]["groups"]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    psi = 'inferline_drift_psi{model="fraud",version="1",feature="%s"}'
+    drift = {"severity": "ticket", "slo": "quality", "model": "fraud", "version": "1"}
+    tests: list[dict[str, Any]] = [
+        {
+            "interval": "1m",
+            "input_series": [
+                {"series": psi % "amount", "values": "0.02x10 0.4x30"},  # shifts at 10m
+                {"series": psi % "account_age_days", "values": "0.03x40"},
+            ],
+            "alert_rule_test": [
+                _fired("InferlineFeatureDrift", "9m", None),
+                _fired("InferlineFeatureDrift", "20m", None),  # pending: for 15m
+                _fired("InferlineFeatureDrift", "30m", {**drift, "feature": "amount"}),
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [
+                {"series": psi % "amount", "values": "0.05x60"},
+                {
+                    "series": 'inferline_schema_mismatch_total{model="fraud",version="2"}',
+                    "values": "0x20 0+5x10",
+                },
+            ],
+            "alert_rule_test": [
+                _fired("InferlineFeatureDrift", "59m", None),
+                _fired("InferlineSchemaMismatch", "19m", None),
+                _fired(
+                    "InferlineSchemaMismatch",
+                    "25m",
+                    {"severity": "page", "slo": "quality", "model": "fraud", "version": "2"},
+                ),
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [
+                {
+                    "series": 'inferline_requests_total{code="OK",degraded="false"}',
+                    "values": "0+950x120",
+                },
+                {
+                    "series": 'inferline_requests_total{code="OK",degraded="true"}',
+                    "values": "0+50x120",
+                },
+            ],
+            "alert_rule_test": [
+                _fired(
+                    "InferlineDegradedAnswersHigh", "90m", {"severity": "ticket", "slo": "degraded"}
+                ),
+            ],
+        },
+    ]
+    for case in tests:
+        for check in case["alert_rule_test"]:
+            for alert in check["exp_alerts"]:
+                rule = next(
+                    r for g in groups for r in g["rules"] if r.get("alert") == check["alertname"]
+                )
+                alert["exp_annotations"] = _expand(rule["annotations"], alert["exp_labels"])
+    (tmp_path / "test.yaml").write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    done = subprocess.run(
+        ["promtool", "test", "rules", "test.yaml"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _expand(annotations: dict[str, str], labels: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for key, text in annotations.items():
+        for name, value in labels.items():
+            text = text.replace(f"{{{{ $labels.{name} }}}}", value)
+        out[key] = text
+    return out
