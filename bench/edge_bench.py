@@ -15,8 +15,8 @@ cert and the XFCC element Envoy would forward), *triton* (ModelInfer: the floor)
 phase order alternating. The client is kept cheap (it shares the 2 cores): one
 process, uvloop, requests serialized once, bytes in and out.
 
-    python -m bench.edge_bench --json build/bench/edge.json --md docs/benchmarks-edge.md
-    python -m bench.edge_bench --render build/bench/edge.json --md docs/benchmarks-edge.md
+    python -m bench.edge_bench --json build/bench/edge.json --md docs/benchmarks.md
+    python -m bench.edge_bench --render build/bench/edge.json --md docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-dir", type=Path, help="default: <build>/logs")
     p.add_argument("--machine", default="2 vCPU dev VM, shared")
     p.add_argument("--json", type=Path)
-    p.add_argument("--md", type=Path, help="e.g. docs/benchmarks-edge.md")
+    p.add_argument("--md", type=Path, help="e.g. docs/benchmarks.md")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--blocks", type=int, help="alternating blocks per repeat (4; noisy: 1)")
     p.add_argument("--warmup", type=float, default=2.0, help="s, per path / for B")
