@@ -120,6 +120,7 @@ class App:
                 score_cache=self.score_cache,
                 reserve_s=s.reliability.fallback_reserve_ms / 1000,
                 slow_call_s=s.reliability.slow_call_ms / 1000,
+                max_call_s=s.reliability.inference_timeout_ms / 1000,
             ),
             admission=self.admission,
             breakers=self.breakers,

@@ -125,6 +125,9 @@ class ReliabilitySettings(_Section):
     0.09 keeps attempts per request under 1.1 even with the bucket's start-up token."""
     fallback_reserve_ms: float = Field(default=1.0, ge=0)
     """Deadline slice kept back from each upstream call so lower rungs can answer."""
+    inference_timeout_ms: float = Field(default=50.0, gt=0)
+    """Hard limit of one upstream inference call, whatever the caller's deadline
+    (the p99 SLO): a hung model server costs at most this before the ladder answers."""
     slow_call_ms: float = Field(default=20.0, gt=0)
     """A timed-out upstream call counts against the breaker only if it was given
     at least this long (short caller deadlines say nothing about the backend)."""

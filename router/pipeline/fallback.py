@@ -58,6 +58,7 @@ class Ladder:
         score_cache: TtlCache[float],
         reserve_s: float,
         slow_call_s: float = 0.02,
+        max_call_s: float = 0.05,
     ) -> None:
         self._servers = servers
         self._breakers = breakers
@@ -65,6 +66,7 @@ class Ladder:
         self._cache = score_cache
         self._reserve_s = reserve_s
         self._slow_call_s = slow_call_s
+        self._max_call_s = max_call_s
 
     async def _try(
         self, route: Route, version: ModelVersion, batch: np.ndarray, deadline: float
@@ -72,7 +74,9 @@ class Ladder:
         breaker = self._breakers.get(model_breaker_name(route.pool, version.model, version.version))
         if not breaker.allow():
             return None
-        timeout = deadline - time.monotonic() - self._reserve_s
+        # The stage's own hard limit: a hung backend (a dead Python-backend stub
+        # never answers) must not eat a generous caller deadline whole.
+        timeout = min(deadline - time.monotonic() - self._reserve_s, self._max_call_s)
         if timeout <= 0:
             return None
         try:

@@ -1,0 +1,386 @@
+"""Fault drills against the real stack: inject a fault under steady load, measure.
+
+Each drill starts its own stack (scripts.stack), sends open-loop Predict
+traffic with a client deadline, injects a fault a real process produces
+(SIGKILL of Triton's Python-backend stub or of Triton itself, SIGSTOP of the
+Redis online store) or a traffic spike, and reports: requests sent, answered
+OK, degraded by fallback level, errors by status, requests left unanswered at
+their deadline (must be 0), time from the fault to the first degraded answer
+(the breaker/probe reaction) and, where the fault clears, time to recover.
+
+    python -m bench.fault_drill --build build --md docs/reliability.md \
+        --json build/bench/faults.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from inferline.v1 import inference_pb2 as pb
+from inferline.v1 import inference_pb2_grpc
+from scripts.stack import ROOT, Stack
+
+TENANT = (("x-inferline-tenant", "demo"),)
+ROUTER_ENV = {
+    "INFERLINE_LOG__LEVEL": "warning",
+    "INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0.5",
+    "INFERLINE_FEATURES__TIMEOUT_MS": "20",
+}
+PRIMARY = pb.FALLBACK_LEVEL_PRIMARY
+
+
+@dataclass
+class Outcome:
+    sent_at: float
+    latency_s: float
+    code: str
+    level: int = 0
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass
+class DrillResult:
+    name: str
+    sent: int
+    ok: int
+    degraded_by_level: dict[str, int]
+    errors: dict[str, int]
+    unanswered_at_deadline: int
+    time_to_degrade_s: float | None
+    time_to_recover_s: float | None
+    admitted_p99_ms: float | None
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _request(i: int) -> pb.PredictRequest:
+    account = 1 + (i * 37) % 4999
+    if account % 50 == 7:
+        account += 1
+    return pb.PredictRequest(
+        alias="fraud:prod",
+        candidates=[
+            pb.Candidate(
+                entities={"account_id": pb.Value(int64_value=account)},
+                features={
+                    "amount": pb.Value(double_value=20.0 + i % 200),
+                    "hour_of_day": pb.Value(double_value=float(i % 24)),
+                    "is_international": pb.Value(double_value=0.0),
+                },
+            )
+        ],
+    )
+
+
+async def _one(stub: Any, i: int, deadline_s: float, t0: float, out: list[Outcome]) -> None:
+    sent = time.monotonic()
+    try:
+        resp = await stub.Predict(_request(i), metadata=TENANT, timeout=deadline_s)
+        out.append(
+            Outcome(
+                sent - t0,
+                time.monotonic() - sent,
+                "OK",
+                resp.fallback_level,
+                tuple(resp.degraded_reasons),
+            )
+        )
+    except grpc.aio.AioRpcError as e:
+        out.append(Outcome(sent - t0, time.monotonic() - sent, e.code().name))
+
+
+async def load(
+    address: str,
+    *,
+    rps: float,
+    seconds: float,
+    deadline_s: float,
+    at: dict[float, Callable[[], None]],
+) -> tuple[list[Outcome], dict[str, float]]:
+    """Open-loop load; ``at`` maps seconds-from-start to fault actions."""
+    out: list[Outcome] = []
+    marks: dict[str, float] = {}
+    pending = sorted(at.items())
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        t0 = time.monotonic()
+        tasks = []
+        n = int(rps * seconds)
+        for i in range(n):
+            due = t0 + i / rps
+            while pending and pending[0][0] <= due - t0:
+                _, action = pending.pop(0)
+                action()
+                marks[action.__name__] = time.monotonic() - t0
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            tasks.append(asyncio.create_task(_one(stub, i, deadline_s, t0, out)))
+        await asyncio.gather(*tasks)
+    return sorted(out, key=lambda o: o.sent_at), marks
+
+
+def summarize(
+    name: str,
+    out: list[Outcome],
+    deadline_s: float,
+    fault_at: float | None,
+    clear_at: float | None,
+    notes: str = "",
+) -> DrillResult:
+    grace = 0.05
+    levels = Counter(pb.FallbackLevel.Name(o.level) for o in out if o.code == "OK")
+    errors = Counter(o.code for o in out if o.code != "OK")
+    unanswered = sum(
+        1 for o in out if o.code == "DEADLINE_EXCEEDED" or o.latency_s > deadline_s + grace
+    )
+    degraded = [o for o in out if o.code == "OK" and (o.level != PRIMARY or o.reasons)]
+    to_degrade = None
+    if fault_at is not None:
+        after = [o.sent_at + o.latency_s for o in degraded if o.sent_at >= fault_at]
+        to_degrade = round(min(after) - fault_at, 3) if after else None
+    to_recover = None
+    if clear_at is not None:
+        healthy = [
+            o.sent_at
+            for o in out
+            if o.sent_at >= clear_at and o.code == "OK" and o.level == PRIMARY and not o.reasons
+        ]
+        to_recover = round(min(healthy) - clear_at, 3) if healthy else None
+    ok_lat = [o.latency_s for o in out if o.code == "OK"]
+    p99 = round(float(np.percentile(ok_lat, 99)) * 1000, 2) if ok_lat else None
+    return DrillResult(
+        name,
+        len(out),
+        sum(1 for o in out if o.code == "OK"),
+        {k.removeprefix("FALLBACK_LEVEL_"): v for k, v in sorted(levels.items())},
+        dict(errors),
+        unanswered,
+        to_degrade,
+        to_recover,
+        p99,
+        notes,
+    )
+
+
+def _stack(build: Path, logs: Path, **kw: Any) -> Stack:
+    env = {**ROUTER_ENV, **kw.pop("router_env", {})}
+    return Stack(
+        build, logs, routing_table=ROOT / "scripts" / "demo_routing.yaml", router_env=env, **kw
+    )
+
+
+async def drill_stub_kill(
+    build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
+) -> DrillResult:
+    with _stack(build, logs / "stub") as s:
+        assert s.router is not None and s.triton is not None
+        triton = s.triton
+
+        def kill_stubs() -> None:
+            for pid in triton.stub_pids():
+                os.kill(pid, signal.SIGKILL)
+
+        out, marks = await load(
+            s.router.address,
+            rps=rps,
+            seconds=seconds,
+            deadline_s=deadline_s,
+            at={seconds / 3: kill_stubs},
+        )
+    return summarize(
+        "SIGKILL Triton's Python-backend stubs",
+        out,
+        deadline_s,
+        marks.get("kill_stubs"),
+        None,
+        "Triton keeps reporting the models READY; the canary probe trips the breakers",
+    )
+
+
+async def drill_triton_kill(
+    build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
+) -> DrillResult:
+    with _stack(build, logs / "triton") as s:
+        assert s.router is not None and s.triton is not None
+        pid = s.triton.pid
+
+        def kill_triton() -> None:
+            os.killpg(pid, signal.SIGKILL)
+
+        out, marks = await load(
+            s.router.address,
+            rps=rps,
+            seconds=seconds,
+            deadline_s=deadline_s,
+            at={seconds / 3: kill_triton},
+        )
+    return summarize(
+        "SIGKILL tritonserver",
+        out,
+        deadline_s,
+        marks.get("kill_triton"),
+        None,
+        "no Triton left: cached scores / static defaults answer",
+    )
+
+
+async def drill_redis_hang(
+    build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
+) -> DrillResult:
+    with _stack(build, logs / "redis", online_store="redis") as s:
+        assert s.router is not None and s.redis is not None
+        pid = s.redis.pid
+
+        def stop_redis() -> None:
+            os.kill(pid, signal.SIGSTOP)
+
+        def cont_redis() -> None:
+            os.kill(pid, signal.SIGCONT)
+
+        out, marks = await load(
+            s.router.address,
+            rps=rps,
+            seconds=seconds,
+            deadline_s=deadline_s,
+            at={seconds / 4: stop_redis, seconds / 2: cont_redis},
+        )
+    return summarize(
+        "SIGSTOP the Redis online store (hang), then SIGCONT",
+        out,
+        deadline_s,
+        marks.get("stop_redis"),
+        marks.get("cont_redis"),
+        "defaults + feature_store_unavailable; the store breaker skips reads",
+    )
+
+
+async def drill_spike(build: Path, logs: Path, deadline_s: float, seconds: float) -> DrillResult:
+    """3x more concurrency than the router admits: the excess is shed at once."""
+    admit = 8
+    with _stack(
+        build,
+        logs / "spike",
+        router_env={
+            "INFERLINE_LIMITS__MAX_IN_FLIGHT": str(admit),
+            "INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0",
+        },
+    ) as s:
+        assert s.router is not None
+        out: list[Outcome] = []
+        async with grpc.aio.insecure_channel(s.router.address) as ch:
+            stub = inference_pb2_grpc.InferenceServiceStub(ch)
+            t0 = time.monotonic()
+            stop = t0 + seconds
+
+            async def worker(w: int) -> None:
+                i = w
+                while time.monotonic() < stop:
+                    await _one(stub, i, deadline_s, t0, out)
+                    i += 3 * admit
+                    if out[-1].code == "RESOURCE_EXHAUSTED":
+                        await asyncio.sleep(0.002)
+
+            await asyncio.gather(*(worker(w) for w in range(3 * admit)))
+    shed = [o.latency_s for o in out if o.code == "RESOURCE_EXHAUSTED"]
+    r = summarize(
+        "3x spike over the admission limit",
+        out,
+        deadline_s,
+        None,
+        None,
+        f"max_in_flight={admit} (standard class may use 80%), {3 * admit} callers",
+    )
+    r.extra["shed_median_ms"] = round(statistics.median(shed) * 1000, 3) if shed else None
+    r.extra["goodput_rps"] = round(r.ok / seconds, 1)
+    return r
+
+
+async def run_all(
+    build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
+) -> list[DrillResult]:
+    return [
+        await drill_stub_kill(build, logs, rps, seconds, deadline_s),
+        await drill_triton_kill(build, logs, rps, seconds, deadline_s),
+        await drill_redis_hang(build, logs, rps, seconds, deadline_s),
+        await drill_spike(build, logs, deadline_s, seconds / 2),
+    ]
+
+
+def markdown(results: list[DrillResult], command: str) -> str:
+    head = (
+        f"Command: `{command}`  \nMachine: 2 vCPU shared dev VM, "
+        f"Python {platform.python_version()}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+        "| fault | sent | OK | OK by fallback level | errors | unanswered at deadline | "
+        "fault -> first degraded | fault cleared -> recovered | p99 of OK | notes |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    )
+    rows = []
+    for r in results:
+
+        def ms(x: float | None) -> str:
+            return "n/a" if x is None else f"{x * 1000:.0f} ms"
+
+        extra = ", ".join(f"{k}={v}" for k, v in r.extra.items())
+        rows.append(
+            f"| {r.name} | {r.sent} | {r.ok} | {r.degraded_by_level} | {r.errors or '-'} | "
+            f"**{r.unanswered_at_deadline}** | {ms(r.time_to_degrade_s)} | "
+            f"{ms(r.time_to_recover_s)} | {r.admitted_p99_ms} ms | {r.notes}"
+            f"{'; ' + extra if extra else ''} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def write_md(path: Path, table: str) -> None:
+    begin, end = "<!-- faults:begin -->", "<!-- faults:end -->"
+    text = path.read_text() if path.exists() else f"{begin}\n{end}\n"
+    pre, _, rest = text.partition(begin)
+    _, _, post = rest.partition(end)
+    path.write_text(f"{pre}{begin}\n{table}{end}{post}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--build", type=Path, default=ROOT / "build")
+    p.add_argument("--rps", type=float, default=100.0)
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--deadline-ms", type=float, default=250.0)
+    p.add_argument("--md", type=Path)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    logs = args.build / "logs" / time.strftime("faults-%Y%m%d-%H%M%S")
+    results = asyncio.run(
+        run_all(
+            args.build.resolve(), logs.resolve(), args.rps, args.seconds, args.deadline_ms / 1000
+        )
+    )
+    command = "python -m bench.fault_drill " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = markdown(results, command)
+    print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    if args.md:
+        write_md(args.md, table)
+    return 0 if all(r.unanswered_at_deadline == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

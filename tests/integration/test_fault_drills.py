@@ -1,0 +1,56 @@
+"""Faults injected into real processes under steady load (bench/fault_drill.py).
+
+Must hold for every fault: no request left unanswered at its deadline; answers
+during the fault are degraded (never errors) and say which rung answered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import fault_drill as fd
+
+RPS, SECONDS, DEADLINE_S = 60.0, 4.0, 0.25
+
+
+async def test_python_backend_stub_killed(demo_build: Path, tmp_path: Path) -> None:
+    r = await fd.drill_stub_kill(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
+    assert r.unanswered_at_deadline == 0 and r.errors == {}
+    assert r.ok == r.sent
+    assert (
+        r.degraded_by_level.get("STATIC_DEFAULT", 0) + r.degraded_by_level.get("CACHED_SCORE", 0)
+        > r.sent / 3
+    )  # everything after the kill falls down the ladder
+    assert r.time_to_degrade_s is not None and r.time_to_degrade_s < 1.5
+
+
+async def test_tritonserver_killed(demo_build: Path, tmp_path: Path) -> None:
+    r = await fd.drill_triton_kill(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
+    assert r.unanswered_at_deadline == 0 and r.errors == {}
+    assert r.degraded_by_level.get("PRIMARY", 0) < r.sent
+    assert r.time_to_degrade_s is not None and r.time_to_degrade_s < 1.0
+
+
+async def test_online_store_hang_and_recovery(demo_build: Path, tmp_path: Path) -> None:
+    r = await fd.drill_redis_hang(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
+    assert r.unanswered_at_deadline == 0 and r.errors == {}
+    assert r.ok == r.sent
+    assert r.time_to_degrade_s is not None  # defaults + feature_store_unavailable
+    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5
+
+
+async def test_spike_is_shed_or_served_in_time(demo_build: Path, tmp_path: Path) -> None:
+    r = await fd.drill_spike(demo_build, tmp_path, DEADLINE_S, 2.0)
+    assert r.unanswered_at_deadline == 0
+    assert set(r.errors) <= {"RESOURCE_EXHAUSTED"}
+    assert r.admitted_p99_ms is not None and r.admitted_p99_ms < DEADLINE_S * 1000
+    assert r.extra["goodput_rps"] > 100
+
+
+@pytest.mark.parametrize("n", [0])
+def test_markdown_table_names_every_column(n: int) -> None:
+    r = fd.DrillResult("x", 10, 10, {"PRIMARY": 10}, {}, n, 0.05, None, 3.2)
+    text = fd.markdown([r], "cmd")
+    assert "| x | 10 | 10 |" in text and "**0**" in text and "50 ms" in text
