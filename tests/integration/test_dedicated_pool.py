@@ -58,7 +58,7 @@ async def test_dedicated_tenant_uses_its_own_triton(demo_build: Path, tmp_path: 
                     assert resp.fallback_level == pb.FALLBACK_LEVEL_PRIMARY
         # Triton publishes counters with a short lag.
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (
+        while time.monotonic() < deadline and (  # noqa: ASYNC110 - polling another process
             _fraud_successes(dedicated) - dedicated_before < 5
             or _fraud_successes(shared) - shared_before < 3
         ):
