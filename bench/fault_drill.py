@@ -184,88 +184,110 @@ def _stack(build: Path, logs: Path, **kw: Any) -> Stack:
     )
 
 
+Faults = Callable[[Stack], tuple[Callable[[], None], Callable[[], None] | None]]
+"""Given the running stack: (inject, clear or None)."""
+
+
+async def _drill(
+    name: str,
+    notes: str,
+    faults: Faults,
+    build: Path,
+    logs: Path,
+    rps: float,
+    seconds: float,
+    deadline_s: float,
+    **stack_kw: Any,
+) -> DrillResult:
+    """Steady load; inject at 1/4 of the run (and clear at 1/2 when the fault clears)."""
+    with _stack(build, logs, **stack_kw) as s:
+        assert s.router is not None
+        inject, clear = faults(s)
+        at = {seconds / 4: inject} | ({seconds / 2: clear} if clear else {})
+        out, marks = await load(
+            s.router.address, rps=rps, seconds=seconds, deadline_s=deadline_s, at=at
+        )
+    cleared = marks.get(clear.__name__) if clear else None
+    return summarize(name, out, deadline_s, marks.get(inject.__name__), cleared, notes)
+
+
+def _kill_stubs(s: Stack) -> tuple[Callable[[], None], None]:
+    assert s.triton is not None
+    triton = s.triton
+
+    def kill_stubs() -> None:
+        for pid in triton.stub_pids():
+            os.kill(pid, signal.SIGKILL)
+
+    return kill_stubs, None
+
+
+def _kill_triton(s: Stack) -> tuple[Callable[[], None], None]:
+    assert s.triton is not None
+    pid = s.triton.pid
+
+    def kill_triton() -> None:
+        os.killpg(pid, signal.SIGKILL)
+
+    return kill_triton, None
+
+
+def _hang_redis(s: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
+    assert s.redis is not None
+    pid = s.redis.pid
+
+    def stop_redis() -> None:
+        os.kill(pid, signal.SIGSTOP)
+
+    def cont_redis() -> None:
+        os.kill(pid, signal.SIGCONT)
+
+    return stop_redis, cont_redis
+
+
 async def drill_stub_kill(
     build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
 ) -> DrillResult:
-    with _stack(build, logs / "stub") as s:
-        assert s.router is not None and s.triton is not None
-        triton = s.triton
-
-        def kill_stubs() -> None:
-            for pid in triton.stub_pids():
-                os.kill(pid, signal.SIGKILL)
-
-        out, marks = await load(
-            s.router.address,
-            rps=rps,
-            seconds=seconds,
-            deadline_s=deadline_s,
-            at={seconds / 3: kill_stubs},
-        )
-    return summarize(
+    return await _drill(
         "SIGKILL Triton's Python-backend stubs",
-        out,
-        deadline_s,
-        marks.get("kill_stubs"),
-        None,
         "Triton keeps reporting the models READY; the canary probe trips the breakers",
+        _kill_stubs,
+        build,
+        logs / "stub",
+        rps,
+        seconds,
+        deadline_s,
     )
 
 
 async def drill_triton_kill(
     build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
 ) -> DrillResult:
-    with _stack(build, logs / "triton") as s:
-        assert s.router is not None and s.triton is not None
-        pid = s.triton.pid
-
-        def kill_triton() -> None:
-            os.killpg(pid, signal.SIGKILL)
-
-        out, marks = await load(
-            s.router.address,
-            rps=rps,
-            seconds=seconds,
-            deadline_s=deadline_s,
-            at={seconds / 3: kill_triton},
-        )
-    return summarize(
+    return await _drill(
         "SIGKILL tritonserver",
-        out,
-        deadline_s,
-        marks.get("kill_triton"),
-        None,
         "no Triton left: cached scores / static defaults answer",
+        _kill_triton,
+        build,
+        logs / "triton",
+        rps,
+        seconds,
+        deadline_s,
     )
 
 
 async def drill_redis_hang(
     build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
 ) -> DrillResult:
-    with _stack(build, logs / "redis", online_store="redis") as s:
-        assert s.router is not None and s.redis is not None
-        pid = s.redis.pid
-
-        def stop_redis() -> None:
-            os.kill(pid, signal.SIGSTOP)
-
-        def cont_redis() -> None:
-            os.kill(pid, signal.SIGCONT)
-
-        out, marks = await load(
-            s.router.address,
-            rps=rps,
-            seconds=seconds,
-            deadline_s=deadline_s,
-            at={seconds / 4: stop_redis, seconds / 2: cont_redis},
-        )
-    return summarize(
+    return await _drill(
         "SIGSTOP the Redis online store (hang), then SIGCONT",
-        out,
-        deadline_s,
-        marks.get("stop_redis"),
-        marks.get("cont_redis"),
         "defaults + feature_store_unavailable; the store breaker skips reads",
+        _hang_redis,
+        build,
+        logs / "redis",
+        rps,
+        seconds,
+        deadline_s,
+        online_store="redis",
     )
 
 
