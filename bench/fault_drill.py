@@ -32,9 +32,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+from bench.delay_proxy import DelayProxy
 from inferline.v1 import inference_pb2 as pb
 from inferline.v1 import inference_pb2_grpc
-from scripts.stack import ROOT, Stack
+from scripts.stack import ROOT, Stack, build_demo_for_redis
 
 TENANT = (("x-inferline-tenant", "demo"),)
 ROUTER_ENV = {
@@ -291,6 +292,43 @@ async def drill_redis_hang(
     )
 
 
+async def drill_slow_store(
+    build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
+) -> DrillResult:
+    """Redis answers, but 50 ms late per chunk (behind a delay proxy), then recovers."""
+    proxies: list[DelayProxy] = []
+
+    def via_proxy(out: Path, redis_url: str) -> Path:
+        proxies.append(DelayProxy(redis_url).start())
+        return build_demo_for_redis(out, proxies[-1].address)
+
+    def slow(s: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
+        def slow_store() -> None:
+            proxies[0].delay_s = 0.05
+
+        def fast_store() -> None:
+            proxies[0].delay_s = 0.0
+
+        return slow_store, fast_store
+
+    try:
+        return await _drill(
+            "Slow online store (Redis +50 ms per chunk behind a TCP proxy), then normal",
+            "reads cut at the 20 ms feature budget: defaults + feature_store_unavailable",
+            slow,
+            build,
+            logs / "slow",
+            rps,
+            seconds,
+            deadline_s,
+            online_store="redis",
+            feast_builder=via_proxy,
+        )
+    finally:
+        for p in proxies:
+            p.stop()
+
+
 async def drill_spike(build: Path, logs: Path, deadline_s: float, seconds: float) -> DrillResult:
     """3x more concurrency than the router admits: the excess is shed at once."""
     admit = 8
@@ -339,6 +377,7 @@ async def run_all(
         await drill_stub_kill(build, logs, rps, seconds, deadline_s),
         await drill_triton_kill(build, logs, rps, seconds, deadline_s),
         await drill_redis_hang(build, logs, rps, seconds, deadline_s),
+        await drill_slow_store(build, logs, rps, seconds, deadline_s),
         await drill_spike(build, logs, deadline_s, seconds / 2),
     ]
 

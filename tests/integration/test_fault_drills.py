@@ -41,6 +41,14 @@ async def test_online_store_hang_and_recovery(demo_build: Path, tmp_path: Path) 
     assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5
 
 
+async def test_slow_online_store_degrades_then_recovers(demo_build: Path, tmp_path: Path) -> None:
+    r = await fd.drill_slow_store(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
+    assert r.unanswered_at_deadline == 0 and r.errors == {} and r.ok == r.sent
+    assert r.time_to_degrade_s is not None and r.time_to_degrade_s < 1.0
+    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5
+    assert r.admitted_p99_ms is not None and r.admitted_p99_ms < 100  # cut at the budget
+
+
 async def test_spike_is_shed_or_served_in_time(demo_build: Path, tmp_path: Path) -> None:
     r = await fd.drill_spike(demo_build, tmp_path, DEADLINE_S, 2.0)
     assert r.unanswered_at_deadline == 0
