@@ -1,37 +1,136 @@
 """Prometheus metrics served by the router.
 
-One ``Metrics`` object with its own registry is built by the composition root
-and passed down. The per-request series are recorded once, at the end of each
-RPC, from the same request context the log line is written from, so metrics
-and logs never disagree. Label values are bounded: tenants and models must be
-in the routing table (anything else is recorded as "other"), codes are gRPC
-status names, stages and levels are fixed sets.
+One ``Metrics`` object with its own registry (never the global one, so tests and
+several routers in one process do not share series) is built by the composition
+root and passed down. The per-request series are recorded once, at the end of
+each RPC, from the same request context the log line is written from, so
+metrics and logs never disagree.
+
+Label values are bounded, because every distinct value is a series held in
+memory by this process and by Prometheus: tenants and models must be in the
+routing table, every free-form label (version, arm, feature, view, reason...)
+has a cap on distinct values, and anything unknown or over the cap is recorded
+as ``other``. Codes are gRPC status names and stages a fixed set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import start_http_server as _start_http_server
+from prometheus_client import values as _values
 
 # Edges around the SLO thresholds (25 ms p95, 50 ms p99) with detail below 5 ms,
 # where the router's own overhead lives.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
+STAGES = frozenset(
+    {"auth", "admission", "routing", "features", "quality", "inference", "fallback", "total"}
+)
 OTHER = "other"
+NONE = "none"
+
+
+@contextlib.contextmanager
+def _in_process_values() -> Iterator[None]:
+    """Create metric values in this process's memory, whatever the environment.
+
+    Importing feast (0.67) sets PROMETHEUS_MULTIPROC_DIR for its Gunicorn mode;
+    if that happens before prometheus_client is imported (the router imports its
+    feature store first), every value becomes an mmap-backed file shared by all
+    registries in the process: ~60% slower per request, and two ``Metrics``
+    would count into each other. prometheus_client reads ``values.ValueClass``
+    each time it creates a value, so swapping it around creation suffices.
+    """
+    saved = _values.ValueClass
+    _values.ValueClass = _values.MutexValue
+    try:
+        yield
+    finally:
+        _values.ValueClass = saved
+
+
+class LabelBound:
+    """Maps raw values to at most ``cap`` distinct label values (+ other/none).
+
+    First come, first kept: once ``cap`` values were seen, new ones become
+    ``other`` for the life of the process (the series already exported cannot be
+    taken back without breaking rate() on them).
+    """
+
+    __slots__ = ("_seen", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._seen: set[str] = set()
+
+    def __call__(self, value: Any, allowed: frozenset[str] | None = None) -> str:
+        text = "" if value is None else str(value)
+        if not text:
+            return NONE
+        if text in self._seen:
+            return text if allowed is None or text in allowed else OTHER
+        if (allowed is not None and text not in allowed) or len(self._seen) >= self.cap:
+            return OTHER
+        self._seen.add(text)
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """Most distinct values per label (a routing table larger than this is
+    still served; its extra tenants or models are aggregated as ``other``)."""
+
+    tenants: int = 200
+    models: int = 50
+    versions: int = 100  # (model, version) pairs; versions roll, routers restart
+    arms: int = 20
+    methods: int = 32
+    features: int = 1000  # (model, feature) pairs in DQ series
+    views: int = 50
+    reasons: int = 50
+    caches: int = 16
 
 
 class Metrics:
-    def __init__(self, known: Callable[[], tuple[frozenset[str], frozenset[str]]]) -> None:
-        """``known()`` returns the (tenants, models) allowed as label values."""
+    def __init__(
+        self,
+        known: Callable[[], tuple[frozenset[str], frozenset[str]]],
+        caps: Caps | None = None,
+    ) -> None:
+        """``known()`` returns the (tenants, models) allowed as label values: the
+        routing table's, re-read on every call so a reload takes effect."""
         self._known = known
+        self.caps = caps = caps or Caps()
+        self._tenant = LabelBound(caps.tenants)
+        self._model = LabelBound(caps.models)
+        self._version = LabelBound(caps.versions)
+        self._arm = LabelBound(caps.arms)
+        self._method = LabelBound(caps.methods)
+        self._feature = LabelBound(caps.features)
+        self._view = LabelBound(caps.views)
+        self._reason = LabelBound(caps.reasons)
+        self._cache_name = LabelBound(caps.caches)
+        self._synced: dict[tuple[str, ...], float] = {}
+        self._drift_keys: set[tuple[str, str, str]] = set()
+        # Label tuple -> child: prometheus_client's labels() validates and locks
+        # on every call (~1 us); a dict hit is ~50 ns.
+        self._children: dict[tuple[Any, ...], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        with _in_process_values():
+            self._define(self.registry)
+
+    def _define(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "inferline_requests", "Answered RPCs by outcome.",
-            ["method", "tenant", "model", "version", "code", "degraded"], registry=r,
+            ["method", "tenant", "model", "version", "arm", "code", "degraded"], registry=r,
         )  # fmt: skip
         self.latency = Histogram(
             "inferline_request_duration_seconds", "End-to-end router latency of answered RPCs.",
@@ -63,7 +162,8 @@ class Metrics:
             ["model", "version"], registry=r,
         )  # fmt: skip
         self.dq_violations = Counter(
-            "inferline_dq_violations", "Data-quality violations by feature, kind and action.",
+            "inferline_dq_violations", "Rows violating the training profile, by feature, kind "
+            "(null|type|range|cardinality) and action (impute|reject).",
             ["model", "feature", "kind", "action"], registry=r,
         )  # fmt: skip
         self.drift_psi = Gauge(
@@ -79,41 +179,99 @@ class Metrics:
             ["cache", "result"], registry=r,
         )  # fmt: skip
 
-    def _bounded(self, value: Any, allowed: frozenset[str]) -> str:
-        text = "" if value is None else str(value)
-        if not text:
-            return "none"
-        return text if text in allowed else OTHER
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            with _in_process_values():
+                child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe_request(
+        self,
+        *,
+        method: str,
+        code: str,
+        duration_s: float,
+        tenant: str | None = None,
+        model: str | None = None,
+        version: int | str | None = None,
+        arm: str | None = None,
+        degraded: bool = False,
+        fallback_level: str | None = None,
+        degraded_reasons: Iterable[str] = (),
+        stages_us: Mapping[str, int] | None = None,
+        dq_violations: Mapping[str, int] | None = None,
+        freshness: Mapping[str, int] | None = None,
+    ) -> None:
+        """Record one finished RPC. ``method`` may be the full gRPC path.
+
+        ``dq_violations``: "feature:kind:action" -> rows (``QualityResult.counts()``);
+        ``freshness``: "view:STATUS" -> rows.
+        """
+        tenants, models = self._known()
+        tenant_l = self._tenant(tenant, tenants)
+        model_l = self._model(model, models)
+        if model_l in (NONE, OTHER) or version is None:
+            version_l = NONE
+        else:
+            version_l = self._version(f"{model_l}@{version}").partition("@")[2] or OTHER
+        short = self._method(method.rsplit("/", 1)[-1])
+        degraded_l = "true" if degraded else "false"
+        self._child(
+            self.requests, short, tenant_l, model_l, version_l, self._arm(arm), code, degraded_l
+        ).inc()
+        self._child(self.latency, short, model_l, code).observe(duration_s)
+        if stages_us:
+            for stage, us in stages_us.items():
+                stage_l = stage if stage in STAGES else OTHER
+                self._child(self.stages, stage_l, model_l).observe(us / 1e6)
+        if degraded:
+            level = fallback_level or "PRIMARY"
+            reasons = tuple(degraded_reasons) or ("unknown",)
+            for reason in reasons:
+                self._child(self.degraded, model_l, level, self._reason(reason)).inc()
+            if "schema_mismatch" in reasons:
+                self._child(self.schema_mismatch, model_l, version_l).inc()
+        if dq_violations:
+            for key, n in dq_violations.items():
+                feature, kind, action = key.split(":")
+                feature_l = self._feature(f"{model_l}:{feature}").partition(":")[2] or OTHER
+                self._child(self.dq_violations, model_l, feature_l, kind, action).inc(n)
+        if freshness:
+            for key, n in freshness.items():
+                view, _, status = key.partition(":")
+                self._child(self.freshness, self._view(view), status).inc(n)
 
     def observe_rpc(
         self, method: str, code: str, duration_s: float, ctx: Mapping[str, Any]
     ) -> None:
         """Record one finished RPC from its request context (the log line's fields)."""
-        tenants, models = self._known()
-        tenant = self._bounded(ctx.get("tenant"), tenants)
-        model = self._bounded(ctx.get("model"), models)
-        version = str(ctx.get("version", "none")) if model not in ("none", OTHER) else "none"
-        degraded = "true" if ctx.get("degraded") else "false"
-        short = method.rsplit("/", 1)[-1]
-        self.requests.labels(short, tenant, model, version, code, degraded).inc()
-        self.latency.labels(short, model, code).observe(duration_s)
-        stages: Mapping[str, int] = ctx.get("stages_us") or {}
-        for stage, us in stages.items():
-            self.stages.labels(stage, model).observe(us / 1e6)
-        if ctx.get("degraded"):
-            level = str(ctx.get("fallback_level", "PRIMARY"))
-            for reason in ctx.get("degraded_reasons") or ("unknown",):
-                self.degraded.labels(model, level, reason).inc()
-            if "schema_mismatch" in (ctx.get("degraded_reasons") or ()):
-                self.schema_mismatch.labels(model, version).inc()
-        violations: Mapping[str, int] = ctx.get("dq_violations") or {}
-        for key, n in violations.items():
-            feature, kind, action = key.split(":")
-            self.dq_violations.labels(model, feature, kind, action).inc(n)
-        freshness: Mapping[str, int] = ctx.get("freshness") or {}
-        for key, n in freshness.items():
-            view, _, status = key.partition(":")
-            self.freshness.labels(view, status).inc(n)
+        self.observe_request(
+            method=method,
+            code=code,
+            duration_s=duration_s,
+            tenant=ctx.get("tenant"),
+            model=ctx.get("model"),
+            version=ctx.get("version"),
+            arm=ctx.get("arm"),
+            degraded=bool(ctx.get("degraded")),
+            fallback_level=ctx.get("fallback_level"),
+            degraded_reasons=ctx.get("degraded_reasons") or (),
+            stages_us=ctx.get("stages_us"),
+            dq_violations=ctx.get("dq_violations"),
+            freshness=ctx.get("freshness"),
+        )
+
+    def _sync_counter(self, metric: Counter, labels: tuple[str, ...], total: float) -> None:
+        """Advance a counter to a total counted elsewhere (a drop means the
+        source was reset: count its new total, as Prometheus would)."""
+        key = (str(id(metric)), *labels)
+        last = self._synced.get(key, 0.0)
+        delta = total - last if total >= last else total
+        if delta > 0 or key not in self._synced:
+            self._child(metric, *labels).inc(delta)
+        self._synced[key] = total
 
     def sync_gauges(
         self,
@@ -124,23 +282,70 @@ class Metrics:
         caches: Iterable[tuple[str, int, int]],
         drift: Mapping[tuple[str, int], Mapping[str, float]] | None = None,
     ) -> None:
-        """Copy state owned elsewhere (admission, breakers, caches) into series.
+        """Copy state owned elsewhere (admission, breakers, caches, drift) into series.
 
         Called just before each scrape, so the hot path pays nothing for them.
+        Drift series of versions no longer in ``drift`` (retired, or under the
+        minimum sample count) are removed: a stale PSI must not keep an alert on.
         """
         self.inflight.set(inflight)
         for name, state in breakers.items():
-            self.breaker_open.labels(name).set(0 if state == "closed" else 1)
+            self._child(self.breaker_open, name).set(0 if state == "closed" else 1)
         for (reason, priority), count in shed.items():
-            child = self.shed.labels(reason, priority)
-            child.inc(max(0, count - child._value.get()))
-        for (model, version), values in (drift or {}).items():
-            for feature, value in values.items():
-                self.drift_psi.labels(model, str(version), feature).set(value)
+            self._sync_counter(self.shed, (self._reason(reason), priority), count)
         for name, hits, misses in caches:
-            for result, count in (("hit", hits), ("miss", misses)):
-                child = self.cache.labels(name, result)
-                child.inc(max(0, count - child._value.get()))
+            name_l = self._cache_name(name)
+            self._sync_counter(self.cache, (name_l, "hit"), hits)
+            self._sync_counter(self.cache, (name_l, "miss"), misses)
+        if drift is not None:
+            self._sync_drift(drift)
+
+    def _sync_drift(self, drift: Mapping[tuple[str, int], Mapping[str, float]]) -> None:
+        _, models = self._known()
+        live: set[tuple[str, str, str]] = set()
+        for (model, version), values in drift.items():
+            model_l = self._model(model, models)
+            if model_l in (NONE, OTHER):
+                continue  # an aggregate PSI across models means nothing
+            for feature, value in values.items():
+                key = (model_l, str(version), feature)
+                live.add(key)
+                with _in_process_values():
+                    self.drift_psi.labels(*key).set(value)
+        for key in self._drift_keys - live:
+            with warnings.catch_warnings():
+                # Warns whenever PROMETHEUS_MULTIPROC_DIR is set (feast sets it);
+                # our values are in-process (_in_process_values), so removal works.
+                warnings.filterwarnings("ignore", "Removal of labels", UserWarning)
+                self.drift_psi.remove(*key)
+        self._drift_keys = live
 
     def render(self) -> bytes:
+        """The text exposition of this registry (what ``GET /metrics`` returns)."""
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class HttpEndpoint:
+    """A running threaded ``/metrics`` server; ``port`` is the bound one."""
+
+    host: str
+    port: int
+    _server: Any
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_http_server(metrics: Metrics, host: str = "127.0.0.1", port: int = 0) -> HttpEndpoint:
+    """Serve ``metrics`` on a daemon thread (port 0: any free port, reported back).
+
+    For tools, sidecars and tests. The router itself serves ``/metrics`` on its
+    event loop (router/transport/metrics_http.py) so that ``sync_gauges`` reads
+    loop-owned state without locks.
+    """
+    server, thread = _start_http_server(port, addr=host, registry=metrics.registry)
+    return HttpEndpoint(host, int(server.server_port), server, thread)

@@ -1,8 +1,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from router.observability.drift import SCORE, DriftMonitor
+from router.observability.drift import (
+    ALERT,
+    SCORE,
+    WARN,
+    DriftMonitor,
+    VersionDrift,
+    build_reference,
+    level,
+)
+from router.observability.drift import psi as vpsi
 from router.observability.profile import drift_reference, psi
 
 
@@ -49,3 +59,100 @@ def test_psi_of_identical_distribution_is_zero_and_min_samples_gate() -> None:
     assert psi(p, np.full(10, 50)) == 0.0
     mon = DriftMonitor(window=100, min_samples=50)
     assert mon.snapshot() == {}
+
+
+def test_window_counts_equal_a_histogram_of_the_last_rows() -> None:
+    """Ring + incremental counts == binning exactly the last ``window`` rows, for
+    batches that wrap the ring, fill it exactly, or exceed it."""
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(5000, 3))
+    ref = build_reference(train, train[:, 0], [{"name": n} for n in "abc"])
+    vd = VersionDrift(["a", "b", "c"], ref, window=50)
+    seen: list[np.ndarray] = []
+    for rows in [1, 7, 20, 22, 1, 50, 3, 64, 49, 2, 1, 1, 30]:
+        x = rng.normal(size=(rows, 4)).astype(np.float32)
+        vd.observe(x)
+        seen.append(x)
+        last = np.concatenate(seen)[-50:]
+        for j, col in enumerate([*ref["features"], ref["score"]]):  # as build time bins
+            bins = np.searchsorted(np.asarray(col["edges"]), last[:, j], side="right")
+            expected = np.bincount(bins, minlength=len(col["proportions"]))
+            got = vd.counts.reshape(4, -1)[j, : len(col["proportions"])]
+            assert got.tolist() == expected.tolist(), (rows, j)
+        assert vd.size == min(50, len(np.concatenate(seen)))
+
+
+def test_reference_has_ten_quantile_bins_with_open_tails() -> None:
+    rng = np.random.default_rng(3)
+    x = np.column_stack([rng.normal(size=10_000), rng.integers(0, 2, 10_000)])
+    ref = build_reference(x, rng.random(10_000), [{"name": "amount"}, {"name": "is_intl"}])
+    cont, binary = ref["features"]
+    assert ref["names"] == ["amount", "is_intl"] and ref["bins"] == 10
+    assert len(cont["edges"]) == 9 and len(cont["proportions"]) == 10
+    assert np.allclose(cont["proportions"], 0.1, atol=0.002)
+    # Values beyond the training extremes fall in the first/last (open) bins.
+    vd = VersionDrift(["amount", "is_intl"], ref, window=10)
+    vd.observe(np.asarray([[-1e9, 0, 0.5], [1e9, 1, 0.5]], dtype=np.float32))
+    assert vd.counts.reshape(3, -1)[0, [0, 9]].tolist() == [1, 1]
+    # Repeated values collapse edges: a binary feature has bins "< 0" (empty),
+    # [0, 1) and [1, inf), and live 0s and 1s land in the same bins as in training.
+    assert binary["edges"] == [0.0, 1.0] and binary["proportions"][0] == 0.0
+    assert vd.counts.reshape(3, -1)[1, :3].tolist() == [0, 1, 1]
+
+
+def test_register_refuses_a_reference_for_other_columns() -> None:
+    rng = np.random.default_rng(4)
+    train = rng.normal(size=(1000, 2))
+    ref = build_reference(train, train[:, 0], [{"name": "a"}, {"name": "b"}])
+    mon = DriftMonitor(window=100, min_samples=1)
+    assert not mon.register("m", 1, ["b", "a"], ref)  # same width, wrong order
+    assert not mon.register("m", 1, ["a"], {k: v for k, v in ref.items() if k != "names"})
+    assert not mon.register("m", 1, ["a", "b"], {})
+    assert mon.register("m", 1, ["a", "b"], ref)
+    mon.observe("m", 1, train[:5], train[:5, 0])
+    assert set(mon.snapshot()[("m", 1)]) == {"a", "b", SCORE}
+    mon.retain(set())
+    assert mon.snapshot() == {}
+
+
+def test_sampling_every_nth_request_and_levels() -> None:
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(1000, 1))
+    mon = DriftMonitor(window=1000, min_samples=1, every=4)
+    mon.register("m", 1, ["a"], build_reference(train, train[:, 0], [{"name": "a"}]))
+    for _ in range(40):
+        mon.observe("m", 1, train[:2], train[:2, 0])
+    assert mon._versions[("m", 1)].size == 20  # 10 of 40 requests, 2 rows each
+    assert [level(v) for v in (0.05, 0.1, 0.2, 0.26)] == ["ok", "ok", "warn", "alert"]
+    assert (WARN, ALERT) == (0.1, 0.25)
+
+
+def test_psi_is_vectorised_per_column_and_padding_is_neutral() -> None:
+    expected = np.asarray([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    counts = np.asarray([[50, 50, 0], [20, 30, 50]])
+    assert vpsi(expected, counts).tolist() == [0.0, 0.0]
+    shifted = vpsi(expected, np.asarray([[90, 10, 0], [20, 30, 50]]))
+    p, q = np.asarray([0.5, 0.5]), np.asarray([0.9, 0.1])
+    assert shifted[0] == pytest.approx(float(np.sum((q - p) * np.log(q / p))))
+
+
+def test_discrete_features_do_not_drift_against_themselves() -> None:
+    """Counts, flags and hours: every value sits on a decile edge, so live rows must
+    be binned exactly as the training rows were (PSI ~0, not ~10)."""
+    rng = np.random.default_rng(6)
+    train = np.column_stack([
+        rng.integers(0, 2, 20_000),       # is_international
+        rng.poisson(0.7, 20_000),         # txn_count_1h
+        rng.integers(0, 24, 20_000),      # hour_of_day
+    ]).astype(np.float32)  # fmt: skip
+    names = ["is_international", "txn_count_1h", "hour_of_day"]
+    mon = DriftMonitor(window=2000, min_samples=200)
+    assert mon.register(
+        "m", 1, names, build_reference(train, train[:, 1], [{"name": n} for n in names])
+    )
+    for _ in range(100):
+        x = np.column_stack([
+            rng.integers(0, 2, 20), rng.poisson(0.7, 20), rng.integers(0, 24, 20)
+        ]).astype(np.float32)  # fmt: skip
+        mon.observe("m", 1, x, x[:, 1])
+    assert max(mon.snapshot()[("m", 1)].values()) < 0.02
