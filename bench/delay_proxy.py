@@ -3,7 +3,8 @@
 Runs its own event loop on a thread so a synchronous launcher can start it
 before the services that connect through it. ``delay_s`` applies to every chunk
 forwarded in either direction from the moment it is set: a slow, not dead,
-dependency.
+dependency. ``blackhole`` swallows every chunk instead (connections stay open,
+nothing comes back: a partitioned or black-holed dependency) until cleared.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class DelayProxy:
         host, _, port = upstream.rpartition(":")
         self._upstream = (host, int(port))
         self.delay_s = 0.0
+        self.blackhole = False
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -30,6 +32,8 @@ class DelayProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while chunk := await reader.read(65536):
+                if self.blackhole:
+                    continue
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 writer.write(chunk)

@@ -22,6 +22,7 @@ import platform
 import signal
 import statistics
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +34,7 @@ import grpc
 import numpy as np
 
 from bench.delay_proxy import DelayProxy
+from bench.fail_proxy import FailProxy
 from inferline.v1 import inference_pb2 as pb
 from inferline.v1 import inference_pb2_grpc
 from scripts.stack import ROOT, Stack, build_demo_for_redis
@@ -106,6 +108,39 @@ async def _one(stub: Any, i: int, deadline_s: float, t0: float, out: list[Outcom
         out.append(Outcome(sent - t0, time.monotonic() - sent, e.code().name))
 
 
+# Clients of a restarting dependency should reconnect quickly (gRPC's default
+# first backoff is 1 s): what a production client of inferline is told to set.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+class Background:
+    """A fault action that blocks (a restart): runs on a thread so the load keeps
+    its schedule; ``done_at`` (monotonic) says when it finished."""
+
+    def __init__(self, name: str, fn: Callable[[], object]) -> None:
+        self.__name__ = name
+        self._fn = fn
+        self.done_at: float | None = None
+        self.result: object = None
+        self.thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        self.result = self._fn()
+        self.done_at = time.monotonic()
+
+    def __call__(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=self.__name__, daemon=True)
+        self.thread.start()
+
+    def wait(self, timeout_s: float = 60.0) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout_s)
+
+
 async def load(
     address: str,
     *,
@@ -113,14 +148,22 @@ async def load(
     seconds: float,
     deadline_s: float,
     at: dict[float, Callable[[], None]],
+    open_channel: Callable[[], grpc.aio.Channel] | None = None,
 ) -> tuple[list[Outcome], dict[str, float]]:
-    """Open-loop load; ``at`` maps seconds-from-start to fault actions."""
+    """Open-loop load; ``at`` maps seconds-from-start to fault actions.
+
+    ``marks`` holds each action's start (seconds from the start) and ``t0``, the
+    monotonic start itself."""
     out: list[Outcome] = []
     marks: dict[str, float] = {}
     pending = sorted(at.items())
-    async with grpc.aio.insecure_channel(address) as ch:
+    channel = (
+        open_channel() if open_channel else grpc.aio.insecure_channel(address, CHANNEL_OPTIONS)
+    )
+    async with channel as ch:
         stub = inference_pb2_grpc.InferenceServiceStub(ch)
         t0 = time.monotonic()
+        marks["t0"] = t0
         tasks = []
         n = int(rps * seconds)
         for i in range(n):
@@ -151,7 +194,9 @@ def summarize(
     )
     degraded = [o for o in out if o.code == "OK" and (o.level != PRIMARY or o.reasons)]
     to_degrade = None
+    sent_after = None
     if fault_at is not None:
+        sent_after = sum(1 for o in out if o.sent_at >= fault_at)
         after = [o.sent_at + o.latency_s for o in degraded if o.sent_at >= fault_at]
         to_degrade = round(min(after) - fault_at, 3) if after else None
     to_recover = None
@@ -175,6 +220,7 @@ def summarize(
         to_recover,
         p99,
         notes,
+        {} if sent_after is None else {"sent_after_fault": sent_after},
     )
 
 
@@ -208,8 +254,16 @@ async def _drill(
         out, marks = await load(
             s.router.address, rps=rps, seconds=seconds, deadline_s=deadline_s, at=at
         )
+        for action in (inject, clear):
+            if isinstance(action, Background):
+                action.wait()
     cleared = marks.get(clear.__name__) if clear else None
-    return summarize(name, out, deadline_s, marks.get(inject.__name__), cleared, notes)
+    if isinstance(clear, Background):  # cleared when the restart finished, not began
+        cleared = None if clear.done_at is None else clear.done_at - marks["t0"]
+    r = summarize(name, out, deadline_s, marks.get(inject.__name__), cleared, notes)
+    if cleared is not None:
+        r.extra["fault_cleared_at_s"] = round(cleared, 2)
+    return r
 
 
 def _kill_stubs(s: Stack) -> tuple[Callable[[], None], None]:
@@ -329,6 +383,111 @@ async def drill_slow_store(
             p.stop()
 
 
+async def drill_triton_restart(
+    build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
+) -> DrillResult:
+    """SIGKILL tritonserver, start it again on its ports (what Kubernetes does):
+    the ladder answers meanwhile; how long after it is ready is primary back?"""
+
+    def faults(s: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
+        assert s.triton is not None
+        triton = s.triton
+        inject, _ = _kill_triton(s)
+        return inject, Background("restart_triton", triton.relaunch)
+
+    return await _drill(
+        "SIGKILL tritonserver, restarted on its ports",
+        "ladder answers while Triton is down; recovery measured from Triton ready again",
+        faults,
+        build,
+        logs / "triton-restart",
+        rps,
+        seconds,
+        deadline_s,
+    )
+
+
+async def drill_blackhole_store(
+    build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
+) -> DrillResult:
+    """Redis behind a proxy that swallows every byte (partition), then heals."""
+    proxies: list[DelayProxy] = []
+
+    def via_proxy(out: Path, redis_url: str) -> Path:
+        proxies.append(DelayProxy(redis_url).start())
+        return build_demo_for_redis(out, proxies[-1].address)
+
+    def hole(s: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
+        def blackhole_store() -> None:
+            proxies[0].blackhole = True
+
+        def heal_store() -> None:
+            proxies[0].blackhole = False
+
+        return blackhole_store, heal_store
+
+    try:
+        return await _drill(
+            "Black-holed online store (Redis behind a proxy that drops every byte), then healed",
+            "reads cut at the feature budget; the store breaker then skips them",
+            hole,
+            build,
+            logs / "blackhole",
+            rps,
+            seconds,
+            deadline_s,
+            online_store="redis",
+            feast_builder=via_proxy,
+        )
+    finally:
+        for p in proxies:
+            p.stop()
+
+
+async def drill_half_failing_backend(
+    build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
+) -> DrillResult:
+    """Half of all inference calls fail (a real HTTP proxy answering 503 in front
+    of Triton): upstream attempts per client request stay <= 1.1."""
+    proxies: list[FailProxy] = []
+
+    def faults(s: Stack) -> tuple[Callable[[], None], None]:
+        assert s.triton is not None and s.router is not None
+
+        def start_failing() -> None:
+            proxies[0].reset_counts()
+            proxies[0].fail_ratio = 0.5
+
+        return start_failing, None
+
+    def via_proxy(triton_http: str) -> str:
+        proxies.append(FailProxy(triton_http, fail_ratio=0.0).start())
+        return proxies[-1].address
+
+    try:
+        r = await _drill(
+            "50% of inference calls fail (HTTP proxy answering 503 in front of Triton)",
+            "the last-known-good rung spends the retry budget (9% of first attempts)",
+            faults,
+            build,
+            logs / "half-failing",
+            rps,
+            seconds,
+            deadline_s,
+            router_env={"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"},
+            triton_http_proxy=via_proxy,
+        )
+        p = proxies[0]
+        counted = r.extra["sent_after_fault"]
+        r.extra["upstream_infer_calls"] = p.infer_calls
+        r.extra["injected_failures"] = p.failed
+        r.extra["attempts_per_request"] = round(p.infer_calls / max(1, counted), 3)
+        return r
+    finally:
+        for p in proxies:
+            p.stop()
+
+
 async def drill_spike(build: Path, logs: Path, deadline_s: float, seconds: float) -> DrillResult:
     """3x more concurrency than the router admits: the excess is shed at once."""
     admit = 8
@@ -370,16 +529,43 @@ async def drill_spike(build: Path, logs: Path, deadline_s: float, seconds: float
     return r
 
 
+DRILLS = (
+    "stub_kill",
+    "triton_kill",
+    "triton_restart",
+    "redis_hang",
+    "slow_store",
+    "blackhole_store",
+    "half_failing",
+    "spike",
+)
+
+
 async def run_all(
-    build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
+    build: Path,
+    logs: Path,
+    rps: float,
+    seconds: float,
+    deadline_s: float,
+    only: tuple[str, ...] = DRILLS,
 ) -> list[DrillResult]:
-    return [
-        await drill_stub_kill(build, logs, rps, seconds, deadline_s),
-        await drill_triton_kill(build, logs, rps, seconds, deadline_s),
-        await drill_redis_hang(build, logs, rps, seconds, deadline_s),
-        await drill_slow_store(build, logs, rps, seconds, deadline_s),
-        await drill_spike(build, logs, deadline_s, seconds / 2),
-    ]
+    out = []
+    for name in only:
+        if name == "spike":
+            out.append(await drill_spike(build, logs, deadline_s, seconds / 2))
+        elif name == "triton_restart":  # Triton takes seconds to load its models again
+            out.append(await drill_triton_restart(build, logs, rps, seconds * 2, deadline_s))
+        else:
+            drill = {
+                "stub_kill": drill_stub_kill,
+                "triton_kill": drill_triton_kill,
+                "redis_hang": drill_redis_hang,
+                "slow_store": drill_slow_store,
+                "blackhole_store": drill_blackhole_store,
+                "half_failing": drill_half_failing_backend,
+            }[name]
+            out.append(await drill(build, logs, rps, seconds, deadline_s))
+    return out
 
 
 def markdown(results: list[DrillResult], command: str) -> str:
@@ -407,8 +593,8 @@ def markdown(results: list[DrillResult], command: str) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def write_md(path: Path, table: str) -> None:
-    begin, end = "<!-- faults:begin -->", "<!-- faults:end -->"
+def write_md(path: Path, table: str, marker: str = "faults") -> None:
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     text = path.read_text() if path.exists() else f"{begin}\n{end}\n"
     pre, _, rest = text.partition(begin)
     _, _, post = rest.partition(end)
@@ -425,11 +611,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline-ms", type=float, default=250.0)
     p.add_argument("--md", type=Path)
     p.add_argument("--json", type=Path)
+    p.add_argument("--only", default=",".join(DRILLS), help=f"comma-separated of {DRILLS}")
     args = p.parse_args(argv)
+    only = tuple(x for x in args.only.split(",") if x)
+    if unknown := set(only) - set(DRILLS):
+        p.error(f"unknown drills: {sorted(unknown)}")
     logs = args.build / "logs" / time.strftime("faults-%Y%m%d-%H%M%S")
     results = asyncio.run(
         run_all(
-            args.build.resolve(), logs.resolve(), args.rps, args.seconds, args.deadline_ms / 1000
+            args.build.resolve(),
+            logs.resolve(),
+            args.rps,
+            args.seconds,
+            args.deadline_ms / 1000,
+            only,
         )
     )
     command = "python -m bench.fault_drill " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -150,8 +150,12 @@ class App:
             self.metrics_server = MetricsServer(s.metrics.host, s.metrics.port, self._scrape)
             log.info("metrics.listening", port=await self.metrics_server.start())
         port = await self.server.start()
-        await self.server.set_serving(True)
-        if s.reliability.probe_interval_s > 0:
+        # Health stays NOT_SERVING until one canary round has warmed the Triton
+        # connections and set the breakers: a restarted router behind a load
+        # balancer takes traffic only once it can score it at full speed.
+        if s.reliability.probe_interval_s <= 0:
+            await self.server.set_serving(True)
+        else:
             prober = Prober(
                 snapshot=self.snapshots.get,
                 servers=self.triton.get,
@@ -160,7 +164,11 @@ class App:
                 timeout_s=s.reliability.probe_timeout_ms / 1000,
                 on_round=self._on_probe_round,
             )
-            await prober.probe_once()  # breakers reflect reality before traffic
+            results = await prober.probe_once()
+            if results:
+                await self._on_probe_round(results)
+            else:  # nothing routed, nothing to wait for
+                await self.server.set_serving(True)
             self._prober_task = asyncio.create_task(prober.run())
         if s.routing.reload_interval_s > 0:
             self._reloader = asyncio.create_task(self._reload_loop())

@@ -21,6 +21,7 @@ import dataclasses
 import http.client
 import importlib
 import json
+import shlex
 import signal
 import socket
 import string
@@ -244,8 +245,14 @@ class EnvoyProcess(Supervisor):
         concurrency: int = 2,
         max_heap_bytes: int = 1 << 30,
         max_connections: int = 10_000,
+        hot_restart: bool = False,
     ) -> None:
         super().__init__(log_dir)
+        # Hot restart (a new Envoy takes the listen sockets over from the old one,
+        # which drains) needs shared memory and a base id per Envoy family: off
+        # unless asked for, so parallel test Envoys never share a domain.
+        self.hot_restart, self.epoch = hot_restart, 0
+        self.base_id_path = self.log_path.with_suffix(".base-id")
         self.xds_port, self.public, self.node_id = xds_port, public, node_id
         self.concurrency, self.max_heap_bytes, self.max_connections = (
             concurrency,
@@ -268,18 +275,65 @@ class EnvoyProcess(Supervisor):
             MAX_CONNECTIONS=self.max_connections,
         )
         self.bootstrap_path.write_text(text)
-        return [
+        argv = [
             envoy_binary(),
             "-c",
             str(self.bootstrap_path),
             "--concurrency",
             str(self.concurrency),
-            "--disable-hot-restart",
+            *self._restart_flags(),
             "--drain-time-s",
             "5",
             "--log-level",
             "warning",
         ]
+        if self.hot_restart:
+            # A hot-restartable Envoy is SIGTERMed when the thread that forked it
+            # exits (seen with launches from worker threads): a shell in between
+            # is the parent that stays.
+            return ["/bin/sh", "-c", shlex.join(argv)]
+        return argv
+
+    def _restart_flags(self) -> list[str]:
+        if not self.hot_restart:
+            return ["--disable-hot-restart"]
+        if self.epoch == 0:
+            return ["--use-dynamic-base-id", "--base-id-path", str(self.base_id_path)]
+        return [
+            "--base-id",
+            self.base_id_path.read_text().strip(),
+            "--restart-epoch",
+            str(self.epoch),
+            "--parent-shutdown-time-s",
+            "8",
+        ]
+
+    def hot_restart_now(self) -> float:
+        """Start the next epoch (it takes the listen sockets over; the old process
+        drains its connections and exits). Returns seconds until the new one is ready.
+        Call it from a worker thread when this process uses gRPC."""
+        if not self.hot_restart or self.proc is None:
+            raise StackError("hot restart needs EnvoyProcess(hot_restart=True), started")
+        old, t0 = self.proc, time.monotonic()
+        self.epoch += 1
+        self._launch_and_wait(last=True)
+        while self._serving_epoch() != self.epoch:  # not the old one's admin answering
+            if time.monotonic() - t0 > self.start_timeout_s:
+                raise self._error(f"epoch {self.epoch} not live")
+            time.sleep(0.02)
+        # The old epoch drains (--drain-time-s) and is told to exit by the new one
+        # (--parent-shutdown-time-s); reap it off this thread.
+        threading.Thread(target=old.wait, name="envoy-old-epoch", daemon=True).start()
+        return time.monotonic() - t0
+
+    def _serving_epoch(self) -> int | None:
+        try:
+            info = json.loads(self.admin("/server_info", timeout=0.5))
+        except (OSError, ValueError):
+            return None
+        if info.get("state") != "LIVE":
+            return None
+        return int(info.get("command_line_options", {}).get("restart_epoch", 0))
 
     def admin(self, path: str, timeout: float = 2.0) -> bytes:
         code, body = _http_get(self.admin_port, path, timeout)
@@ -346,6 +400,8 @@ class EdgeStack:
     with_ratelimit: bool = True
     with_jwt: bool = True
     access_log: bool = False
+    hot_restart: bool = False
+    """Run Envoy so that ``envoy.hot_restart_now()`` works (restart drills)."""
     redis: RedisServer | None = dataclasses.field(default=None, init=False)
     ratelimit: RateLimitProcess | None = dataclasses.field(default=None, init=False)
     xds: ControlPlaneProcess | None = dataclasses.field(default=None, init=False)
@@ -375,7 +431,12 @@ class EdgeStack:
                 )
             )
             self.envoy = stack.enter_context(
-                EnvoyProcess(self.log_dir, xds_port=self.xds.ads_port, public=self.public)
+                EnvoyProcess(
+                    self.log_dir,
+                    xds_port=self.xds.ads_port,
+                    public=self.public,
+                    hot_restart=self.hot_restart,
+                )
             )
             self._stack = stack.pop_all()
         return self
@@ -463,9 +524,14 @@ class FullStack:
     online_store: OnlineStore = "sqlite"
     router_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     access_log: bool = False
+    replicas: int = 1
+    """Router processes behind Envoy's router cluster (rolling-restart drills)."""
+    hot_restart: bool = False
+    """Run Envoy so that ``edge.envoy.hot_restart_now()`` works."""
     base: Stack | None = dataclasses.field(default=None, init=False)
     edge: EdgeStack | None = dataclasses.field(default=None, init=False)
     router: TlsRouterProcess | None = dataclasses.field(default=None, init=False)
+    routers: list[TlsRouterProcess] = dataclasses.field(default_factory=list, init=False)
     _stack: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
 
     def start(self) -> Self:
@@ -481,14 +547,15 @@ class FullStack:
                 )
             )
             assert self.base.triton is not None and self.base.feast_repo is not None
-            port = free_ports(1)[0]
+            ports = free_ports(self.replicas)
             self.edge = es.enter_context(
                 EdgeStack(
                     self.log_dir,
                     self.pki,
-                    f"127.0.0.1:{port}",
+                    ",".join(f"127.0.0.1:{p}" for p in ports),
                     tenants=self.tenants,
                     access_log=self.access_log,
+                    hot_restart=self.hot_restart,
                 )
             )
             env = {
@@ -499,14 +566,18 @@ class FullStack:
                 "INFERLINE_ROUTING__TABLE_PATH": str(Path(self.routing_table).resolve()),
                 **self.router_env,
             }
-            self.router = es.enter_context(TlsRouterProcess(env, self.log_dir, self.pki, port=port))
+            self.routers = [
+                es.enter_context(TlsRouterProcess(env, self.log_dir, self.pki, port=port))
+                for port in ports
+            ]
+            self.router = self.routers[0]
             self._stack = es.pop_all()
         return self
 
     def supervisors(self) -> list[Supervisor]:
         out: list[Supervisor | None] = [
             *(self.base.supervisors() if self.base else []),
-            self.router,
+            *self.routers,
         ]
         if self.edge is not None:
             out += [self.edge.redis, self.edge.ratelimit, self.edge.xds, self.edge.envoy]

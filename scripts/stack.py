@@ -201,6 +201,26 @@ class Supervisor(abc.ABC):
             self.stop()
             raise
 
+    def relaunch(self) -> Self:
+        """Start again on the same ports after the process died or was stopped.
+
+        For restart drills: clients and peers keep the address they have. Call it
+        from a worker thread when this process has used gRPC (no preexec_fn there).
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            raise StackError(f"{self.name} is still running")
+        if not self.ports:
+            raise StackError(f"{self.name} was never started")
+        if self.proc is not None:
+            self._reap_group()
+        if self._log is None:
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        with _live_lock:
+            if self not in _live:
+                _live.append(self)
+        self._launch_and_wait(last=True)
+        return self
+
     def _launch_and_wait(self, *, last: bool) -> bool:
         """Start once and wait for readiness; False means "port race, retry"."""
         assert self._log is not None
@@ -488,6 +508,9 @@ class Stack:
     online_store: OnlineStore = "sqlite"
     feast_builder: FeastBuilder = build_demo_for_redis
     router_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    triton_http_proxy: Callable[[str], str] | None = None
+    """Given Triton's HTTP address, the address the router should use instead (a
+    fault-injecting proxy in the drills)."""
     triton_args: Sequence[str] = ()
     with_router: bool = True
     redis: RedisServer | None = dataclasses.field(default=None, init=False)
@@ -524,7 +547,11 @@ class Stack:
             if self.with_router:
                 env = {
                     "INFERLINE_TRITON__URL": self.triton.grpc_url,
-                    "INFERLINE_TRITON__HTTP_URL": self.triton.http_url,
+                    "INFERLINE_TRITON__HTTP_URL": (
+                        self.triton_http_proxy(self.triton.http_url)
+                        if self.triton_http_proxy
+                        else self.triton.http_url
+                    ),
                     "INFERLINE_FEATURES__REPO_PATH": str(self.feast_repo),
                     "INFERLINE_MODELS__REPOSITORY": str(repo),
                     "INFERLINE_ROUTING__TABLE_PATH": str(self.routing_table),

@@ -21,6 +21,7 @@ from envoy_data_plane.envoy.extensions.filters.http.router import v3 as _router 
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager import (
     v3 as _hcm_types,  # noqa: F401
 )
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts import v3 as _prev  # noqa: F401
 from envoy_data_plane.envoy.extensions.transport_sockets.tls import v3 as _tls  # noqa: F401
 from envoy_data_plane.envoy.extensions.upstreams.http import v3 as _uhttp  # noqa: F401
 
@@ -58,6 +59,8 @@ class Topology:
     mtls_port: int
     upstream: tuple[str, int]
     jwt_port: int | None = None
+    replicas: tuple[tuple[str, int], ...] = ()
+    """More router endpoints beside ``upstream`` in the router cluster."""
     ratelimit: tuple[str, int] | None = None
     listen_address: str = "127.0.0.1"
     access_log: bool = False

@@ -104,6 +104,30 @@ def _bucket(burst: int, tokens: int, interval_ms: int) -> dict[str, Any]:
     }
 
 
+ROUTER_HEALTH_SERVICE = "inferline.v1.InferenceService"
+# Retry only what cannot have reached the router's pipeline (connection refused,
+# stream refused by a router that is going away, reset before any response
+# header): never an answered request, so no request is scored twice. Another
+# router is tried (previous_hosts), and the budget caps retries at 10% of
+# active requests (at least 3 at a time) so retries cannot amplify an outage.
+RETRY_POLICY: dict[str, Any] = {
+    "retry_on": "connect-failure,refused-stream,reset-before-request",
+    "num_retries": 2,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": 3,
+    "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
+}
+RETRY_BUDGET: dict[str, Any] = {"budget_percent": {"value": 10.0}, "min_retry_concurrency": 3}
+
+
 def _h2_options() -> dict[str, Any]:
     return {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
@@ -121,7 +145,9 @@ def _h2_options() -> dict[str, Any]:
     }
 
 
-def _static_cluster(name: str, addr: tuple[str, int], connect_timeout: str) -> dict[str, Any]:
+def _static_cluster(
+    name: str, addr: tuple[str, int], connect_timeout: str, *more: tuple[str, int]
+) -> dict[str, Any]:
     # IP literals (loopback, tests) are STATIC; Service names (Kubernetes) are
     # resolved and re-resolved by Envoy (STRICT_DNS: every pod IP is an endpoint).
     try:
@@ -141,11 +167,10 @@ def _static_cluster(name: str, addr: tuple[str, int], connect_timeout: str) -> d
                     "lb_endpoints": [
                         {
                             "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": addr[0], "port_value": addr[1]}
-                                }
+                                "address": {"socket_address": {"address": host, "port_value": port}}
                             }
                         }
+                        for host, port in (addr, *more)
                     ]
                 }
             ],
@@ -155,7 +180,20 @@ def _static_cluster(name: str, addr: tuple[str, int], connect_timeout: str) -> d
 
 
 def _clusters(topo: Topology) -> list[dict[str, Any]]:
-    router = _static_cluster(ROUTER_CLUSTER, topo.upstream, "1s")
+    router = _static_cluster(ROUTER_CLUSTER, topo.upstream, "1s", *topo.replicas)
+    # Active gRPC health checks: a router that is draining (SIGTERM: health goes
+    # NOT_SERVING before it stops accepting) or not ready leaves the rotation
+    # within one interval, so a rolling restart loses no request.
+    router["health_checks"] = [
+        {
+            "timeout": "0.5s",
+            "interval": "0.5s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "no_traffic_interval": "0.5s",
+            "grpc_health_check": {"service_name": ROUTER_HEALTH_SERVICE},
+        }
+    ]
     # Separate budgets per routing priority: critical traffic (HIGH) keeps its own
     # connection-pool and request budget when standard/batch traffic floods DEFAULT.
     router["circuit_breakers"] = {
@@ -165,14 +203,14 @@ def _clusters(topo: Topology) -> list[dict[str, Any]]:
                 "max_connections": 1024,
                 "max_pending_requests": 512,
                 "max_requests": 512,
-                "max_retries": 3,
+                "retry_budget": RETRY_BUDGET,
             },
             {
                 "priority": "HIGH",
                 "max_connections": 1024,
                 "max_pending_requests": 512,
                 "max_requests": 512,
-                "max_retries": 3,
+                "retry_budget": RETRY_BUDGET,
             },
         ]
     }
@@ -304,6 +342,7 @@ def _route_config(edge: EdgeConfig) -> dict[str, Any]:
         "cluster": ROUTER_CLUSTER,
         "timeout": "30s",
         "max_stream_duration": {"grpc_timeout_header_max": "30s"},
+        "retry_policy": RETRY_POLICY,
     }
     routes: list[dict[str, Any]] = []
     for prefix in GRPC_PREFIXES:

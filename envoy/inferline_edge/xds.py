@@ -322,11 +322,13 @@ async def serve(args: argparse.Namespace) -> None:
         host, port = s.rsplit(":", 1)
         return host, int(port)
 
+    routers = [hostport(u) for u in args.upstream.split(",") if u]
     topo = resources.Topology(
         pki=DevPKI(args.pki.resolve()),
         mtls_port=args.mtls_port,
         jwt_port=args.jwt_port,
-        upstream=hostport(args.upstream),
+        upstream=routers[0],
+        replicas=tuple(routers[1:]),
         ratelimit=hostport(args.ratelimit) if args.ratelimit else None,
         access_log=args.access_log,
         listen_address=args.listen_address,
@@ -372,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--status-port", type=int, default=0, help="JSON status port (0 = off)")
     p.add_argument("--mtls-port", type=int, required=True, help="Envoy's public mTLS listener")
     p.add_argument("--jwt-port", type=int, default=None, help="Envoy's public JWT listener")
-    p.add_argument("--upstream", required=True, help="router host:port (mTLS)")
+    p.add_argument("--upstream", required=True, help="router host:port[,host:port...] (mTLS)")
     p.add_argument("--ratelimit", default=None, help="rate-limit service host:port")
     p.add_argument("--access-log", action="store_true", help="Envoy logs each request")
     p.add_argument("--poll-interval", type=float, default=0.2, help="file poll, seconds")

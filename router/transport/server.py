@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -86,6 +88,8 @@ class GrpcServer:
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
+        if self._settings.drain_s:
+            await asyncio.sleep(self._settings.drain_s)
         await self._server.stop(self._settings.grace_period_s)
 
     async def wait_for_termination(self) -> None:

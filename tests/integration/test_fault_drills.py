@@ -49,6 +49,33 @@ async def test_slow_online_store_degrades_then_recovers(demo_build: Path, tmp_pa
     assert r.admitted_p99_ms is not None and r.admitted_p99_ms < 100  # cut at the budget
 
 
+async def test_tritonserver_restarted_recovers_primary(demo_build: Path, tmp_path: Path) -> None:
+    r = await fd.drill_triton_restart(demo_build, tmp_path, RPS, 3 * SECONDS, DEADLINE_S)
+    assert r.unanswered_at_deadline == 0 and r.errors == {} and r.ok == r.sent
+    assert r.degraded_by_level.get("PRIMARY", 0) < r.sent  # the ladder answered meanwhile
+    assert "fault_cleared_at_s" in r.extra  # Triton was ready again before the run ended
+    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5
+
+
+async def test_blackholed_online_store_degrades_then_heals(
+    demo_build: Path, tmp_path: Path
+) -> None:
+    r = await fd.drill_blackhole_store(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
+    assert r.unanswered_at_deadline == 0 and r.errors == {} and r.ok == r.sent
+    assert r.time_to_degrade_s is not None and r.time_to_degrade_s < 1.0
+    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5
+
+
+async def test_half_failing_backend_bounds_upstream_attempts(
+    demo_build: Path, tmp_path: Path
+) -> None:
+    r = await fd.drill_half_failing_backend(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
+    assert r.unanswered_at_deadline == 0 and r.errors == {} and r.ok == r.sent
+    assert r.extra["injected_failures"] > 0
+    assert r.extra["upstream_infer_calls"] > 0
+    assert r.extra["attempts_per_request"] <= 1.1
+
+
 async def test_spike_is_shed_or_served_in_time(demo_build: Path, tmp_path: Path) -> None:
     r = await fd.drill_spike(demo_build, tmp_path, DEADLINE_S, 2.0)
     assert r.unanswered_at_deadline == 0

@@ -1,0 +1,50 @@
+"""Envoy and router restarts under steady load through the edge (bench/edge_drills.py).
+
+Real Envoy (mTLS), xDS control plane, routers and Triton on loopback. Restarts a
+deployment makes on purpose (Envoy hot restart, a rolling router restart) lose
+nothing; a crash of the only Envoy or router costs a short window of fast, clear
+UNAVAILABLE answers and never a request left hanging to its deadline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import edge_drills as ed
+
+RPS, SECONDS, DEADLINE_S = 50.0, 4.0, 0.25
+pytestmark = pytest.mark.slow
+
+
+async def test_envoy_hot_restart_loses_nothing(demo_build: Path, tmp_path: Path) -> None:
+    r = await ed.drill_envoy_hot_restart(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
+    assert "restart_done_at_s" in r.extra  # the new epoch went live during the run
+    assert r.errors == {} and r.ok == r.sent and r.unanswered_at_deadline == 0
+
+
+async def test_envoy_crash_answers_unavailable_fast_then_recovers(
+    demo_build: Path, tmp_path: Path
+) -> None:
+    r = await ed.drill_envoy_crash(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
+    assert r.unanswered_at_deadline == 0
+    assert set(r.errors) <= {"UNAVAILABLE"}
+    assert r.time_to_recover_s is None or r.time_to_recover_s < 3.0
+    assert r.ok > r.sent / 2
+
+
+async def test_rolling_router_restart_behind_envoy_loses_nothing(
+    demo_build: Path, tmp_path: Path
+) -> None:
+    r = await ed.drill_router_rolling_restart(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
+    assert r.errors == {} and r.ok == r.sent and r.unanswered_at_deadline == 0
+
+
+async def test_only_router_restart_is_a_clear_unavailable_window(
+    demo_build: Path, tmp_path: Path
+) -> None:
+    r = await ed.drill_router_single_restart(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
+    assert r.unanswered_at_deadline == 0
+    assert set(r.errors) == {"UNAVAILABLE"}  # nobody to take over: refused at once
+    assert r.degraded_by_level == {"PRIMARY": r.ok}
