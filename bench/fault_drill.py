@@ -141,6 +141,19 @@ class Background:
             self.thread.join(timeout_s)
 
 
+def _extend(at: dict[float, Callable[[], None]], elapsed_s: float, seconds: float) -> bool:
+    """Keep the load going past ``seconds`` while a restart is still running and
+    for ``seconds / 4`` after it finished, so its recovery is measured (capped at 4x)."""
+    if elapsed_s > 4 * seconds:
+        return False
+    for action in at.values():
+        if isinstance(action, Background) and action.thread is not None:
+            if action.done_at is None:
+                return True
+            return time.monotonic() < action.done_at + seconds / 4
+    return False
+
+
 async def load(
     address: str,
     *,
@@ -166,7 +179,8 @@ async def load(
         marks["t0"] = t0
         tasks = []
         n = int(rps * seconds)
-        for i in range(n):
+        i = 0
+        while i < n or _extend(at, i / rps, seconds):
             due = t0 + i / rps
             while pending and pending[0][0] <= due - t0:
                 _, action = pending.pop(0)
@@ -174,6 +188,7 @@ async def load(
                 marks[action.__name__] = time.monotonic() - t0
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             tasks.append(asyncio.create_task(_one(stub, i, deadline_s, t0, out)))
+            i += 1
         await asyncio.gather(*tasks)
     return sorted(out, key=lambda o: o.sent_at), marks
 

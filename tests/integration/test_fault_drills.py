@@ -50,7 +50,7 @@ async def test_slow_online_store_degrades_then_recovers(demo_build: Path, tmp_pa
 
 
 async def test_tritonserver_restarted_recovers_primary(demo_build: Path, tmp_path: Path) -> None:
-    r = await fd.drill_triton_restart(demo_build, tmp_path, RPS, 3 * SECONDS, DEADLINE_S)
+    r = await fd.drill_triton_restart(demo_build, tmp_path, RPS, 2 * SECONDS, DEADLINE_S)
     assert r.unanswered_at_deadline == 0 and r.errors == {} and r.ok == r.sent
     assert r.degraded_by_level.get("PRIMARY", 0) < r.sent  # the ladder answered meanwhile
     assert "fault_cleared_at_s" in r.extra  # Triton was ready again before the run ended
