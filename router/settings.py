@@ -80,6 +80,9 @@ class TlsSettings(_Section):
     """PEM private key for cert_file."""
     client_ca_file: Path | None = None
     """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
+    reload_interval_s: float = Field(default=1.0, ge=0)
+    """How often (at most, checked on new handshakes) the three files are re-read:
+    a rotated certificate, key or CA bundle is served without a restart. 0 = never."""
 
 
 class AuthSettings(_Section):

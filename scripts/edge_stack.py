@@ -179,10 +179,12 @@ class ControlPlaneProcess(Supervisor):
         upstream: str,
         ratelimit: str | None,
         access_log: bool = False,
+        secrets_dir: Path | None = None,
     ) -> None:
         super().__init__(log_dir)
         self.tenants, self.pki, self.public = tenants, pki, public
         self.upstream, self.ratelimit, self.access_log = upstream, ratelimit, access_log
+        self.secrets_dir = secrets_dir
 
     @property
     def ads_port(self) -> int:
@@ -210,6 +212,8 @@ class ControlPlaneProcess(Supervisor):
             cmd += ["--jwt-port", str(self.public.jwt)]
         if self.ratelimit:
             cmd += ["--ratelimit", self.ratelimit]
+        if self.secrets_dir is not None:
+            cmd += ["--secrets-dir", str(self.secrets_dir)]
         return cmd + (["--access-log"] if self.access_log else [])
 
     def status(self) -> dict[str, Any]:
@@ -346,6 +350,8 @@ class EdgeStack:
     with_ratelimit: bool = True
     with_jwt: bool = True
     access_log: bool = False
+    secrets_dir: Path | None = None
+    """Kubernetes-secret dirs the control plane serves over SDS (None: the dev PKI)."""
     redis: RedisServer | None = dataclasses.field(default=None, init=False)
     ratelimit: RateLimitProcess | None = dataclasses.field(default=None, init=False)
     xds: ControlPlaneProcess | None = dataclasses.field(default=None, init=False)
@@ -372,6 +378,7 @@ class EdgeStack:
                     upstream=self.upstream,
                     ratelimit=self.ratelimit.address if self.ratelimit else None,
                     access_log=self.access_log,
+                    secrets_dir=self.secrets_dir,
                 )
             )
             self.envoy = stack.enter_context(
@@ -463,6 +470,8 @@ class FullStack:
     online_store: OnlineStore = "sqlite"
     router_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     access_log: bool = False
+    edge_secrets_dir: Path | None = None
+    """Passed to EdgeStack.secrets_dir (rotation tests and drills)."""
     base: Stack | None = dataclasses.field(default=None, init=False)
     edge: EdgeStack | None = dataclasses.field(default=None, init=False)
     router: TlsRouterProcess | None = dataclasses.field(default=None, init=False)
@@ -489,6 +498,7 @@ class FullStack:
                     f"127.0.0.1:{port}",
                     tenants=self.tenants,
                     access_log=self.access_log,
+                    secrets_dir=self.edge_secrets_dir,
                 )
             )
             env = {
