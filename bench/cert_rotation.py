@@ -308,7 +308,8 @@ def markdown(r: RotationReport, command: str) -> str:
         "",
         f"Load: {r.requests} Predict requests over {r.seconds:.0f} s on {r.connections} "
         f"fresh mTLS connections (half through Envoy, half straight to the router as "
-        f"Envoy calls it); failed: **{r.failed}** {r.failures or ''}.",
+        f"Envoy calls it); failed: **{r.failed}** {r.failures or ''}".rstrip()
+        + ".",
         f"Handshake probes: {r.handshake_probes} (failed {r.probe_failures}).",
         "",
         "| rotation | at (s) | Envoy: files -> new cert served (s) "

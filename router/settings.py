@@ -182,6 +182,15 @@ class QualitySettings(_Section):
     """PSI is exported only once the window holds this many rows."""
 
 
+class RegionSettings(_Section):
+    name: str = Field(default="local", pattern=r"^[a-z][a-z0-9\-]{0,62}$")
+    """This deployment's region. Tenants whose residency policy (routing table
+    ``regions``) does not list it are refused with FAILED_PRECONDITION."""
+    data_root: Path = Path("build/data")
+    """Root of persisted request data; sinks write under ``<data_root>/<name>/``
+    (``router.pipeline.residency.Residency.destination``)."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Minimum log level."""
@@ -227,3 +236,5 @@ class Settings(BaseSettings):
     """OpenTelemetry traces."""
     log: LogSettings = LogSettings()
     """Logging."""
+    region: RegionSettings = RegionSettings()
+    """Region and data residency."""
