@@ -191,6 +191,21 @@ class RegionSettings(_Section):
     (``router.pipeline.residency.Residency.destination``)."""
 
 
+class DrSettings(_Section):
+    backup_dir: Path = Path("build/backups")
+    """Where ``inferline dr backup`` writes (ship it to another region's storage)."""
+    config_files: tuple[Path, ...] = ()
+    """Configuration backed up besides the routing table (e.g. envoy/tenants.yaml)."""
+    databases: tuple[Path, ...] = ()
+    """SQLite files (the model registry) copied with SQLite's online backup API."""
+    directories: tuple[Path, ...] = ()
+    """Data directories copied file by file (the audit trail)."""
+    signing_key_file: Path | None = None
+    """Key (a mounted secret) for the manifest's HMAC; unset = checksums only."""
+    keep: int = Field(default=48, ge=1)
+    """Backups kept in backup_dir; older ones are pruned after each backup."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Minimum log level."""
@@ -238,3 +253,5 @@ class Settings(BaseSettings):
     """Logging."""
     region: RegionSettings = RegionSettings()
     """Region and data residency."""
+    dr: DrSettings = DrSettings()
+    """Backup and restore (``inferline dr``)."""
