@@ -55,6 +55,11 @@ class Phase:
     router_serial: str
     edge_new_after_s: float | None = None  # files written -> first handshake with the new cert
     router_new_after_s: float | None = None
+    envoy_secrets_before: dict[str, str] = field(default_factory=dict)
+    envoy_secrets_after: dict[str, str] = field(default_factory=dict)
+    """Secret versions Envoy reports active (config_dump): the upstream client cert
+    and the trust bundle have no handshake to probe from outside, so this shows
+    Envoy took them."""
 
 
 @dataclass
@@ -260,17 +265,30 @@ async def rotate_under_load(
         if name == "ca-rollover":
             secrets.add_ca()
             await asyncio.sleep(2.0)  # the new trust bundle reaches everyone first
+        before = await asyncio.to_thread(_envoy_secrets, full)
         written = time.monotonic()
         edge_serial, router_serial = secrets.reissue_leaves()
         phase = Phase(name, round(written - t0, 2), edge_serial, router_serial)
+        phase.envoy_secrets_before = before
         report.phases.append(phase)
         await _wait_serials(seen, phase, written, timeout_s=seconds / 3)
+        phase.envoy_secrets_after = await asyncio.to_thread(_envoy_secrets, full)
     await asyncio.sleep(max(0.0, t0 + seconds - time.monotonic()))
     stop.set()
     await asyncio.gather(*tasks)
     await probe
     report.failures = dict(codes)
     return report
+
+
+def _envoy_secrets(full: FullStack) -> dict[str, str]:
+    assert full.edge is not None and full.edge.envoy is not None
+    prefix = "dynamic_active_secrets/"
+    return {
+        k[len(prefix) :]: v
+        for k, v in full.edge.envoy.config_versions().items()
+        if k.startswith(prefix)
+    }
 
 
 def start_stack(build: Path, log_dir: Path) -> tuple[FullStack, Secrets]:

@@ -34,6 +34,12 @@ async def test_rotation_under_load_fails_no_request(
         # The new serial was seen on a handshake after the files changed, on both servers.
         assert phase.edge_new_after_s is not None, phase
         assert phase.router_new_after_s is not None, phase
+        # Envoy took the new upstream client cert over SDS too (no handshake shows it).
+        for name in ("edge_server_cert", "edge_client_cert"):
+            assert phase.envoy_secrets_after[name] != phase.envoy_secrets_before[name], name
+    leaves, rollover = report.phases
+    # The successor CA reached Envoy's trust bundle before any leaf it signed.
+    assert rollover.envoy_secrets_before["trusted_ca"] != leaves.envoy_secrets_after["trusted_ca"]
     assert report.phases[0].edge_serial != report.phases[1].edge_serial
     assert secrets.pki.edge_server.cert.read_bytes() != first_edge
     assert len(secrets.ca_pems) == 2  # old + successor CA trusted after the rollover
