@@ -240,15 +240,17 @@ def restore(
 ) -> list[Path]:
     """Verify the whole backup, then put its files back (``mapping`` rewrites path
     prefixes: restoring another region's backup into this region's paths).
-    A data directory is replaced whole: files not in the backup are removed."""
+    A data directory is replaced whole; the one it replaces is renamed
+    ``<dir>.pre-restore-<time>``, not deleted."""
     m = verify(backup_dir, signing_key=signing_key)
     kinds = set(only)
     written: list[Path] = []
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f".{time.time_ns() % 10**9:09d}"
     for kind, root in m.roots:
         if kind == "dir" and kind in kinds:
             target = _map(root, mapping)
-            if target.is_dir():
-                shutil.rmtree(target)
+            if target.is_dir():  # kept, not deleted: a restore never destroys data
+                target.rename(target.with_name(f"{target.name}.pre-restore-{stamp}"))
             target.mkdir(parents=True, exist_ok=True)
     for e in m.entries:
         if e.kind not in kinds:

@@ -101,6 +101,8 @@ def test_cli_round_trip_under_concurrent_writes(region_a: Path, tmp_path: Path) 
         "segment-1.jsonl",
         "segment-2.jsonl",
     ]
+    [kept] = [p for p in b.iterdir() if p.name.startswith("audit.pre-restore-")]
+    assert (kept / "stale.jsonl").read_text() == "left over\n"  # moved aside, not deleted
     db = sqlite3.connect(b / "registry.db")
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     seqs = [r[0] for r in db.execute("SELECT seq FROM changes ORDER BY seq")]
