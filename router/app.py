@@ -32,6 +32,7 @@ from router.pipeline.idempotency import Idempotency, MemoryIdempotencyStore
 from router.pipeline.passthrough import Passthrough
 from router.pipeline.predict import Predictor
 from router.pipeline.probe import Prober
+from router.pipeline.residency import Residency
 from router.pipeline.routing import RoutingTable
 from router.pipeline.snapshot import Snapshot, SnapshotHolder
 from router.settings import Settings
@@ -85,6 +86,7 @@ class App:
         self.tracer = tracer(self.tracer_provider)
         self.drift = DriftMonitor(settings.quality.drift_window, settings.quality.drift_min_samples)
         self.snapshots: SnapshotHolder | None = None
+        self.residency: Residency | None = None
         self.server: GrpcServer | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._table_mtime = 0.0
@@ -108,6 +110,9 @@ class App:
         configure_logging(s.log)
         self.features.start()
         self.snapshots = SnapshotHolder(self._load_snapshot())
+        snaps = self.snapshots
+        # For the sinks that persist request data (captures, audit): where, and whether.
+        self.residency = Residency(s.region.name, lambda: snaps.current.table, s.region.data_root)
         await self.triton.start()
         await self.triton.sync(_pools(self.snapshots.current.table))
         predictor = Predictor(
@@ -131,6 +136,7 @@ class App:
             feature_timeout_s=s.features.timeout_ms / 1000,
             min_inference_budget_s=s.limits.min_inference_budget_ms / 1000,
             max_clock_skew_s=s.features.max_clock_skew_s,
+            region=s.region.name,
         )
         servicer = InferenceServicer(
             predictor,
@@ -140,7 +146,10 @@ class App:
             tracer=self.tracer,
         )
         passthrough = Passthrough(
-            snapshot=self.snapshots.get, servers=self.triton.get, admission=self.admission
+            snapshot=self.snapshots.get,
+            servers=self.triton.get,
+            admission=self.admission,
+            region=s.region.name,
         )
         kserve = kserve_handler(
             passthrough, auth=s.auth, default_deadline_s=s.limits.default_deadline_ms / 1000
@@ -172,7 +181,12 @@ class App:
             self._prober_task = asyncio.create_task(prober.run())
         if s.routing.reload_interval_s > 0:
             self._reloader = asyncio.create_task(self._reload_loop())
-        log.info("router.started", port=port, routing_version=self.snapshots.current.table.version)
+        log.info(
+            "router.started",
+            port=port,
+            region=s.region.name,
+            routing_version=self.snapshots.current.table.version,
+        )
         return port
 
     def _scrape(self) -> bytes:

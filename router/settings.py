@@ -84,6 +84,9 @@ class TlsSettings(_Section):
     """PEM private key for cert_file."""
     client_ca_file: Path | None = None
     """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
+    reload_interval_s: float = Field(default=1.0, ge=0)
+    """How often (at most, checked on new handshakes) the three files are re-read:
+    a rotated certificate, key or CA bundle is served without a restart. 0 = never."""
 
 
 class AuthSettings(_Section):
@@ -183,6 +186,30 @@ class QualitySettings(_Section):
     """PSI is exported only once the window holds this many rows."""
 
 
+class RegionSettings(_Section):
+    name: str = Field(default="local", pattern=r"^[a-z][a-z0-9\-]{0,62}$")
+    """This deployment's region. Tenants whose residency policy (routing table
+    ``regions``) does not list it are refused with FAILED_PRECONDITION."""
+    data_root: Path = Path("build/data")
+    """Root of persisted request data; sinks write under ``<data_root>/<name>/``
+    (``router.pipeline.residency.Residency.destination``)."""
+
+
+class DrSettings(_Section):
+    backup_dir: Path = Path("build/backups")
+    """Where ``inferline dr backup`` writes (ship it to another region's storage)."""
+    config_files: tuple[Path, ...] = ()
+    """Configuration backed up besides the routing table (e.g. envoy/tenants.yaml)."""
+    databases: tuple[Path, ...] = ()
+    """SQLite files (the model registry) copied with SQLite's online backup API."""
+    directories: tuple[Path, ...] = ()
+    """Data directories copied file by file (the audit trail)."""
+    signing_key_file: Path | None = None
+    """Key (a mounted secret) for the manifest's HMAC; unset = checksums only."""
+    keep: int = Field(default=48, ge=1)
+    """Backups kept in backup_dir; older ones are pruned after each backup."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Minimum log level."""
@@ -228,3 +255,7 @@ class Settings(BaseSettings):
     """OpenTelemetry traces."""
     log: LogSettings = LogSettings()
     """Logging."""
+    region: RegionSettings = RegionSettings()
+    """Region and data residency."""
+    dr: DrSettings = DrSettings()
+    """Backup and restore (``inferline dr``)."""

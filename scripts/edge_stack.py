@@ -180,10 +180,12 @@ class ControlPlaneProcess(Supervisor):
         upstream: str,
         ratelimit: str | None,
         access_log: bool = False,
+        secrets_dir: Path | None = None,
     ) -> None:
         super().__init__(log_dir)
         self.tenants, self.pki, self.public = tenants, pki, public
         self.upstream, self.ratelimit, self.access_log = upstream, ratelimit, access_log
+        self.secrets_dir = secrets_dir
 
     @property
     def ads_port(self) -> int:
@@ -211,6 +213,8 @@ class ControlPlaneProcess(Supervisor):
             cmd += ["--jwt-port", str(self.public.jwt)]
         if self.ratelimit:
             cmd += ["--ratelimit", self.ratelimit]
+        if self.secrets_dir is not None:
+            cmd += ["--secrets-dir", str(self.secrets_dir)]
         return cmd + (["--access-log"] if self.access_log else [])
 
     def status(self) -> dict[str, Any]:
@@ -402,6 +406,8 @@ class EdgeStack:
     access_log: bool = False
     hot_restart: bool = False
     """Run Envoy so that ``envoy.hot_restart_now()`` works (restart drills)."""
+    secrets_dir: Path | None = None
+    """Kubernetes-secret dirs the control plane serves over SDS (None: the dev PKI)."""
     redis: RedisServer | None = dataclasses.field(default=None, init=False)
     ratelimit: RateLimitProcess | None = dataclasses.field(default=None, init=False)
     xds: ControlPlaneProcess | None = dataclasses.field(default=None, init=False)
@@ -428,6 +434,7 @@ class EdgeStack:
                     upstream=self.upstream,
                     ratelimit=self.ratelimit.address if self.ratelimit else None,
                     access_log=self.access_log,
+                    secrets_dir=self.secrets_dir,
                 )
             )
             self.envoy = stack.enter_context(
@@ -528,6 +535,8 @@ class FullStack:
     """Router processes behind Envoy's router cluster (rolling-restart drills)."""
     hot_restart: bool = False
     """Run Envoy so that ``edge.envoy.hot_restart_now()`` works."""
+    edge_secrets_dir: Path | None = None
+    """Passed to EdgeStack.secrets_dir (rotation tests and drills)."""
     base: Stack | None = dataclasses.field(default=None, init=False)
     edge: EdgeStack | None = dataclasses.field(default=None, init=False)
     router: TlsRouterProcess | None = dataclasses.field(default=None, init=False)
@@ -556,6 +565,7 @@ class FullStack:
                     tenants=self.tenants,
                     access_log=self.access_log,
                     hot_restart=self.hot_restart,
+                    secrets_dir=self.edge_secrets_dir,
                 )
             )
             env = {

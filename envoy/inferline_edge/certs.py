@@ -159,6 +159,36 @@ def _issue_leaf(
     return _write_pair(stem, builder.sign(ca_key, hashes.SHA256()), key)
 
 
+LEAF_ROLES: dict[str, dict[str, Any]] = {
+    "edge-server": {
+        "common_name": EDGE_DNS,
+        "uris": [EDGE_SPIFFE_ID],
+        "dns": [EDGE_DNS, "localhost"],
+        "ips": ["127.0.0.1"],
+        "server": True,
+    },
+    "edge-client": {"common_name": "envoy-edge", "uris": [EDGE_SPIFFE_ID], "client": True},
+    "router": {
+        "common_name": ROUTER_DNS,
+        "uris": [ROUTER_SPIFFE_ID],
+        "dns": [ROUTER_DNS, "localhost"],
+        "ips": ["127.0.0.1"],
+        "server": True,
+    },
+}
+"""The infrastructure leaves and their identities (file stem = role name)."""
+
+
+def issue_role(ca: CertPair, stem: Path, role: str, *, days: int = 30) -> CertPair:
+    """(Re)issue one infrastructure leaf with a fresh key: rotation and rollover use it."""
+    return _issue_leaf(ca, stem, days=days, **LEAF_ROLES[role])
+
+
+def make_ca(stem: Path, common_name: str, *, days: int = 30) -> CertPair:
+    """A fresh self-signed CA (a CA rollover's successor)."""
+    return _make_ca(stem, common_name, days)
+
+
 @dataclasses.dataclass(frozen=True)
 class DevPKI:
     """File layout of one dev PKI directory (see ``create``)."""
@@ -210,34 +240,8 @@ class DevPKI:
         (pki.root / "clients").mkdir(exist_ok=True)
         _make_ca(pki.root / "ca", "inferline dev CA", days)
         _make_ca(pki.root / "other-ca", "unrelated dev CA", days)
-        _issue_leaf(
-            pki.ca,
-            pki.root / "edge-server",
-            common_name=EDGE_DNS,
-            uris=[EDGE_SPIFFE_ID],
-            dns=[EDGE_DNS, "localhost"],
-            ips=["127.0.0.1"],
-            server=True,
-            days=days,
-        )
-        _issue_leaf(
-            pki.ca,
-            pki.root / "edge-client",
-            common_name="envoy-edge",
-            uris=[EDGE_SPIFFE_ID],
-            client=True,
-            days=days,
-        )
-        _issue_leaf(
-            pki.ca,
-            pki.root / "router",
-            common_name=ROUTER_DNS,
-            uris=[ROUTER_SPIFFE_ID],
-            dns=[ROUTER_DNS, "localhost"],
-            ips=["127.0.0.1"],
-            server=True,
-            days=days,
-        )
+        for role in LEAF_ROLES:
+            issue_role(pki.ca, pki.root / role, role, days=days)
         pki._write_jwt_key()
         for tenant, svc in tenants:
             pki.issue_client(tenant, svc, days=days)

@@ -26,6 +26,7 @@ from envoy_data_plane.envoy.extensions.transport_sockets.tls import v3 as _tls  
 from envoy_data_plane.envoy.extensions.upstreams.http import v3 as _uhttp  # noqa: F401
 
 from inferline_edge.certs import DevPKI
+from inferline_edge.secrets import EdgeSecretFiles
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -65,6 +66,12 @@ class Topology:
     listen_address: str = "127.0.0.1"
     access_log: bool = False
     """One line per request on Envoy's stdout (costs CPU; off for load tests)."""
+    secrets: EdgeSecretFiles | None = None
+    """Where the served TLS material lives (Kubernetes-secret dirs); None = the dev PKI."""
+
+    @property
+    def secret_files(self) -> EdgeSecretFiles:
+        return self.secrets if self.secrets is not None else EdgeSecretFiles.from_pki(self.pki)
 
 
 def typed(type_url_suffix: str, body: dict[str, Any]) -> dict[str, Any]:

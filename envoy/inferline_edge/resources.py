@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+from pathlib import Path
 from typing import Any
 
 import betterproto2
@@ -27,7 +28,7 @@ from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from inferline_edge.certs import ROUTER_DNS, ROUTER_SPIFFE_ID, DevPKI
+from inferline_edge.certs import ROUTER_DNS, ROUTER_SPIFFE_ID
 from inferline_edge.common import (
     CLUSTER,
     GRPC_PREFIXES,
@@ -51,6 +52,7 @@ from inferline_edge.common import (
     typed,
 )
 from inferline_edge.listeners import listener
+from inferline_edge.secrets import EdgeSecretFiles, load_bundle, load_pair
 from inferline_edge.tenants import EdgeConfig, Tenant, glob_to_regex
 
 _TYPES: dict[str, type[betterproto2.Message]] = {
@@ -386,28 +388,35 @@ def _route_config(edge: EdgeConfig) -> dict[str, Any]:
     return {"name": ROUTE_NAME, "validate_clusters": True, "virtual_hosts": [vhost]}
 
 
-def _secrets(pki: DevPKI) -> list[dict[str, Any]]:
-    def cert(name: str, pair: Any) -> dict[str, Any]:
-        chain, key = pair.read()
+def _secrets(files: EdgeSecretFiles) -> list[dict[str, Any]]:
+    """Inline PEM, checked first: a mismatched pair (a rotation seen half-way) or an
+    empty bundle fails the build, so the last good snapshot stays in force."""
+
+    def cert(name: str, chain_path: Path, key_path: Path) -> dict[str, Any]:
+        chain, key = load_pair(chain_path, key_path)
         return {
             "name": name,
             "tls_certificate": {
-                "certificate_chain": {"inline_string": chain.decode()},
-                "private_key": {"inline_string": key.decode()},
+                "certificate_chain": {"inline_string": chain},
+                "private_key": {"inline_string": key},
             },
         }
 
     ca = {
         "name": SECRET_CA,
-        "validation_context": {"trusted_ca": {"inline_string": pki.ca.cert.read_text()}},
+        "validation_context": {"trusted_ca": {"inline_string": load_bundle(files.ca)}},
     }
-    return [cert(SECRET_SERVER, pki.edge_server), cert(SECRET_CLIENT, pki.edge_client), ca]
+    return [
+        cert(SECRET_SERVER, files.server_cert, files.server_key),
+        cert(SECRET_CLIENT, files.client_cert, files.client_key),
+        ca,
+    ]
 
 
 def build(edge: EdgeConfig, topo: Topology) -> dict[str, dict[str, betterproto2.Message]]:
     """All resources by type URL and name, validated as typed messages."""
     raw: dict[str, list[dict[str, Any]]] = {
-        SECRET: _secrets(topo.pki),
+        SECRET: _secrets(topo.secret_files),
         CLUSTER: _clusters(topo),
         LISTENER: [listener("public_mtls", topo.mtls_port, jwt=False, edge=edge, topo=topo)],
         ROUTE: [_route_config(edge)],

@@ -44,6 +44,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 import inferline_edge.resources as resources
 import inferline_edge.tenants as tenants
 from inferline_edge.certs import DevPKI
+from inferline_edge.secrets import EdgeSecretFiles
 
 log = logging.getLogger("inferline_edge.xds")
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -263,16 +264,7 @@ class ControlPlane:
         self.last_error: str | None = None
 
     def watched(self) -> list[Path]:
-        p = self.topo.pki
-        return [
-            self.tenants_path,
-            p.ca.cert,
-            p.edge_server.cert,
-            p.edge_server.key,
-            p.edge_client.cert,
-            p.edge_client.key,
-            p.jwks,
-        ]
+        return [self.tenants_path, *self.topo.secret_files.paths(), self.topo.pki.jwks]
 
     async def rebuild(self) -> Snapshot | None:
         t0 = time.perf_counter()
@@ -332,6 +324,7 @@ async def serve(args: argparse.Namespace) -> None:
         ratelimit=hostport(args.ratelimit) if args.ratelimit else None,
         access_log=args.access_log,
         listen_address=args.listen_address,
+        secrets=EdgeSecretFiles.from_dir(args.secrets_dir) if args.secrets_dir else None,
     )
     cp = ControlPlane(args.tenants, topo)
     await cp.rebuild()
@@ -374,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--status-port", type=int, default=0, help="JSON status port (0 = off)")
     p.add_argument("--mtls-port", type=int, required=True, help="Envoy's public mTLS listener")
     p.add_argument("--jwt-port", type=int, default=None, help="Envoy's public JWT listener")
+    p.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=None,
+        help="Kubernetes-secret dirs server/, client/, ca/ to serve over SDS (default: --pki)",
+    )
     p.add_argument("--upstream", required=True, help="router host:port[,host:port...] (mTLS)")
     p.add_argument("--ratelimit", default=None, help="rate-limit service host:port")
     p.add_argument("--access-log", action="store_true", help="Envoy logs each request")

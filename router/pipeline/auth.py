@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from router.errors import Unauthenticated
+from router.pipeline.residency import check_region
 from router.pipeline.routing import RoutingTable, TenantPolicy
 
 
@@ -19,10 +20,12 @@ class Principal:
     policy: TenantPolicy
 
 
-def authenticate(table: RoutingTable, tenant: str | None) -> Principal:
+def authenticate(table: RoutingTable, tenant: str | None, region: str | None = None) -> Principal:
+    """The caller's policy; with ``region`` (this deployment's), its residency is checked."""
     if not tenant:
         raise Unauthenticated("missing caller identity")
     policy = table.tenants.get(tenant)
     if policy is None:
         raise Unauthenticated("unknown tenant")
+    check_region(policy, region)
     return Principal(tenant=tenant, policy=policy)

@@ -40,7 +40,9 @@ class Passthrough:
         snapshot: Callable[[], Snapshot],
         servers: Callable[[str], TritonModelServer],
         admission: Admission,
+        region: str | None = None,
     ) -> None:
+        self._region = region  # this deployment's region: residency is checked at auth
         self._snapshot = snapshot
         self._servers = servers
         self._admission = admission
@@ -58,7 +60,7 @@ class Passthrough:
         deadline: float,
     ) -> bytes:
         snap = self._snapshot()
-        principal = authenticate(snap.table, tenant)
+        principal = authenticate(snap.table, tenant, self._region)
         call = kserve.parse(method, raw)
         route = resolve(snap.table, principal.policy, _ref(call.model, call.version))
         structlog.contextvars.bind_contextvars(model=route.model, version=route.version)

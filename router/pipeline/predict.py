@@ -48,7 +48,9 @@ class Predictor:
         feature_timeout_s: float,
         min_inference_budget_s: float,
         max_clock_skew_s: float,
+        region: str | None = None,
     ) -> None:
+        self._region = region  # this deployment's region: residency is checked at auth
         self._snapshot = snapshot
         self._features = features
         self._ladder = ladder
@@ -68,7 +70,7 @@ class Predictor:
         snap = self._snapshot()
         table = snap.table
         with self._tracer.start_as_current_span("auth"):
-            principal = authenticate(table, cmd.tenant)
+            principal = authenticate(table, cmd.tenant, self._region)
         with self._tracer.start_as_current_span("admission") as span:
             priority = effective_priority(cmd.priority, principal.policy.max_priority)
             if span.is_recording():

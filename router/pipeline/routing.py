@@ -18,6 +18,7 @@ from router.errors import ConfigError, InvalidArgument, NotFound, PermissionDeni
 
 _NAME = r"[a-z][a-z0-9_\-]{0,62}"
 _ALIAS_REF = re.compile(rf"^({_NAME}):({_NAME})$")
+_REGION = r"[a-z][a-z0-9\-]{0,62}"
 _VERSION_REF = re.compile(rf"^({_NAME})@([1-9][0-9]{{0,8}})$")
 
 
@@ -85,6 +86,16 @@ class TenantPolicy(_Frozen):
     RESOURCE_EXHAUSTED, so one tenant's burst cannot starve the others."""
     max_priority: Priority = "standard"
     """Highest priority class this tenant may claim; higher claims are lowered."""
+    regions: tuple[str, ...] = ()
+    """Data residency: regions whose routers may serve this tenant and store its
+    request data (``router.pipeline.residency``). Empty = any region."""
+
+    @model_validator(mode="after")
+    def _region_names(self) -> Self:
+        for r in self.regions:
+            if not re.fullmatch(_REGION, r):
+                raise ValueError(f"invalid region name {r!r}")
+        return self
 
 
 class PoolSpec(_Frozen):

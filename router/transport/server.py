@@ -11,11 +11,11 @@ from grpc_reflection.v1alpha import reflection
 
 from inferline.v1 import inference_pb2, inference_pb2_grpc
 from router.backends.kserve import SERVICE as KSERVE_SERVICE
-from router.errors import ConfigError
 from router.observability.metrics import Metrics
 from router.settings import ServerSettings, TlsSettings
 from router.transport.interceptors import ErrorInterceptor
 from router.transport.servicer import InferenceServicer
+from router.transport.tls_reload import CertReloader
 
 SERVICE_NAME: str = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
@@ -53,19 +53,14 @@ class GrpcServer:
                 self._server,
             )
         self.port = 0
+        self.tls_reloader: CertReloader | None = None
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         tls = self._tls
         if tls.cert_file is None and tls.key_file is None:
             return None
-        if tls.cert_file is None or tls.key_file is None:
-            raise ConfigError("tls.cert_file and tls.key_file must be set together")
-        ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
-        return grpc.ssl_server_credentials(
-            [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
+        self.tls_reloader = CertReloader(tls)  # follows the files: rotation without restart
+        return self.tls_reloader.credentials()
 
     async def start(self) -> int:
         address = f"{self._settings.host}:{self._settings.port}"

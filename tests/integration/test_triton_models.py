@@ -100,9 +100,10 @@ def test_served_configs(triton: TritonServer) -> None:
             assert cfg.max_batch_size == 64
             assert cfg.dynamic_batching.max_queue_delay_microseconds == 200
             # preferred_batch_size is left unset in the file (Triton reports [64] then).
-            assert "preferred_batch_size" not in (
-                triton.model_repository / model / "config.pbtxt"
-            ).read_text()
+            assert (
+                "preferred_batch_size"
+                not in (triton.model_repository / model / "config.pbtxt").read_text()
+            )
             assert [g.count for g in cfg.instance_group] == [1]
     finally:
         client.close()

@@ -1,0 +1,1 @@
+"""Operator commands (disaster recovery); not on the request path."""

@@ -1,0 +1,28 @@
+"""The ``inferline`` console script dispatches to each operator tool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from router.cli import main
+
+
+def test_no_or_unknown_subcommand_is_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["nope"]) == 2
+    assert "inferline {slo,dr}" in capsys.readouterr().err
+
+
+def test_dr_subcommand_reaches_dr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dr", "list", "--from", str(tmp_path)]) == 0
+    assert main(["dr", "verify", str(tmp_path / "missing")]) == 1
+    assert "unreadable manifest" in capsys.readouterr().err
+
+
+def test_slo_subcommand_reaches_slo(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["slo"])  # slo's own parser: one of --url/--file is required
+    assert e.value.code == 2
+    assert "inferline slo" in capsys.readouterr().err
