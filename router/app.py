@@ -1,9 +1,10 @@
 """Composition root: builds every component once and owns start/stop order.
 
 Start: logging -> routing snapshot (table + version metadata) -> feature store
--> Triton (ready) -> gRPC server -> health SERVING -> table reloader.
-Stop, in reverse: health NOT_SERVING -> drain gRPC -> reloader -> Triton
-client -> feature store.
+-> Triton (ready) -> compliance (audit writer, key reloader) -> gRPC server ->
+health SERVING -> table reloader.
+Stop, in reverse: health NOT_SERVING -> drain gRPC -> reloader -> compliance
+(flush audit and captures) -> Triton client -> feature store.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import uvloop
 from router.backends.feast_store import FeastFeatureStore
 from router.backends.redis_idempotency import RedisIdempotencyStore
 from router.backends.triton import TritonPools
+from router.compliance import Compliance
 from router.errors import ConfigError, Unavailable
 from router.logging import configure_logging
 from router.observability.drift import DriftMonitor
@@ -84,6 +86,7 @@ class App:
         )
         self.tracer = tracer(self.tracer_provider)
         self.drift = DriftMonitor(settings.quality.drift_window, settings.quality.drift_min_samples)
+        self.compliance = Compliance(settings, self.metrics.registry)
         self.snapshots: SnapshotHolder | None = None
         self.server: GrpcServer | None = None
         self._reloader: asyncio.Task[None] | None = None
@@ -92,6 +95,7 @@ class App:
     def _load_snapshot(self) -> Snapshot:
         path = self.settings.routing.table_path
         table = RoutingTable.from_yaml(path)
+        self.compliance.check_table(table)
         snap = Snapshot.load(table, self.settings.models.repository)
         for version in snap.catalog:
             for plan in version.views:
@@ -110,6 +114,7 @@ class App:
         self.snapshots = SnapshotHolder(self._load_snapshot())
         await self.triton.start()
         await self.triton.sync(_pools(self.snapshots.current.table))
+        await self.compliance.start()
         predictor = Predictor(
             snapshot=self.snapshots.get,
             features=self.features,
@@ -131,6 +136,7 @@ class App:
             feature_timeout_s=s.features.timeout_ms / 1000,
             min_inference_budget_s=s.limits.min_inference_budget_ms / 1000,
             max_clock_skew_s=s.features.max_clock_skew_s,
+            observer=self.compliance.observe,
         )
         servicer = InferenceServicer(
             predictor,
@@ -213,6 +219,7 @@ class App:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.compliance.stop()
         await self.triton.close()
         await self.features.close()
         if isinstance(self.idempotency_store, RedisIdempotencyStore):
