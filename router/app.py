@@ -144,6 +144,7 @@ class App:
             default_deadline_s=s.limits.default_deadline_ms / 1000,
             idempotency=self.idempotency,
             tracer=self.tracer,
+            pii=self.compliance.pii_guard(self._table),
         )
         passthrough = Passthrough(
             snapshot=self.snapshots.get, servers=self.triton.get, admission=self.admission
@@ -172,6 +173,10 @@ class App:
             self._reloader = asyncio.create_task(self._reload_loop())
         log.info("router.started", port=port, routing_version=self.snapshots.current.table.version)
         return port
+
+    def _table(self) -> RoutingTable:
+        assert self.snapshots is not None
+        return self.snapshots.current.table
 
     def _scrape(self) -> bytes:
         self.metrics.sync_gauges(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -23,6 +24,7 @@ from router.observability.compliance import ComplianceMetrics
 from router.pipeline.routing import RoutingTable
 from router.pipeline.types import PredictCommand, PredictResult
 from router.security.keyset import KeysetFile
+from router.security.pii import PiiGuard, Tokenizer
 from router.settings import Settings
 
 log = structlog.get_logger("router.compliance")
@@ -35,6 +37,8 @@ class Compliance:
         self.settings = settings
         self.metrics = ComplianceMetrics(registry)
         self.keysets: dict[str, KeysetFile] = {}
+        pii_keys = self._keyset("pii", settings.pii.key_file)
+        self.tokenizer = Tokenizer(pii_keys) if pii_keys is not None else None
         a = settings.audit
         self.audit: AuditLog | None = None
         if a.path is not None:
@@ -57,6 +61,12 @@ class Compliance:
         ks = KeysetFile(path)
         self.keysets[name] = ks
         return ks
+
+    def pii_guard(self, table: Callable[[], RoutingTable]) -> PiiGuard | None:
+        """The transport's PII hook (None when no PII key is configured)."""
+        if self.tokenizer is None:
+            return None
+        return PiiGuard(self.tokenizer, table, opaque_ids=self.settings.pii.opaque_ids)
 
     def check_table(self, table: RoutingTable) -> None:
         """Reject a routing table the compliance settings cannot honour."""
