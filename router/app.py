@@ -114,7 +114,7 @@ class App:
         self.snapshots = SnapshotHolder(self._load_snapshot())
         await self.triton.start()
         await self.triton.sync(_pools(self.snapshots.current.table))
-        await self.compliance.start()
+        await self.compliance.start(self._table)
         predictor = Predictor(
             snapshot=self.snapshots.get,
             features=self.features,

@@ -19,11 +19,14 @@ from prometheus_client import CollectorRegistry
 
 from router.audit.log import AuditLog
 from router.audit.store import JsonlAuditStore, checkpoint_path
+from router.capture.store import CaptureStore, PurgeReport
+from router.capture.writer import CaptureWriter
 from router.errors import ConfigError, InferlineError
 from router.observability.compliance import ComplianceMetrics
 from router.pipeline.routing import RoutingTable
 from router.pipeline.types import PredictCommand, PredictResult
 from router.security.keyset import KeysetFile
+from router.security.kms import LocalKeysetKms
 from router.security.pii import PiiGuard, Tokenizer
 from router.settings import Settings
 
@@ -53,7 +56,21 @@ class Compliance:
                 store, queue_size=a.queue_size, batch_max=a.batch_max, metrics=self.metrics
             )
         self._record_predictions = self.audit is not None and a.predictions
-        self._reloader: asyncio.Task[None] | None = None
+        c = settings.capture
+        self.capture: CaptureWriter | None = None
+        if c.dir is not None:
+            if c.kms_keyset_file is None:
+                raise ConfigError("capture.dir is set but capture.kms_keyset_file is not")
+            kek = self._keyset("capture_kek", c.kms_keyset_file)
+            assert kek is not None
+            self.capture = CaptureWriter(
+                CaptureStore(c.dir, c.segment_s),
+                LocalKeysetKms(kek),
+                queue_size=c.queue_size,
+                metrics=self.metrics,
+            )
+        self._table: Callable[[], RoutingTable] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _keyset(self, name: str, path: Path | None) -> KeysetFile | None:
         if path is None:
@@ -88,8 +105,18 @@ class Compliance:
         if self._record_predictions:
             assert self.audit is not None
             self.audit.record_prediction(cmd, result, error)
+        if self.capture is not None and result is not None and self._table is not None:
+            policy = self._table().tenants.get(cmd.tenant or "")
+            if policy is not None:
+                self.capture.offer(cmd, result, policy.data)
 
-    async def start(self) -> None:
+    async def start(self, table: Callable[[], RoutingTable]) -> None:
+        """Start the writers and the key/purge loops; ``table`` is the live routing table."""
+        self._table = table
+        if self.capture is not None:
+            self.capture.start()
+            if self.settings.capture.purge_interval_s > 0:
+                self._tasks.append(asyncio.create_task(self._purge_loop()))
         if self.audit is not None:
             self.audit.start()
             await self.audit.record_admin(
@@ -98,7 +125,31 @@ class Compliance:
                 details={"keys": {n: k.current.primary for n, k in self.keysets.items()}},
             )
         if self.keysets and self.settings.pii.key_reload_interval_s > 0:
-            self._reloader = asyncio.create_task(self._reload_keys())
+            self._tasks.append(asyncio.create_task(self._reload_keys()))
+
+    async def purge_once(self) -> PurgeReport | None:
+        """Run the retention purge and prove it ran: an audit record with the counts
+        and the oldest remaining record's time, and the last-success metric."""
+        if self.capture is None:
+            return None
+        report = await self.capture.purge(self.settings.capture.retention_s())
+        log.info("capture.purged", **report.as_details())
+        if self.audit is not None:
+            await self.audit.record_admin(
+                actor=ROUTER_ACTOR,
+                action="capture.purge",
+                subject=str(self.settings.capture.dir),
+                details=report.as_details(),
+            )
+        return report
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.purge_once()
+            except OSError as e:
+                log.error("capture.purge_failed", error=e.strerror)
+            await asyncio.sleep(self.settings.capture.purge_interval_s)
 
     async def reload_keys_once(self) -> None:
         """Pick up rotated key files; record each rotation in the audit trail."""
@@ -129,10 +180,12 @@ class Compliance:
                 log.error("keys.audit_failed", error=e.strerror)
 
     async def stop(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
+                await task
+        if self.capture is not None:
+            await self.capture.stop()
         if self.audit is not None:
             with contextlib.suppress(OSError):
                 await self.audit.record_admin(actor=ROUTER_ACTOR, action="router.stop")

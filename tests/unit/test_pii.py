@@ -14,7 +14,7 @@ from router.errors import ConfigError, InvalidArgument
 from router.pipeline.routing import RoutingTable
 from router.security.keyset import KeysetFile, rotate_keyset
 from router.security.pii import PiiGuard, Tokenizer
-from router.settings import Settings
+from router.settings import PiiSettings, Settings
 from router.transport.pii import protect_request
 
 EMAIL = "canary-5f1c@example.com"
@@ -124,7 +124,7 @@ def test_compliance_checks_table_against_settings(keys: KeysetFile, tmp_path: Pa
         bare.check_table(_table(p={"pii_fields": ["email"]}))
     with pytest.raises(ConfigError, match="retention class"):
         bare.check_table(_table(p={"capture_class": "forever", "capture_ratio": 0.5}))
-    s = Settings(pii={"key_file": keys.path})  # type: ignore[arg-type]
+    s = Settings(pii=PiiSettings(key_file=keys.path))
     c = Compliance(s, CollectorRegistry())
     c.check_table(_table(p={"pii_fields": ["email"], "capture_class": "debug"}))
     assert c.pii_guard(lambda: _table(p={})) is not None
