@@ -48,11 +48,11 @@ def _canonical(value: Scalar) -> bytes:
 class Tokenizer:
     def __init__(self, keys: KeysetFile) -> None:
         self._keys = keys
-        self._derived: dict[tuple[str, str], bytes] = {}
+        self._derived: dict[tuple[str, str, bytes], bytes] = {}
 
     def _key(self, tenant: str, purpose: bytes = b"") -> tuple[str, bytes]:
         ks = self._keys.current
-        cache_key = (ks.primary, tenant + "\x00" + purpose.decode())
+        cache_key = (ks.primary, tenant, purpose)
         key = self._derived.get(cache_key)
         if key is None:
             hkdf = HKDF(
@@ -66,7 +66,7 @@ class Tokenizer:
 
     def token(self, tenant: str, value: Scalar) -> str:
         kid, key = self._key(tenant)
-        mac = hmac.new(key, _canonical(value), hashlib.sha256).digest()[:16]
+        mac = hmac.digest(key, _canonical(value), "sha256")[:16]
         return f"tok_{kid}_{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
 
     def opaque(self, tenant: str, text: str) -> str:
