@@ -170,7 +170,7 @@ class CanaryReport:
         return all(v == 0 for v in self.raw_matches.values())
 
 
-def _write_table(path: Path) -> None:
+def write_routing_table(path: Path) -> None:
     table = yaml.safe_load((ROOT / "scripts" / "demo_routing.yaml").read_text())
     for tenant, (fields, cls) in PII_TENANTS.items():
         table["tenants"][tenant]["data"] = {
@@ -181,13 +181,26 @@ def _write_table(path: Path) -> None:
     path.write_text(yaml.safe_dump(table))
 
 
-def run_canary(build: Path, work: Path, *, requests: int, concurrency: int) -> CanaryReport:
+@dataclass
+class Setup:
+    """Key files, routing table and router environment of a compliance-enabled stack."""
+
+    work: Path
+    keys: dict[str, Path]
+    table: Path
+    audit: Path
+    captures: Path
+    spans: Path
+    env: dict[str, str]
+
+
+def prepare(work: Path, *, queue_size: int = 10_000) -> Setup:
     work.mkdir(parents=True, exist_ok=True)
     keys = {name: work / f"{name}-keys.json" for name in ("pii", "kek", "audit")}
     for path in keys.values():
         rotate_keyset(path)
     table = work / "routing.yaml"
-    _write_table(table)
+    write_routing_table(table)
     audit, captures, spans = work / "audit.jsonl", work / "captures", work / "spans.jsonl"
     env = {
         "INFERLINE_FEATURES__TIMEOUT_MS": "1000",
@@ -201,9 +214,16 @@ def run_canary(build: Path, work: Path, *, requests: int, concurrency: int) -> C
         "INFERLINE_AUDIT__KEY_FILE": str(keys["audit"]),
         "INFERLINE_CAPTURE__DIR": str(captures),
         "INFERLINE_CAPTURE__KMS_KEYSET_FILE": str(keys["kek"]),
-        "INFERLINE_CAPTURE__QUEUE_SIZE": str(requests * 2),
-        "INFERLINE_AUDIT__QUEUE_SIZE": str(requests * 2),
+        "INFERLINE_CAPTURE__QUEUE_SIZE": str(queue_size),
+        "INFERLINE_AUDIT__QUEUE_SIZE": str(queue_size),
     }
+    return Setup(work, keys, table, audit, captures, spans, env)
+
+
+def run_canary(build: Path, work: Path, *, requests: int, concurrency: int) -> CanaryReport:
+    setup = prepare(work, queue_size=requests * 2)
+    keys, table, env = setup.keys, setup.table, setup.env
+    audit, captures, spans = setup.audit, setup.captures, setup.spans
     planted = Planted()
     t0 = time.monotonic()
     logs = work / "logs"

@@ -96,9 +96,12 @@ class CaptureStore:
         report = PurgeReport(now=now)
         for cls, _tenant, start, path in list(self.segments()):
             keep_s = retention_s.get(cls)
-            count, first_ts = _scan(path)
+            try:
+                count, first_ts = _scan(path)
+            except FileNotFoundError:  # another purger (router worker, job) got there first
+                continue
             if keep_s is not None and start + self.segment_s + keep_s <= now:
-                path.unlink()
+                path.unlink(missing_ok=True)
                 report.deleted_files += 1
                 report.deleted_records[cls] = report.deleted_records.get(cls, 0) + count
                 continue
