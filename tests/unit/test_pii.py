@@ -3,6 +3,8 @@ and the routing-table/settings checks that keep PII config consistent."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +14,11 @@ from inferline.v1 import inference_pb2
 from router.compliance import Compliance
 from router.errors import ConfigError, InvalidArgument
 from router.pipeline.routing import RoutingTable
-from router.security.keyset import KeysetFile, rotate_keyset
+from router.security.keyset import KeysetFile, load_keyset, rotate_keyset
 from router.security.pii import PiiGuard, Tokenizer
 from router.settings import PiiSettings, Settings
 from router.transport.pii import protect_request
+from scripts.stack import ROOT
 
 EMAIL = "canary-5f1c@example.com"
 
@@ -128,3 +131,17 @@ def test_compliance_checks_table_against_settings(keys: KeysetFile, tmp_path: Pa
     c = Compliance(s, CollectorRegistry())
     c.check_table(_table(p={"pii_fields": ["email"], "capture_class": "debug"}))
     assert c.pii_guard(lambda: _table(p={})) is not None
+
+
+def test_keys_cli_creates_then_rotates(tmp_path: Path) -> None:
+    path = tmp_path / "secret" / "keys.json"
+    path.parent.mkdir()
+    for expected in ("k1", "k2"):
+        out = subprocess.run(
+            [sys.executable, "-m", "router.cli", "keys", "rotate", str(path)],
+            cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert load_keyset(path).primary == expected
+    assert len(load_keyset(path).keys) == 2
+    assert path.stat().st_mode & 0o777 == 0o600
