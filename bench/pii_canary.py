@@ -33,6 +33,7 @@ from pathlib import Path
 
 import grpc
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from inferline.v1 import inference_pb2 as pb
 from inferline.v1 import inference_pb2_grpc
@@ -164,6 +165,7 @@ class CanaryReport:
     audit_predictions: int
     audit_verified: bool
     seconds: float
+    compliance_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -276,8 +278,23 @@ def run_canary(build: Path, work: Path, *, requests: int, concurrency: int) -> C
         audit_records=len(audit_lines),
         audit_predictions=predictions,
         audit_verified=verdict.ok,
+        compliance_metrics=compliance_series(metrics.decode()),
         seconds=round(seconds, 1),
     )
+
+
+def compliance_series(text: str) -> dict[str, float]:
+    """The router's own audit/capture/purge series from a scrape, summed over labels."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name
+            if name.startswith(("inferline_audit_", "inferline_capture_")) and not (
+                name.endswith("_created")
+            ):
+                label = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{name}{{{label}}}" if label else name] = sample.value
+    return out
 
 
 def markdown(r: CanaryReport, command: str) -> str:
@@ -295,6 +312,9 @@ def markdown(r: CanaryReport, command: str) -> str:
         f"decrypted captures as their expected tokens ({r.captures} capture records). "
         f"Audit trail: {r.audit_records} records ({r.audit_predictions} predictions), "
         f"chain and checkpoint {'verified' if r.audit_verified else 'FAILED verification'}.\n"
+        "\nRouter metrics at the end of the load: "
+        + ", ".join(f"`{k}` {v:g}" for k, v in sorted(r.compliance_metrics.items()))
+        + ".\n"
     )
     return head + "\n".join(rows) + "\n" + tail
 

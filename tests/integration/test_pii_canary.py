@@ -29,3 +29,11 @@ def test_pii_canaries_never_leave_the_entry_point(demo_build: Path, tmp_path: Pa
     assert answered == N - kinds.count(0) - kinds.count(1) - kinds.count(2) + kinds.count(3)
     assert r.audit_verified
     assert r.audit_predictions == N - kinds.count(1)  # id-refused calls never reach the pipeline
+    # The router's own series (scraped before shutdown, so writers may lag a
+    # little): nothing dropped, captures counted, the purge ran at start-up.
+    m = r.compliance_metrics
+    assert not any(v for k, v in m.items() if k.startswith("inferline_audit_dropped"))
+    assert not any(v for k, v in m.items() if k.startswith("inferline_capture_dropped"))
+    assert m["inferline_capture_purge_last_success_timestamp_seconds"] > 0
+    counted = sum(v for k, v in m.items() if k.startswith("inferline_capture_records_total"))
+    assert 0 < counted <= r.captures
