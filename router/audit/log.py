@@ -59,7 +59,7 @@ def prediction_event(
             "degraded_reasons": result.degraded_reasons,
         }
     return {
-        "actor": f"tenant:{cmd.tenant}" if cmd.tenant else "anonymous",
+        "actor": cmd.identity or (f"tenant:{cmd.tenant}" if cmd.tenant else "anonymous"),
         "tenant": cmd.tenant,
         "action": "predict",
         "subject": subject,

@@ -22,7 +22,7 @@ from router.pipeline.predict import Predictor
 from router.pipeline.types import CandidateIn, PredictCommand, PredictResult, Scalar
 from router.security.pii import PiiGuard
 from router.settings import AuthSettings
-from router.transport.identity import caller_tenant
+from router.transport.identity import caller_identity, caller_tenant
 from router.transport.pii import protect_request
 
 _MAX_ID_LEN = 128
@@ -152,6 +152,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             candidates=tuple(_candidate(c) for c in request.candidates),
             idempotency_key=request.idempotency_key,
             priority=metadata.get(self._auth.priority_header),
+            identity=caller_identity(self._auth, metadata),
         )
         if not request.idempotency_key:
             result = await self._predictor.predict(cmd, deadline)

@@ -241,3 +241,23 @@ def test_bad_keyset_rejected(tmp_path: Path, raw: str) -> None:
     p.write_text(raw)
     with pytest.raises(ConfigError):
         load_keyset(p)
+
+
+def test_prediction_actor_is_the_edge_verified_identity() -> None:
+    from router.settings import AuthSettings
+    from router.transport.identity import caller_identity
+
+    edge = AuthSettings(mode="edge")
+    uri = "spiffe://inferline/tenant/payments/svc/checkout"
+    xfcc = f'By=spiffe://inferline/edge/envoy;Hash=abc;URI="{uri}"'
+    identity = caller_identity(edge, {edge.xfcc_header: xfcc})
+    assert identity == uri
+    assert caller_identity(edge, {}) is None
+    assert caller_identity(AuthSettings(mode="header"), {edge.xfcc_header: xfcc}) is None
+    cmd = _cmd()
+    assert prediction_event(cmd, None, "OK")["actor"] == "tenant:payments"
+    cmd = PredictCommand(
+        request_id="r1", tenant="payments", alias="fraud:prod", version=None,
+        candidates=cmd.candidates, identity=identity,
+    )  # fmt: skip
+    assert prediction_event(cmd, None, "OK")["actor"] == uri
