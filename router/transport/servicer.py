@@ -129,10 +129,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise InvalidArgument(
                 f"request_id and idempotency_key are limited to {_MAX_ID_LEN} characters"
             )
+        request_id = request.request_id or uuid.uuid4().hex
         tenant = caller_tenant(self._auth, metadata, context)
         if self._pii is not None:  # before anything reads, logs or stores the body
             protect_request(self._pii, tenant, request)
-        request_id = request.request_id or uuid.uuid4().hex
         if span.is_recording():
             span.set_attribute("inferline.tenant", tenant or "")
             span.set_attribute("inferline.request_id", request_id)
