@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inferline.v1 import inference_pb2 as pb
 from inferline.v1 import inference_pb2_grpc
 from router.audit.chain import verify
-from router.audit.store import checkpoint_path
+from router.audit.store import checkpoint_path, segments
 from router.capture.envelope import open_fields
 from router.capture.store import CaptureStore
 from router.security.keyset import KeysetFile, load_keyset, rotate_keyset
@@ -241,6 +241,7 @@ def run_canary(build: Path, work: Path, *, requests: int, concurrency: int) -> C
     kms = LocalKeysetKms(KeysetFile(keys["kek"]))
     store = CaptureStore(captures, 3600.0)
     decrypted = [open_fields(kms, rec) for rec in store.records()]
+    trail = b"".join(p.read_bytes() for p in segments(audit))
     sinks: dict[str, bytes] = {
         "router log": b"".join(p.read_bytes() for p in logs.glob("router*.log")),
         "triton log": b"".join(p.read_bytes() for p in logs.glob("tritonserver*.log")),
@@ -248,7 +249,7 @@ def run_canary(build: Path, work: Path, *, requests: int, concurrency: int) -> C
         "metrics scrape": metrics,
         "captures (raw files)": b"".join(p.read_bytes() for *_, p in store.segments()),
         "captures (decrypted)": json.dumps(decrypted).encode(),
-        "audit trail": audit.read_bytes() + checkpoint_path(audit).read_bytes(),
+        "audit trail": trail + checkpoint_path(audit).read_bytes(),
     }
     raw = {name: planted.matches(data) for name, data in sinks.items()}
 
@@ -259,7 +260,7 @@ def run_canary(build: Path, work: Path, *, requests: int, concurrency: int) -> C
     captured = {c["entities"].get("email") for rec in decrypted for c in rec["candidates"]}
     checked = sum(1 for e, t in planted.emails.items() if tok.token(t, e) in captured)
 
-    audit_lines = audit.read_bytes().splitlines()
+    audit_lines = trail.splitlines()
     verdict = verify(
         audit_lines,
         keys=load_keyset(keys["audit"]),

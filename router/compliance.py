@@ -51,6 +51,7 @@ class Compliance:
                 keys=(lambda: audit_keys.current) if audit_keys else lambda: None,
                 fsync=a.fsync,
                 checkpoint=a.checkpoint_path or checkpoint_path(a.path),
+                segment_bytes=a.segment_bytes,
             )
             self.audit = AuditLog(
                 store, queue_size=a.queue_size, batch_max=a.batch_max, metrics=self.metrics

@@ -217,6 +217,9 @@ class AuditSettings(_Section):
     ``<path>.checkpoint``. Put it on another volume to detect truncation."""
     fsync: bool = True
     """fsync every append (each admin record; each batch of prediction records)."""
+    segment_bytes: int | None = Field(default=256 * 1024 * 1024, gt=0)
+    """Rotate the active file to ``<path>.<first seq>`` at this size (the chain
+    continues across segments); None keeps one file."""
     predictions: bool = True
     """Record every prediction (identity, tenant, version, score deciles, no PII)."""
     queue_size: int = Field(default=10_000, ge=1)

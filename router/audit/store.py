@@ -2,9 +2,13 @@
 
 ``AuditStore`` is the pluggable part (a WORM bucket, a ledger database). The
 default ``JsonlAuditStore`` appends one record per line under an exclusive
-``flock``, so several writers (router workers, the purge job) extend one chain:
-whoever holds the lock reads the current head (the last line) if the file grew
-behind its back, seals its batch after it and appends. Durability: with
+``flock`` (on ``<path>.lock``), so several writers (router workers, the purge
+job) extend one chain: whoever holds the lock reads the current head (the last
+line) if the file grew behind its back, seals its batch after it and appends.
+With ``segment_bytes`` set, a full active file is renamed to
+``<path>.<first seq, 12 digits>`` and the chain continues in a fresh one, so
+old segments can be shipped to archive storage; ``segments()`` lists them in
+chain order for verification. Durability: with
 ``fsync`` on (default), every append is fsynced before it returns, so an
 acknowledged admin action survives a crash; prediction records are written in
 batches by a background task, one fsync per batch. After each append the head
@@ -21,6 +25,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from io import FileIO
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -44,7 +49,7 @@ def checkpoint_path(path: Path) -> Path:
     return path.with_name(path.name + ".checkpoint")
 
 
-def _last_line(f: BinaryIO, size: int) -> bytes:
+def _last_line(f: FileIO | BinaryIO, size: int) -> bytes:
     """The last non-empty line of an open binary file of ``size`` bytes."""
     block = 4096
     pos, tail = size, b""
@@ -60,6 +65,23 @@ def _last_line(f: BinaryIO, size: int) -> bytes:
     return tail.strip(b"\n")
 
 
+def segments(path: Path) -> list[Path]:
+    """The trail's files in chain order: rotated segments ``<name>.<first seq>``, then
+    the active file."""
+    rotated = []
+    for p in path.parent.glob(f"{path.name}.*"):
+        suffix = p.name[len(path.name) + 1 :]
+        if suffix.isdigit():
+            rotated.append((int(suffix), p))
+    files = [p for _, p in sorted(rotated)]
+    return [*files, path] if path.exists() else files
+
+
+def _first_seq(path: Path) -> int:
+    with path.open("rb") as f:
+        return int(json.loads(f.readline())["seq"])
+
+
 class JsonlAuditStore:
     def __init__(
         self,
@@ -68,27 +90,61 @@ class JsonlAuditStore:
         keys: Callable[[], Keyset | None] = lambda: None,
         fsync: bool = True,
         checkpoint: Path | None = None,
+        segment_bytes: int | None = None,
     ) -> None:
         self.path = path
         self.checkpoint = checkpoint
+        self.segment_bytes = segment_bytes
         self._keys = keys
         self._fsync = fsync
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
-        self._file = os.fdopen(fd, "r+b", buffering=0)
+        # Writers serialize on a lock file that is never rotated; the active
+        # file is reopened whenever another writer rotated it away.
+        self._lockfile = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        self._file = self._open()
         self._known_size = -1  # forces a head read on first append
         self._seq, self._head = 0, GENESIS
+
+    def _open(self) -> FileIO:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+        return FileIO(fd, "r+", closefd=True)
+
+    def _ensure_current(self) -> None:
+        try:
+            same = os.stat(self.path).st_ino == os.fstat(self._file.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            self._file.close()
+            self._file = self._open()
+            self._known_size = -1
 
     def _sync_head(self, size: int) -> None:
         if size == self._known_size:
             return
-        if size == 0:
+        if size > 0:
+            last = json.loads(_last_line(self._file, size))
+        else:  # a fresh active file continues the newest rotated segment
+            rotated = segments(self.path)[:-1]
+            last = None
+            if rotated:
+                with rotated[-1].open("rb") as f:
+                    last = json.loads(_last_line(f, rotated[-1].stat().st_size))
+        if last is None:
             self._seq, self._head = 0, GENESIS
         else:
-            last = json.loads(_last_line(self._file, size))
             self._seq, self._head = int(last["seq"]), str(last["hash"])
         self._known_size = size
+
+    def _rotate_if_full(self, size: int) -> None:
+        if self.segment_bytes is None or size < self.segment_bytes:
+            return
+        first = _first_seq(self.path)
+        os.rename(self.path, self.path.with_name(f"{self.path.name}.{first:012d}"))
+        self._file.close()
+        self._file = self._open()
+        self._known_size = 0  # the head carries over from memory
 
     def append(self, events: Sequence[Mapping[str, Any]], now: float) -> list[dict[str, Any]]:
         if not events:
@@ -96,9 +152,11 @@ class JsonlAuditStore:
         keys = self._keys()
         ts = iso_utc(now)
         with self._lock:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX)
             try:
+                self._ensure_current()
                 self._sync_head(os.fstat(self._file.fileno()).st_size)
+                self._rotate_if_full(self._known_size)
                 records, lines = [], []
                 seq, head = self._seq, self._head
                 for event in events:
@@ -118,7 +176,7 @@ class JsonlAuditStore:
                 if self.checkpoint is not None:
                     self._write_checkpoint(seq, head, keys)
             finally:
-                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(self._lockfile, fcntl.LOCK_UN)
         return records
 
     def _write_checkpoint(self, seq: int, head: str, keys: Keyset | None) -> None:
@@ -136,3 +194,4 @@ class JsonlAuditStore:
 
     def close(self) -> None:
         self._file.close()
+        os.close(self._lockfile)

@@ -53,6 +53,7 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
             audit_path,
             keys=(lambda: keys.current) if keys else lambda: None,
             checkpoint=settings.audit.checkpoint_path or checkpoint_path(audit_path),
+            segment_bytes=settings.audit.segment_bytes,
         )
         try:
             store.append(

@@ -14,7 +14,7 @@ import pytest
 
 from router.audit.chain import verify
 from router.audit.log import AuditLog, prediction_event, score_bucket
-from router.audit.store import JsonlAuditStore, checkpoint_path
+from router.audit.store import JsonlAuditStore, checkpoint_path, segments
 from router.errors import InvalidArgument
 from router.observability.compliance import ComplianceMetrics
 from router.pipeline.types import CandidateIn, FallbackLevel, PredictCommand, PredictResult
@@ -261,3 +261,25 @@ def test_prediction_actor_is_the_edge_verified_identity() -> None:
         candidates=cmd.candidates, identity=identity,
     )  # fmt: skip
     assert prediction_event(cmd, None, "OK")["actor"] == uri
+
+
+def test_rotated_segments_continue_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    a = JsonlAuditStore(path, segment_bytes=600, checkpoint=checkpoint_path(path))
+    b = JsonlAuditStore(path, segment_bytes=600, checkpoint=checkpoint_path(path))
+    for i in range(10):  # two writers, each rotating when it finds the file full
+        (a if i % 3 else b).append([_event(i), _event(i + 100)], now=1.0)
+    a.close()
+    b.close()
+    files = segments(path)
+    assert len(files) >= 4 and files[-1] == path
+    seqs = [json.loads(x)["seq"] for f in files for x in f.read_text().splitlines()]
+    assert seqs == list(range(1, 21))
+    ok = _cli("audit", "verify", str(path))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "OK: 20 records" in ok.stdout
+    missing_from = json.loads(files[1].read_text().splitlines()[0])["seq"]
+    files[1].unlink()  # a whole segment goes missing
+    bad = _cli("audit", "verify", str(path))
+    assert bad.returncode == 1
+    assert f"first bad seq {missing_from}:" in bad.stdout
