@@ -54,7 +54,11 @@ class Compliance:
                 segment_bytes=a.segment_bytes,
             )
             self.audit = AuditLog(
-                store, queue_size=a.queue_size, batch_max=a.batch_max, metrics=self.metrics
+                store,
+                queue_size=a.queue_size,
+                batch_max=a.batch_max,
+                linger_s=a.flush_interval_ms / 1000,
+                metrics=self.metrics,
             )
         self._record_predictions = self.audit is not None and a.predictions
         c = settings.capture

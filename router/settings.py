@@ -227,6 +227,10 @@ class AuditSettings(_Section):
     dropped and counted (inferline_audit_dropped). Admin records never queue."""
     batch_max: int = Field(default=512, ge=1)
     """Most prediction records sealed and written per append."""
+    flush_interval_ms: float = Field(default=50.0, ge=0)
+    """Group commit: the writer waits this long after the first queued prediction
+    record so one append and fsync cover the batch (records reach disk within
+    about this plus the write). Admin records never wait."""
 
 
 class CaptureSettings(_Section):

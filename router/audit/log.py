@@ -5,8 +5,9 @@ purges) are written synchronously: ``record_admin`` returns after the record is
 on disk (fsynced) and raises if it cannot be written, so an action is never
 acknowledged without its record. Predictions are recorded off the hot path:
 the request only appends a small tuple to a bounded queue; a background task
-formats, seals and writes them in batches. When the queue is full the record
-is dropped and counted (``inferline_audit_dropped{reason="queue_full"}``):
+formats, seals and writes them in batches (group commit: it lingers ``linger_s``
+after the first record so one fsync covers what arrives meanwhile). When the
+queue is full the record is dropped and counted (``inferline_audit_dropped{reason="queue_full"}``):
 under overload the trail loses prediction records rather than latency, and the
 counter says how many. Prediction records carry identity, tenant, model
 version, score buckets and degradation, never features, entity values or
@@ -74,12 +75,14 @@ class AuditLog:
         *,
         queue_size: int = 10_000,
         batch_max: int = 512,
+        linger_s: float = 0.05,
         metrics: ComplianceMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(queue_size)
         self._batch_max = batch_max
+        self._linger_s = linger_s
         self._metrics = metrics or ComplianceMetrics()
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
@@ -130,6 +133,9 @@ class AuditLog:
     async def _writer(self) -> None:
         while True:
             first = await self._queue.get()
+            if self._linger_s > 0 and self._queue.qsize() < self._batch_max:
+                # Group commit: one seal+write+fsync for what arrives meanwhile.
+                await asyncio.sleep(self._linger_s)
             batch = [first]
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
