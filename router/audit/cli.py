@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if verdict.reason.startswith("record is keyed"):
+        print(f"error: {verdict.reason}", file=sys.stderr)
+        return 2
     anchored = " (checkpoint matches)" if checkpoint is not None else " (no checkpoint)"
     if verdict.ok:
         print(

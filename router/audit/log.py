@@ -146,7 +146,9 @@ class AuditLog:
                     self._queue.task_done()
 
     async def _write(self, batch: list[_Pending]) -> None:
-        events = [prediction_event(cmd, result, code) for _, cmd, result, code in batch]
+        events = [
+            {**prediction_event(cmd, result, code), "at": at} for at, cmd, result, code in batch
+        ]
         try:
             await asyncio.to_thread(self._store.append, events, batch[-1][0])
         except OSError as e:

@@ -39,7 +39,9 @@ def iso_utc(epoch_s: float) -> str:
 
 class AuditStore(Protocol):
     def append(self, events: Sequence[Mapping[str, Any]], now: float) -> list[dict[str, Any]]:
-        """Seal ``events`` after the current head, persist them, return the records."""
+        """Seal ``events`` after the current head, persist them, return the records.
+
+        ``ts`` is ``now`` unless an event carries its own epoch time in "at"."""
         ...
 
     def close(self) -> None: ...
@@ -161,7 +163,9 @@ class JsonlAuditStore:
                 seq, head = self._seq, self._head
                 for event in events:
                     seq += 1
-                    rec = seal(event, seq=seq, ts=ts, prev_hash=head, keys=keys)
+                    at = event.get("at")  # when it happened, if queued before this append
+                    when = iso_utc(at) if isinstance(at, float) else ts
+                    rec = seal(event, seq=seq, ts=when, prev_hash=head, keys=keys)
                     head = rec["hash"]
                     records.append(rec)
                     lines.append(canonical(rec) + b"\n")

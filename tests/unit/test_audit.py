@@ -283,3 +283,26 @@ def test_rotated_segments_continue_the_chain(tmp_path: Path) -> None:
     bad = _cli("audit", "verify", str(path))
     assert bad.returncode == 1
     assert f"first bad seq {missing_from}:" in bad.stdout
+
+
+def test_cli_keyed_trail_without_key_is_a_usage_error(tmp_path: Path) -> None:
+    keys = tmp_path / "audit-keys.json"
+    rotate_keyset(keys)
+    path = _trail(tmp_path / "audit.jsonl", keys=keys)
+    out = _cli("audit", "verify", str(path), "--no-checkpoint")
+    assert out.returncode == 2
+    assert "key file" in out.stderr
+    assert _cli("audit", "verify", str(path), "--key-file", str(keys)).returncode == 0
+
+
+async def test_prediction_records_keep_their_own_time(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    times = iter([1_700_000_000.0, 1_700_000_001.5])
+    log = AuditLog(JsonlAuditStore(path), clock=lambda: next(times), linger_s=0)
+    log.record_prediction(_cmd(), None, None)
+    log.record_prediction(_cmd(), None, None)
+    log.start()
+    await log.stop()
+    recs = [json.loads(x) for x in _lines(path)]
+    assert [r["ts"] for r in recs] == ["2023-11-14T22:13:20.000000Z", "2023-11-14T22:13:21.500000Z"]
+    assert "at" not in recs[0]
