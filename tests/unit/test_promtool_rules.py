@@ -27,8 +27,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.observability.drift import ALERT, SCORE, WARN, DriftMonitor, build_reference
 from router.observability.compliance import ComplianceMetrics
+from router.observability.drift import ALERT, SCORE, WARN, DriftMonitor, build_reference
 from router.observability.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
