@@ -17,7 +17,6 @@ candidate ids.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import structlog
 
 from router.audit.store import AuditStore
+from router.batching import BatchQueue
 from router.errors import InferlineError
 from router.observability.compliance import ComplianceMetrics
 from router.pipeline.types import PredictCommand, PredictResult
@@ -80,26 +80,22 @@ class AuditLog:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(queue_size)
-        self._batch_max = batch_max
-        self._linger_s = linger_s
+        self._queue: BatchQueue[_Pending] = BatchQueue(
+            self._write, size=queue_size, batch_max=batch_max, linger_s=linger_s
+        )
         self._metrics = metrics or ComplianceMetrics()
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
         self.dropped = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._writer())
+        self._queue.start()
 
     def record_prediction(
         self, cmd: PredictCommand, result: PredictResult | None, error: InferlineError | None
     ) -> None:
         """Non-blocking: queue the prediction's record, or drop and count it."""
-        try:
-            self._queue.put_nowait(
-                (self._clock(), cmd, result, error.code.name if error is not None else None)
-            )
-        except asyncio.QueueFull:
+        code = error.code.name if error is not None else None
+        if not self._queue.offer((self._clock(), cmd, result, code)):
             self.dropped += 1
             self._metrics.audit_dropped.labels("queue_full").inc()
 
@@ -130,21 +126,6 @@ class AuditLog:
         log.info("audit.admin", action=action, subject=subject, seq=records[0]["seq"])
         return records[0]
 
-    async def _writer(self) -> None:
-        while True:
-            first = await self._queue.get()
-            if self._linger_s > 0 and self._queue.qsize() < self._batch_max:
-                # Group commit: one seal+write+fsync for what arrives meanwhile.
-                await asyncio.sleep(self._linger_s)
-            batch = [first]
-            while len(batch) < self._batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._write(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-
     async def _write(self, batch: list[_Pending]) -> None:
         events = [
             {**prediction_event(cmd, result, code), "at": at} for at, cmd, result, code in batch
@@ -161,11 +142,5 @@ class AuditLog:
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Write what is queued (up to ``timeout_s``), stop the writer, close the store."""
-        if self._task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout_s)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._queue.stop(timeout_s)
         self._store.close()

@@ -13,7 +13,6 @@ capture is best-effort by design, unlike the audit trail's admin records.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from router.batching import BatchQueue
 from router.capture.envelope import seal
 from router.capture.store import CaptureStore, PurgeReport, safe_name
 from router.observability.compliance import ComplianceMetrics
@@ -61,24 +61,22 @@ class CaptureWriter:
     ) -> None:
         self.store = store
         self._kms = kms
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(queue_size)
-        self._batch_max = batch_max
+        self._queue: BatchQueue[_Pending] = BatchQueue(
+            self._write, size=queue_size, batch_max=batch_max
+        )
         self._metrics = metrics or ComplianceMetrics()
         self._clock = clock
         self._rng = rng
-        self._task: asyncio.Task[None] | None = None
         self.dropped = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._writer())
+        self._queue.start()
 
     def offer(self, cmd: PredictCommand, result: PredictResult, policy: DataPolicy) -> None:
         cls = policy.capture_class
         if cls is None or policy.capture_ratio <= 0 or self._rng() >= policy.capture_ratio:
             return
-        try:
-            self._queue.put_nowait((self._clock(), cls, cmd, result))
-        except asyncio.QueueFull:
+        if not self._queue.offer((self._clock(), cls, cmd, result)):
             self._drop("queue_full")
 
     def _drop(self, reason: str, n: int = 1) -> None:
@@ -111,19 +109,12 @@ class CaptureWriter:
             self._metrics.capture_records.labels(rec["class"]).inc()
         return len(records)
 
-    async def _writer(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await asyncio.to_thread(self._write_batch, batch)
-            except OSError as e:
-                self._drop("write_error", len(batch))
-                log.error("capture.write_failed", error=e.strerror, records=len(batch))
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+    async def _write(self, batch: list[_Pending]) -> None:
+        try:
+            await asyncio.to_thread(self._write_batch, batch)
+        except OSError as e:
+            self._drop("write_error", len(batch))
+            log.error("capture.write_failed", error=e.strerror, records=len(batch))
 
     async def purge(self, retention_s: dict[str, float]) -> PurgeReport:
         report = await asyncio.to_thread(self.store.purge, retention_s, self._clock())
@@ -136,11 +127,4 @@ class CaptureWriter:
         self._metrics.purge_last_success.set(report.now)
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        if self._task is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout_s)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        await self._queue.stop(timeout_s)
