@@ -1,9 +1,10 @@
 """Composition root: builds every component once and owns start/stop order.
 
 Start: logging -> routing snapshot (table + version metadata) -> feature store
--> Triton (ready) -> gRPC server -> health SERVING -> table reloader.
-Stop, in reverse: health NOT_SERVING -> drain gRPC -> reloader -> Triton
-client -> feature store.
+-> Triton (ready) -> compliance (audit writer, key reloader) -> gRPC server ->
+health SERVING -> table reloader.
+Stop, in reverse: health NOT_SERVING -> drain gRPC -> reloader -> compliance
+(flush audit and captures) -> Triton client -> feature store.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import uvloop
 from router.backends.feast_store import FeastFeatureStore
 from router.backends.redis_idempotency import RedisIdempotencyStore
 from router.backends.triton import TritonPools
+from router.compliance import Compliance
 from router.errors import ConfigError, Unavailable
 from router.logging import configure_logging
 from router.observability.drift import DriftMonitor
@@ -85,6 +87,7 @@ class App:
         )
         self.tracer = tracer(self.tracer_provider)
         self.drift = DriftMonitor(settings.quality.drift_window, settings.quality.drift_min_samples)
+        self.compliance = Compliance(settings, self.metrics.registry)
         self.snapshots: SnapshotHolder | None = None
         self.residency: Residency | None = None
         self.server: GrpcServer | None = None
@@ -94,6 +97,7 @@ class App:
     def _load_snapshot(self) -> Snapshot:
         path = self.settings.routing.table_path
         table = RoutingTable.from_yaml(path)
+        self.compliance.check_table(table)
         snap = Snapshot.load(table, self.settings.models.repository)
         for version in snap.catalog:
             for plan in version.views:
@@ -115,6 +119,7 @@ class App:
         self.residency = Residency(s.region.name, lambda: snaps.current.table, s.region.data_root)
         await self.triton.start()
         await self.triton.sync(_pools(self.snapshots.current.table))
+        await self.compliance.start(self._table)
         predictor = Predictor(
             snapshot=self.snapshots.get,
             features=self.features,
@@ -137,6 +142,7 @@ class App:
             min_inference_budget_s=s.limits.min_inference_budget_ms / 1000,
             max_clock_skew_s=s.features.max_clock_skew_s,
             region=s.region.name,
+            observer=self.compliance.observe,
         )
         servicer = InferenceServicer(
             predictor,
@@ -144,6 +150,7 @@ class App:
             default_deadline_s=s.limits.default_deadline_ms / 1000,
             idempotency=self.idempotency,
             tracer=self.tracer,
+            pii=self.compliance.pii_guard(self._table),
         )
         passthrough = Passthrough(
             snapshot=self.snapshots.get,
@@ -188,6 +195,10 @@ class App:
             routing_version=self.snapshots.current.table.version,
         )
         return port
+
+    def _table(self) -> RoutingTable:
+        assert self.snapshots is not None
+        return self.snapshots.current.table
 
     def _scrape(self) -> bytes:
         self.metrics.sync_gauges(
@@ -235,6 +246,7 @@ class App:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.compliance.stop()
         await self.triton.close()
         await self.features.close()
         if isinstance(self.idempotency_store, RedisIdempotencyStore):

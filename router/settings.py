@@ -8,10 +8,11 @@ Built once at start-up by the composition root (``router.app``) from
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -210,6 +211,88 @@ class DrSettings(_Section):
     """Backups kept in backup_dir; older ones are pruned after each backup."""
 
 
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as "7d", "12h", "30m" or "45s"."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ValueError(f"invalid duration {text!r}: use <number><s|m|h|d>, e.g. '7d'")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+class PiiSettings(_Section):
+    key_file: Path | None = None
+    """Keyset JSON (a mounted secret) whose primary key derives each tenant's
+    tokenization key (HKDF). Required when a tenant in the routing table lists
+    ``data.pii_fields``; without it PII tokenization is off."""
+    opaque_ids: bool = True
+    """With PII on, request_id and idempotency_key must be opaque ids (letters,
+    digits, ``._:-``), so an email or name cannot ride into logs and traces
+    through them; idempotency keys are stored as per-tenant HMACs."""
+    key_reload_interval_s: float = Field(default=10.0, ge=0)
+    """How often every key file (PII, capture KEK, audit HMAC) is checked for a
+    rotation; 0 disables reloading."""
+
+
+class AuditSettings(_Section):
+    path: Path | None = None
+    """Append-only JSON-lines audit trail; None disables the audit trail."""
+    key_file: Path | None = None
+    """Keyset whose primary key HMACs the chain (a rewriter without it cannot
+    recompute hashes). Plain SHA-256 when unset."""
+    checkpoint_path: Path | None = None
+    """Where the head (seq, hash) is anchored after every write; default
+    ``<path>.checkpoint``. Put it on another volume to detect truncation."""
+    fsync: bool = True
+    """fsync every append (each admin record; each batch of prediction records)."""
+    segment_bytes: int | None = Field(default=256 * 1024 * 1024, gt=0)
+    """Rotate the active file to ``<path>.<first seq>`` at this size (the chain
+    continues across segments); None keeps one file."""
+    predictions: bool = True
+    """Record every prediction (identity, tenant, version, score deciles, no PII)."""
+    queue_size: int = Field(default=10_000, ge=1)
+    """Prediction records waiting for the background writer; beyond it they are
+    dropped and counted (inferline_audit_dropped). Admin records never queue."""
+    batch_max: int = Field(default=512, ge=1)
+    """Most prediction records sealed and written per append."""
+    flush_interval_ms: float = Field(default=50.0, ge=0)
+    """Group commit: the writer waits this long after the first queued prediction
+    record so one append and fsync cover the batch (records reach disk within
+    about this plus the write). Admin records never wait."""
+
+
+class CaptureSettings(_Section):
+    dir: Path | None = None
+    """Root of the encrypted payload capture; None disables capture."""
+    kms_keyset_file: Path | None = None
+    """Keyset of the local KMS whose primary key wraps each record's data key."""
+    retention: dict[str, str] = {"debug": "7d", "drift": "30d"}
+    """Named retention windows; a tenant's ``data.capture_class`` picks one."""
+    segment_s: float = Field(default=3600.0, gt=0)
+    """Span of one capture file; the purge deletes whole expired files, so a
+    record lives at most its retention plus this."""
+    queue_size: int = Field(default=2_000, ge=1)
+    """Sampled captures waiting for the writer; beyond it they are dropped."""
+    purge_interval_s: float = Field(default=3600.0, ge=0)
+    """How often the router runs the retention purge itself (0: only the
+    ``inferline capture purge`` job)."""
+
+    @field_validator("retention")
+    @classmethod
+    def _durations(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, text in v.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_\-]{0,31}", name):
+                raise ValueError(f"invalid retention class name {name!r}")
+            parse_duration(text)
+        return v
+
+    def retention_s(self) -> dict[str, float]:
+        return {name: parse_duration(text) for name, text in self.retention.items()}
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Minimum log level."""
@@ -259,3 +342,10 @@ class Settings(BaseSettings):
     """Region and data residency."""
     dr: DrSettings = DrSettings()
     """Backup and restore (``inferline dr``)."""
+
+    pii: PiiSettings = PiiSettings()
+    """PII tokenization at entry."""
+    audit: AuditSettings = AuditSettings()
+    """Hash-chained audit trail."""
+    capture: CaptureSettings = CaptureSettings()
+    """Encrypted payload capture and its retention."""

@@ -219,14 +219,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if r.budget_remaining >= 0 else 1
 
 
-def cli() -> int:
-    """Entry point of the ``inferline`` console script: ``inferline slo ...``."""
-    argv = sys.argv[1:]
-    if not argv or argv[0] != "slo":
-        print("usage: inferline slo (--url URL | --file FILE) [--slo 0.999]", file=sys.stderr)
-        return 2
-    return main(argv[1:])
-
-
 if __name__ == "__main__":
     sys.exit(main())

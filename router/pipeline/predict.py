@@ -15,7 +15,7 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from router.errors import DeadlineExceeded, InvalidArgument, NotFound
+from router.errors import DeadlineExceeded, InferlineError, InvalidArgument, NotFound
 from router.observability.drift import DriftMonitor
 from router.pipeline import features as features_stage
 from router.pipeline import quality
@@ -30,6 +30,10 @@ from router.pipeline.snapshot import Snapshot
 from router.pipeline.types import FallbackLevel, PredictCommand, PredictResult
 
 log = structlog.get_logger("router.predict")
+
+PredictObserver = Callable[[PredictCommand, PredictResult | None, InferlineError | None], None]
+"""Told of every finished Predict (result or caller-visible error), synchronously:
+must only enqueue (audit trail, payload capture), never block."""
 
 
 class Predictor:
@@ -49,6 +53,7 @@ class Predictor:
         min_inference_budget_s: float,
         max_clock_skew_s: float,
         region: str | None = None,
+        observer: PredictObserver | None = None,
     ) -> None:
         self._region = region  # this deployment's region: residency is checked at auth
         self._snapshot = snapshot
@@ -63,9 +68,21 @@ class Predictor:
         self._feature_timeout_s = feature_timeout_s
         self._min_inference_budget_s = min_inference_budget_s
         self._max_clock_skew_s = max_clock_skew_s
+        self._observer = observer
 
     async def predict(self, cmd: PredictCommand, deadline: float) -> PredictResult:
         """Score ``cmd`` before ``deadline`` (a ``time.monotonic()`` instant)."""
+        if self._observer is None:
+            return await self._predict(cmd, deadline)
+        try:
+            result = await self._predict(cmd, deadline)
+        except InferlineError as e:
+            self._observer(cmd, None, e)
+            raise
+        self._observer(cmd, result, None)
+        return result
+
+    async def _predict(self, cmd: PredictCommand, deadline: float) -> PredictResult:
         t0 = time.monotonic()
         snap = self._snapshot()
         table = snap.table

@@ -68,6 +68,20 @@ Priority = Literal["critical", "standard", "batch"]
 PRIORITY_RANK: dict[str, int] = {"batch": 0, "standard": 1, "critical": 2}
 
 
+class DataPolicy(_Frozen):
+    """What the router does with this tenant's request data (docs/DESIGN.md Part 7)."""
+
+    pii_fields: tuple[str, ...] = ()
+    """Candidate entity/feature keys holding personal data (e.g. email, phone,
+    card_number): replaced at entry by keyed deterministic per-tenant tokens,
+    before features, logs, traces, metrics, Triton or any store see them."""
+    capture_class: str | None = None
+    """Retention class (settings ``capture.retention``) of this tenant's
+    encrypted payload captures; None: never captured."""
+    capture_ratio: float = Field(default=0.0, ge=0, le=1)
+    """Fraction of answered requests captured (tokenized inputs + scores)."""
+
+
 class TenantPolicy(_Frozen):
     models: tuple[str, ...] = ()
     """Models this tenant may call (any alias or listed version)."""
@@ -96,6 +110,9 @@ class TenantPolicy(_Frozen):
             if not re.fullmatch(_REGION, r):
                 raise ValueError(f"invalid region name {r!r}")
         return self
+
+    data: DataPolicy = DataPolicy()
+    """PII fields and payload capture."""
 
 
 class PoolSpec(_Frozen):

@@ -43,6 +43,8 @@ class PredictCommand:
     candidates: tuple[CandidateIn, ...]
     idempotency_key: str = ""
     priority: str | None = None
+    identity: str | None = None
+    """Caller's workload identity (SPIFFE URI from the edge), for the audit trail."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,3 +78,13 @@ def caller_tenant(
     if tenant is None:
         raise Unauthenticated("forwarded identity names no tenant")
     return tenant
+
+
+def caller_identity(settings: AuthSettings, metadata: Mapping[str, str]) -> str | None:
+    """The caller's workload identity for the audit trail: the SPIFFE URI the edge
+    verified for an mTLS caller, else None (the tenant stands in). Only meaningful
+    after ``caller_tenant`` accepted the request (it checks the peer is the edge)."""
+    if settings.mode != "edge":
+        return None
+    xfcc = metadata.get(settings.xfcc_header)
+    return _xfcc_uri(xfcc) if xfcc is not None else None

@@ -20,8 +20,10 @@ from router.observability.tracing import PROPAGATOR
 from router.pipeline.idempotency import Idempotency
 from router.pipeline.predict import Predictor
 from router.pipeline.types import CandidateIn, PredictCommand, PredictResult, Scalar
+from router.security.pii import PiiGuard
 from router.settings import AuthSettings
-from router.transport.identity import caller_tenant
+from router.transport.identity import caller_identity, caller_tenant
+from router.transport.pii import protect_request
 
 _MAX_ID_LEN = 128
 
@@ -93,8 +95,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         default_deadline_s: float,
         idempotency: Idempotency,
         tracer: Tracer,
+        pii: PiiGuard | None = None,
     ) -> None:
         self._tracer = tracer
+        self._pii = pii
         self._predictor = predictor
         self._idempotency = idempotency
         self._auth = auth
@@ -127,6 +131,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             )
         request_id = request.request_id or uuid.uuid4().hex
         tenant = caller_tenant(self._auth, metadata, context)
+        if self._pii is not None:  # before anything reads, logs or stores the body
+            protect_request(self._pii, tenant, request)
         if span.is_recording():
             span.set_attribute("inferline.tenant", tenant or "")
             span.set_attribute("inferline.request_id", request_id)
@@ -146,6 +152,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             candidates=tuple(_candidate(c) for c in request.candidates),
             idempotency_key=request.idempotency_key,
             priority=metadata.get(self._auth.priority_header),
+            identity=caller_identity(self._auth, metadata),
         )
         if not request.idempotency_key:
             result = await self._predictor.predict(cmd, deadline)
@@ -161,6 +168,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         body.CopyFrom(request)
         body.request_id = ""
         fingerprint = Idempotency.fingerprint(body.SerializeToString(deterministic=True))
-        key = f"{tenant}\x00{request.idempotency_key}"
+        idem_key = request.idempotency_key
+        if self._pii is not None:
+            idem_key = self._pii.idempotency_key(tenant, idem_key)
+        key = f"{tenant}\x00{idem_key}"
         raw = await self._idempotency.run(key, fingerprint, compute)
         return inference_pb2.PredictResponse.FromString(raw)

@@ -2,7 +2,8 @@
 
 - ``promtool check`` accepts the rules and the scrape config;
 - the promtool unit tests in deploy/prometheus/tests/ pass (burn-rate timing,
-  blip, slow burn, quota exclusion, drift, schema mismatch, DQ, degraded);
+  blip, slow burn, quota exclusion, drift, schema mismatch, DQ, degraded,
+  capture purge staleness, audit record drops);
 - the same 5-minute 10% blip that does not page at 99.9% does page at 99.95%
   (why docs/DESIGN.md Part 1 chose 99.9%);
 - PSI series produced by router/observability/drift.py from drifted traffic fire
@@ -26,6 +27,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from router.observability.compliance import ComplianceMetrics
 from router.observability.drift import ALERT, SCORE, WARN, DriftMonitor, build_reference
 from router.observability.metrics import Metrics
 
@@ -56,7 +58,7 @@ def _rules() -> list[dict[str, Any]]:
 def test_promtool_accepts_rules_and_config() -> None:
     done = _promtool("check", "rules", str(RULES))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 35 rules found" in done.stdout
+    assert "SUCCESS: 37 rules found" in done.stdout
     done = _promtool("check", "config", str(PROM / "prometheus.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -64,7 +66,12 @@ def test_promtool_accepts_rules_and_config() -> None:
 @needs_promtool
 @pytest.mark.parametrize("name", sorted(p.name for p in (PROM / "tests").glob("*.yaml")))
 def test_promtool_unit_tests(name: str) -> None:
-    assert name in {"slo_test.yaml", "slo_slow_burn_test.yaml", "quality_test.yaml"}
+    assert name in {
+        "slo_test.yaml",
+        "slo_slow_burn_test.yaml",
+        "quality_test.yaml",
+        "compliance_test.yaml",
+    }
     done = _promtool("test", "rules", str(PROM / "tests" / name))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout
@@ -259,6 +266,7 @@ def test_undrifted_traffic_fires_nothing(tmp_path: Path) -> None:
 
 def _exported_names() -> set[str]:
     m = Metrics(lambda: (frozenset(), frozenset()))
+    ComplianceMetrics(m.registry)  # registered on the same registry by router.compliance
     m.observe_rpc("/x/Predict", "OK", 0.001, {"stages_us": {"total": 1}})
     text = m.render().decode()
     families = set(re.findall(r"^# TYPE (\w+)", text, re.M))

@@ -1,0 +1,1 @@
+"""Encrypted payload capture for drift analysis and debugging, with retention."""
