@@ -299,13 +299,18 @@ class TritonServer(Supervisor):
         model_repository: Path,
         log_dir: Path,
         *,
-        model_control_mode: str = "none",
+        model_control_mode: Literal["none", "poll", "explicit"] = "none",
+        load_models: Sequence[str] = (),
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
+        """``model_control_mode="explicit"``: Triton loads only ``load_models`` at
+        start and then whatever its repository API is asked to (the registry's
+        mode: versions load before they are routed to and stay warm)."""
         super().__init__(log_dir, env=env)
         self.model_repository = Path(model_repository).resolve()
         self.model_control_mode = model_control_mode
+        self.load_models = list(load_models)
         self.extra_args = list(extra_args)
 
     @property
@@ -333,6 +338,7 @@ class TritonServer(Supervisor):
             "--exit-timeout-secs=5", f"--model-control-mode={self.model_control_mode}",
             f"--cache-directory={tritonpaths.caches_dir()}",
             "--cache-config=local,size=67108864",  # for models with response_cache on
+            *(f"--load-model={m}" for m in self.load_models),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -489,6 +495,10 @@ class Stack:
     feast_builder: FeastBuilder = build_demo_for_redis
     router_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     triton_args: Sequence[str] = ()
+    triton_control_mode: Literal["none", "poll", "explicit"] = "none"
+    """"explicit": Triton starts with ``triton_load_models`` and the registry
+    loads and unloads versions through its repository API."""
+    triton_load_models: Sequence[str] = ()
     with_router: bool = True
     redis: RedisServer | None = dataclasses.field(default=None, init=False)
     triton: TritonServer | None = dataclasses.field(default=None, init=False)
@@ -519,7 +529,13 @@ class Stack:
             else:
                 self.feast_repo = self.build_dir / "feast"
             self.triton = stack.enter_context(
-                TritonServer(repo, self.log_dir, extra_args=self.triton_args)
+                TritonServer(
+                    repo,
+                    self.log_dir,
+                    model_control_mode=self.triton_control_mode,
+                    load_models=self.triton_load_models,
+                    extra_args=self.triton_args,
+                )
             )
             if self.with_router:
                 env = {
