@@ -34,6 +34,7 @@ from router.pipeline.predict import Predictor
 from router.pipeline.probe import Prober
 from router.pipeline.routing import RoutingTable
 from router.pipeline.snapshot import Snapshot, SnapshotHolder
+from router.release import Release
 from router.settings import Settings
 from router.transport.kserve import kserve_handler
 from router.transport.metrics_http import MetricsServer
@@ -88,11 +89,17 @@ class App:
         self.server: GrpcServer | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._table_mtime = 0.0
+        self.release: Release | None = None
 
     def _load_snapshot(self) -> Snapshot:
         path = self.settings.routing.table_path
         table = RoutingTable.from_yaml(path)
-        snap = Snapshot.load(table, self.settings.models.repository)
+        repo = self.settings.models.repository
+        if self.release is not None:  # registry aliases/experiments over the file's
+            snap = self.release.apply(table, lambda t: Snapshot.load(t, repo))
+            table = snap.table
+        else:
+            snap = Snapshot.load(table, repo)
         for version in snap.catalog:
             for plan in version.views:
                 self.features.check_features(plan.view, plan.features)
@@ -107,9 +114,20 @@ class App:
         s = self.settings
         configure_logging(s.log)
         self.features.start()
+        if s.registry.enabled:
+            self.release = Release(
+                s,
+                features=self.features,
+                metrics=self.metrics,
+                servers=self.triton.get,
+                snapshot=self._current,
+                refresh=self._refresh_snapshot,
+            )
         self.snapshots = SnapshotHolder(self._load_snapshot())
         await self.triton.start()
         await self.triton.sync(_pools(self.snapshots.current.table))
+        if self.release is not None:
+            await self.release.start(list(self.snapshots.current.table.models))
         predictor = Predictor(
             snapshot=self.snapshots.get,
             features=self.features,
@@ -131,6 +149,8 @@ class App:
             feature_timeout_s=s.features.timeout_ms / 1000,
             min_inference_budget_s=s.limits.min_inference_budget_ms / 1000,
             max_clock_skew_s=s.features.max_clock_skew_s,
+            arms=self.release.arms if self.release else None,
+            shadow=self.release.shadow if self.release else None,
         )
         servicer = InferenceServicer(
             predictor,
@@ -145,7 +165,8 @@ class App:
         kserve = kserve_handler(
             passthrough, auth=s.auth, default_deadline_s=s.limits.default_deadline_ms / 1000
         )
-        self.server = GrpcServer(s.server, s.tls, servicer, (kserve,), self.metrics)
+        handlers = (kserve,) if self.release is None else (kserve, self.release.handler)
+        self.server = GrpcServer(s.server, s.tls, servicer, handlers, self.metrics)
         if s.metrics.enabled:
             self.metrics_server = MetricsServer(s.metrics.host, s.metrics.port, self._scrape)
             log.info("metrics.listening", port=await self.metrics_server.start())
@@ -168,6 +189,8 @@ class App:
         return port
 
     def _scrape(self) -> bytes:
+        if self.release is not None:
+            self.release.sync_metrics()
         self.metrics.sync_gauges(
             inflight=self.admission.in_flight,
             breakers=self.breakers.states(),
@@ -203,11 +226,29 @@ class App:
             old = self.snapshots.swap(snap)
             log.info("routing.reloaded", old=old.table.version, new=snap.table.version)
 
+    def _current(self) -> Snapshot:
+        assert self.snapshots is not None
+        return self.snapshots.current
+
+    async def _refresh_snapshot(self) -> None:
+        """Swap in a snapshot rebuilt from the registry's current state."""
+        try:
+            snap = self._load_snapshot()
+            await self.triton.sync(_pools(snap.table))
+        except (OSError, ConfigError, Unavailable) as e:
+            log.error("registry.refresh_rejected", error=str(e))
+            return
+        assert self.snapshots is not None
+        old = self.snapshots.swap(snap)
+        log.info("registry.swapped", old=old.table.version, new=snap.table.version)
+
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        if self.release is not None:
+            await self.release.stop()
         for task in (self._reloader, self._prober_task):
             if task is not None:
                 task.cancel()

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from router.pipeline.arms import JoinedOutcome
 from router.pipeline.experiment import Experiment, ShadowSpec
 from router.registry.errors import RegistrationError
 from router.registry.models import (
@@ -27,7 +28,6 @@ from router.registry.models import (
     ReleaseEvent,
     VersionRecord,
 )
-from router.registry.store import Outcome
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -285,7 +285,7 @@ class SqliteRegistryStore:
         rows = self._db.execute(sql + " ORDER BY revision DESC LIMIT ?", args).fetchall()
         return [ReleaseEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
-    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+    def record_outcomes(self, outcomes: Sequence[JoinedOutcome]) -> None:
         now = _now()
         self._db.executemany(
             "INSERT OR REPLACE INTO outcomes (request_id, model, arm, version, score, value, at) "

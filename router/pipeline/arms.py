@@ -40,7 +40,7 @@ class ArmWindow:
         self.n += 1
 
     def _filled(self, a: np.ndarray) -> np.ndarray:
-        return a[: min(self.n, self.size)]
+        return np.asarray(a[: min(self.n, self.size)])
 
     @property
     def count(self) -> int:
@@ -57,7 +57,7 @@ class ArmWindow:
 
     def scores(self) -> np.ndarray:
         s = self._filled(self.score)
-        return s[np.isfinite(s)]
+        return np.asarray(s[np.isfinite(s)])
 
     def kpi(self) -> float | None:
         """Mean ingested outcome (e.g. fraud caught, click), None before any."""

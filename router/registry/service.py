@@ -75,7 +75,7 @@ class RegistryService:
         self._control = control
         self._views = views
         self._read_config = read_config
-        self._audit = audit or NoopAuditSink()
+        self.audit: AuditSink = audit or NoopAuditSink()
         self._on_change = on_change
         self._warmup_rows = warmup_rows
 
@@ -87,12 +87,12 @@ class RegistryService:
         try:
             result = await op()
         except InferlineError as e:
-            self._audit.record(
+            self.audit.record(
                 AuditEvent(actor, action, target, "failed", {**detail, "error": e.public_message})
             )
             log.warning("release.refused", action=action, target=target, error=e.public_message)
             raise
-        self._audit.record(AuditEvent(actor, action, target, "ok", dict(detail)))
+        self.audit.record(AuditEvent(actor, action, target, "ok", dict(detail)))
         log.info("release.done", action=action, target=target, actor=actor, **detail)
         return result
 

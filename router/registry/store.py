@@ -10,21 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from router.pipeline.arms import JoinedOutcome
 from router.registry.models import (
     RegistryState,
     ReleaseChange,
     ReleaseEvent,
     VersionRecord,
 )
-
-
-class Outcome(Protocol):
-    request_id: str
-    model: str
-    arm: str
-    version: int
-    score: float
-    value: float
 
 
 class RegistryStore(Protocol):
@@ -48,6 +40,6 @@ class RegistryStore(Protocol):
 
     def events(self, model: str | None = None, limit: int = 20) -> list[ReleaseEvent]: ...
 
-    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None: ...
+    def record_outcomes(self, outcomes: Sequence[JoinedOutcome]) -> None: ...
 
     def close(self) -> None: ...

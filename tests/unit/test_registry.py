@@ -95,7 +95,8 @@ def test_edited_schema_hash_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RegistrationError) as exc:
         check_all(tmp_path)
     assert reason(exc) == "schema_hash_mismatch"
-    assert "metadata.json was edited" in exc.value.public_message
+    assert "does not match the Feast feature views" in exc.value.public_message
+    assert "not that of metadata.json's own feature list" in exc.value.public_message
 
 
 @pytest.mark.parametrize(
