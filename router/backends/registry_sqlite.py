@@ -150,13 +150,22 @@ class SqliteRegistryStore:
 
     def insert_version(self, record: VersionRecord) -> VersionRecord:
         values = (
-            record.model, record.version, record.artifact_file, record.artifact_sha256,
-            record.config_sha256, record.metadata_sha256, record.schema_hash,
-            _dump([list(s) for s in record.schema_signature]), record.training_data_sha256,
-            _dump(dict(record.offline_metrics)), _dump(dict(record.provenance)),
-            _dump(record.drift_reference), _dump(record.dq_profile),
-            record.registered_by, record.registered_at,
-        )  # fmt: skip
+            record.model,
+            record.version,
+            record.artifact_file,
+            record.artifact_sha256,
+            record.config_sha256,
+            record.metadata_sha256,
+            record.schema_hash,
+            _dump([list(s) for s in record.schema_signature]),
+            record.training_data_sha256,
+            _dump(dict(record.offline_metrics)),
+            _dump(dict(record.provenance)),
+            _dump(record.drift_reference),
+            _dump(record.dq_profile),
+            record.registered_by,
+            record.registered_at,
+        )
         self._db.execute("BEGIN IMMEDIATE")
         try:
             existing = self.get_version(record.model, record.version)

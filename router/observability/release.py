@@ -30,43 +30,61 @@ class ReleaseMetrics:
         self._version = LabelBound(100)
         labels = ["model", "arm"]
         self.arm_requests = Gauge(
-            "inferline_arm_window_requests", "Requests in the arm's decision window.",
-            labels, registry=registry,
-        )  # fmt: skip
+            "inferline_arm_window_requests",
+            "Requests in the arm's decision window.",
+            labels,
+            registry=registry,
+        )
         self.arm_errors = Gauge(
             "inferline_arm_window_error_ratio",
             "Share of the arm's window not answered by its own version.",
-            labels, registry=registry,
-        )  # fmt: skip
+            labels,
+            registry=registry,
+        )
         self.arm_p99 = Gauge(
-            "inferline_arm_window_p99_seconds", "p99 router latency of the arm's window.",
-            labels, registry=registry,
-        )  # fmt: skip
+            "inferline_arm_window_p99_seconds",
+            "p99 router latency of the arm's window.",
+            labels,
+            registry=registry,
+        )
         self.arm_score = Gauge(
-            "inferline_arm_window_score_mean", "Mean score of the arm's window.",
-            labels, registry=registry,
-        )  # fmt: skip
+            "inferline_arm_window_score_mean",
+            "Mean score of the arm's window.",
+            labels,
+            registry=registry,
+        )
         self.arm_kpi = Gauge(
-            "inferline_arm_outcome_mean", "Mean ingested business outcome per arm.",
-            labels, registry=registry,
-        )  # fmt: skip
+            "inferline_arm_outcome_mean",
+            "Mean ingested business outcome per arm.",
+            labels,
+            registry=registry,
+        )
         self.arm_calibration = Gauge(
             "inferline_arm_calibration_gap",
             "Mean predicted score minus mean outcome over joined requests, per arm.",
-            labels, registry=registry,
-        )  # fmt: skip
+            labels,
+            registry=registry,
+        )
         self.shadow = Counter(
-            "inferline_shadow_requests", "Mirrored requests by result (ok|error|dropped).",
-            ["model", "version", "result"], registry=registry,
-        )  # fmt: skip
+            "inferline_shadow_requests",
+            "Mirrored requests by result (ok|error|dropped).",
+            ["model", "version", "result"],
+            registry=registry,
+        )
         self.shadow_latency = Histogram(
-            "inferline_shadow_duration_seconds", "Candidate inference latency of mirrors.",
-            ["model", "version"], buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "inferline_shadow_duration_seconds",
+            "Candidate inference latency of mirrors.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.shadow_diff = Histogram(
-            "inferline_shadow_score_abs_diff", "Mean |candidate - primary| score per mirror.",
-            ["model", "version"], buckets=DIFF_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "inferline_shadow_score_abs_diff",
+            "Mean |candidate - primary| score per mirror.",
+            ["model", "version"],
+            buckets=DIFF_BUCKETS,
+            registry=registry,
+        )
 
     def on_shadow(
         self, model: str, version: int, result: str, latency_s: float, diff: float

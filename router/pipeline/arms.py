@@ -104,9 +104,15 @@ class ArmStats:
         return w
 
     def observe(
-        self, request_id: str, model: str, arm: str, version: int, latency_s: float,
-        ok: bool, scores: list[float],
-    ) -> None:  # fmt: skip
+        self,
+        request_id: str,
+        model: str,
+        arm: str,
+        version: int,
+        latency_s: float,
+        ok: bool,
+        scores: list[float],
+    ) -> None:
         mean = float(np.mean(scores)) if scores else float("nan")
         self.window(model, arm).add(latency_s, ok, mean)
         if ok:
@@ -134,9 +140,10 @@ class ArmStats:
             w.outcome_sum += value
             w.outcome_score_sum += served.score
             joined.append(
-                JoinedOutcome(request_id, served.model, served.arm, served.version,
-                              served.score, value)
-            )  # fmt: skip
+                JoinedOutcome(
+                    request_id, served.model, served.arm, served.version, served.score, value
+                )
+            )
         return joined, unknown
 
     def items(self) -> Iterator[tuple[tuple[str, str], ArmWindow]]:

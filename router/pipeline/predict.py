@@ -133,9 +133,14 @@ class Predictor:
             raise
         ok = result.fallback_level == FallbackLevel.PRIMARY and result.version == route.version
         self._arms.observe(
-            cmd.request_id, route.model, arm, route.version, timings["total"] / 1e6, ok,
+            cmd.request_id,
+            route.model,
+            arm,
+            route.version,
+            timings["total"] / 1e6,
+            ok,
             result.scores,
-        )  # fmt: skip
+        )
         return result
 
     def _experiment_arm(

@@ -69,9 +69,14 @@ class ShadowMirror:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(
-        self, pool: str, model: str, v: int, catalog: ModelCatalog, matrix: np.ndarray,
+        self,
+        pool: str,
+        model: str,
+        v: int,
+        catalog: ModelCatalog,
+        matrix: np.ndarray,
         primary: np.ndarray,
-    ) -> None:  # fmt: skip
+    ) -> None:
         t0 = time.monotonic()
         try:
             out = await score(self._servers(pool), catalog.get(model, v), matrix, self._timeout_s)

@@ -90,8 +90,13 @@ def evaluate(policy: CanaryPolicy, control: ArmWindow, canary: ArmWindow) -> Ver
     p99_b, p99_c = control.latency_quantile(0.99) * 1e3, canary.latency_quantile(0.99) * 1e3
     shift = score_psi(control.scores(), canary.scores())
     kpi_b, kpi_c = control.kpi(), canary.kpi()
-    figures = {"error_rate_control": err_b, "error_rate_canary": err_c,
-               "p99_ms_control": p99_b, "p99_ms_canary": p99_c, "score_psi": shift}  # fmt: skip
+    figures = {
+        "error_rate_control": err_b,
+        "error_rate_canary": err_c,
+        "p99_ms_control": p99_b,
+        "p99_ms_canary": p99_c,
+        "score_psi": shift,
+    }
     if kpi_b is not None and kpi_c is not None:
         figures |= {"kpi_control": kpi_b, "kpi_canary": kpi_c}
     if err_c > err_b + policy.max_error_rate_delta:
@@ -159,8 +164,9 @@ class CanaryController:
             )
             self.last[model] = verdict
             if verdict.action == "rollback":
-                log.warning("canary.rollback", model=model, reasons=verdict.reasons,
-                            **verdict.figures)  # fmt: skip
+                log.warning(
+                    "canary.rollback", model=model, reasons=verdict.reasons, **verdict.figures
+                )
                 await self._service.rollback(
                     model, "canary-controller", reason="; ".join(verdict.reasons)
                 )

@@ -165,8 +165,12 @@ class RegistryService:
             raise RegistrationError(
                 "version_immutable", f"{model}@{version} was registered meanwhile"
             )
-        log.info("registry.registered", model=model, version=version,
-                 ms=round((time.monotonic() - t0) * 1000, 1))  # fmt: skip
+        log.info(
+            "registry.registered",
+            model=model,
+            version=version,
+            ms=round((time.monotonic() - t0) * 1000, 1),
+        )
         return stored
 
     async def ensure_loaded(self, model: str) -> None:
@@ -200,10 +204,13 @@ class RegistryService:
             if alias == PROD and not tenant and old is not None and old != version:
                 changes[AliasKey(model, LKG_ALIAS)] = old
             return await self._commit(
-                ReleaseChange(actor, "alias", set_aliases=changes,
-                              detail={"model": model, "alias": str(key), "version": version,
-                                      "previous": old})
-            )  # fmt: skip
+                ReleaseChange(
+                    actor,
+                    "alias",
+                    set_aliases=changes,
+                    detail={"model": model, "alias": str(key), "version": version, "previous": old},
+                )
+            )
 
         detail = {"alias": alias, "tenant": tenant, "version": version}
         result: int = await self._audited(actor, "alias", f"{model}:{alias}", detail, op)
@@ -218,10 +225,14 @@ class RegistryService:
             exp = state.experiments.get(model)
             if exp is not None and exp.kind == "canary":
                 return await self._commit(
-                    ReleaseChange(actor, "rollback", drop_experiments=(model,),
-                                  drop_aliases=(AliasKey(model, CANARY),),
-                                  detail={"model": model, "ended": exp.name, "reason": reason})
-                )  # fmt: skip
+                    ReleaseChange(
+                        actor,
+                        "rollback",
+                        drop_experiments=(model,),
+                        drop_aliases=(AliasKey(model, CANARY),),
+                        detail={"model": model, "ended": exp.name, "reason": reason},
+                    )
+                )
             aliases = {k: v for k, v in state.aliases.items() if k.model == model}
             lkg = aliases.get(AliasKey(model, LKG_ALIAS))
             prod = aliases.get(AliasKey(model, PROD))
@@ -230,9 +241,13 @@ class RegistryService:
                     "release_conflict", f"{model} has no last-known-good to return to"
                 )
             return await self._commit(
-                ReleaseChange(actor, "rollback", set_aliases={AliasKey(model, PROD): lkg},
-                              detail={"model": model, "from": prod, "to": lkg, "reason": reason})
-            )  # fmt: skip
+                ReleaseChange(
+                    actor,
+                    "rollback",
+                    set_aliases={AliasKey(model, PROD): lkg},
+                    detail={"model": model, "from": prod, "to": lkg, "reason": reason},
+                )
+            )
 
         result: int = await self._audited(actor, "rollback", model, {"reason": reason}, op)
         return result
@@ -252,12 +267,15 @@ class RegistryService:
             if prod is not None and prod != target:
                 changes[AliasKey(model, LKG_ALIAS)] = prod
             return await self._commit(
-                ReleaseChange(actor, "promote", set_aliases=changes,
-                              drop_aliases=(AliasKey(model, CANARY),),
-                              drop_experiments=(model,) if exp is not None else (),
-                              detail={"model": model, "from": prod, "to": target,
-                                      "reason": reason})
-            )  # fmt: skip
+                ReleaseChange(
+                    actor,
+                    "promote",
+                    set_aliases=changes,
+                    drop_aliases=(AliasKey(model, CANARY),),
+                    drop_experiments=(model,) if exp is not None else (),
+                    detail={"model": model, "from": prod, "to": target, "reason": reason},
+                )
+            )
 
         result: int = await self._audited(actor, "promote", model, {"reason": reason}, op)
         return result
@@ -293,10 +311,14 @@ class RegistryService:
                 ),
             )
             return await self._commit(
-                ReleaseChange(actor, "canary", set_aliases={AliasKey(model, CANARY): version},
-                              set_experiments=(exp,),
-                              detail={"model": model, "version": version, "weight": weight})
-            )  # fmt: skip
+                ReleaseChange(
+                    actor,
+                    "canary",
+                    set_aliases={AliasKey(model, CANARY): version},
+                    set_experiments=(exp,),
+                    detail={"model": model, "version": version, "weight": weight},
+                )
+            )
 
         detail = {"version": version, "weight": weight}
         result: int = await self._audited(actor, "canary", model, detail, op)
@@ -309,10 +331,17 @@ class RegistryService:
             for arm in experiment.arms:
                 self._require(experiment.model, arm.version)
             return await self._commit(
-                ReleaseChange(actor, "experiment", set_experiments=(experiment,),
-                              detail={"model": experiment.model, "name": experiment.name,
-                                      "enabled": experiment.enabled})
-            )  # fmt: skip
+                ReleaseChange(
+                    actor,
+                    "experiment",
+                    set_experiments=(experiment,),
+                    detail={
+                        "model": experiment.model,
+                        "name": experiment.name,
+                        "enabled": experiment.enabled,
+                    },
+                )
+            )
 
         detail = {"name": experiment.name, "enabled": experiment.enabled}
         result: int = await self._audited(actor, "experiment", experiment.model, detail, op)
@@ -338,9 +367,13 @@ class RegistryService:
             self._require(model, version)
             spec = ShadowSpec(model=model, version=version, fraction=fraction)
             return await self._commit(
-                ReleaseChange(actor, "shadow", set_shadows=(spec,),
-                              detail={"model": model, "version": version, "fraction": fraction})
-            )  # fmt: skip
+                ReleaseChange(
+                    actor,
+                    "shadow",
+                    set_shadows=(spec,),
+                    detail={"model": model, "version": version, "fraction": fraction},
+                )
+            )
 
         detail = {"version": version, "fraction": fraction}
         result: int = await self._audited(actor, "shadow", model, detail, op)
@@ -349,8 +382,9 @@ class RegistryService:
     def status(self, model: str | None = None) -> dict[str, Any]:
         """Versions, aliases, experiments and shadows (for one model or all)."""
         state = self.store.state()
-        models = sorted({r.model for r in self.store.list_versions(model)} | (
-            {model} if model else set()))  # fmt: skip
+        models = sorted(
+            {r.model for r in self.store.list_versions(model)} | ({model} if model else set())
+        )
         out: dict[str, Any] = {"revision": state.revision, "models": {}}
         for m in models:
             exp = state.experiments.get(m)

@@ -77,9 +77,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             k: float(v) for k, v in rec.offline_metrics.items() if isinstance(v, int | float)
         }
         return admin_pb2.RegisterVersionResponse(
-            model=rec.model, version=rec.version, artifact_sha256=rec.artifact_sha256,
-            schema_hash=rec.schema_hash, offline_metrics=metrics,
-        )  # fmt: skip
+            model=rec.model,
+            version=rec.version,
+            artifact_sha256=rec.artifact_sha256,
+            schema_hash=rec.schema_hash,
+            offline_metrics=metrics,
+        )
 
     async def SetAlias(
         self, request: admin_pb2.SetAliasRequest, context: grpc.aio.ServicerContext
@@ -108,12 +111,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         actor = self._actor(context, "experiment", model)
         try:
             exp = Experiment(
-                model=model, name=request.name, kind="ab", alias=request.alias or "prod",
+                model=model,
+                name=request.name,
+                kind="ab",
+                alias=request.alias or "prod",
                 salt=request.salt,
-                arms=tuple(Arm(name=a.name, version=a.version, weight=a.weight)
-                           for a in request.arms),
+                arms=tuple(
+                    Arm(name=a.name, version=a.version, weight=a.weight) for a in request.arms
+                ),
                 unit=request.unit or "entity",  # type: ignore[arg-type]
-            )  # fmt: skip
+            )
         except ValueError as e:
             raise InvalidArgument(f"invalid experiment: {e}") from e
         return admin_pb2.ReleaseResponse(revision=await self._service.set_experiment(exp, actor))
@@ -158,9 +165,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             doc["arms"] = self._arm_status(model)
             verdict = self._controller.last.get(model)
             if verdict is not None:
-                doc["canary_verdict"] = {"action": verdict.action,
-                                         "reasons": list(verdict.reasons),
-                                         "figures": verdict.figures}  # fmt: skip
+                doc["canary_verdict"] = {
+                    "action": verdict.action,
+                    "reasons": list(verdict.reasons),
+                    "figures": verdict.figures,
+                }
         doc_json = json.dumps(status, sort_keys=True, default=str)
         return admin_pb2.StatusResponse(revision=status["revision"], status_json=doc_json)
 
@@ -171,11 +180,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 continue
             scores = w.scores()
             out[arm] = {
-                "requests": w.count, "error_rate": w.error_rate(),
+                "requests": w.count,
+                "error_rate": w.error_rate(),
                 "p99_ms": w.latency_quantile(0.99) * 1e3,
                 "score_mean": float(scores.mean()) if len(scores) else None,
-                "outcomes": w.outcomes, "kpi": w.kpi(), "calibration_gap": w.calibration_gap(),
-            }  # fmt: skip
+                "outcomes": w.outcomes,
+                "kpi": w.kpi(),
+                "calibration_gap": w.calibration_gap(),
+            }
         return dict(sorted(out.items(), key=lambda kv: kv[0] != CONTROL))
 
     async def IngestOutcomes(

@@ -23,13 +23,34 @@ from router.registry.models import AliasKey, ReleaseChange, VersionRecord
 from router.registry.overlay import overlay
 
 FEATURES: list[dict[str, Any]] = [
-    {"name": "a", "dtype": "float32", "source": "feast", "view": "acct", "default": 0.5,
-     "min": 0.0, "max": 1.0},
-    {"name": "b", "dtype": "float32", "source": "feast", "view": "acct", "default": 2.0,
-     "min": 0.0, "max": 9.0},
-    {"name": "amount", "dtype": "float32", "source": "request", "view": None, "default": 1.0,
-     "min": 0.0, "max": 5.0},
-]  # fmt: skip
+    {
+        "name": "a",
+        "dtype": "float32",
+        "source": "feast",
+        "view": "acct",
+        "default": 0.5,
+        "min": 0.0,
+        "max": 1.0,
+    },
+    {
+        "name": "b",
+        "dtype": "float32",
+        "source": "feast",
+        "view": "acct",
+        "default": 2.0,
+        "min": 0.0,
+        "max": 9.0,
+    },
+    {
+        "name": "amount",
+        "dtype": "float32",
+        "source": "request",
+        "view": None,
+        "default": 1.0,
+        "min": 0.0,
+        "max": 5.0,
+    },
+]
 VIEWS = {"acct": {"a": "float32", "b": "float32", "c": "int64"}}
 CONFIG = """
 name: "m"
@@ -46,14 +67,22 @@ def write_version(repo: Path, version: int = 1, **changes: Any) -> Path:
     vdir.mkdir(parents=True, exist_ok=True)
     (vdir / "model.bin").write_bytes(b"weights-%d" % version)
     meta: dict[str, Any] = {
-        "format": 1, "model": "m", "version": version, "kind": "gbdt", "framework": "x",
+        "format": 1,
+        "model": "m",
+        "version": version,
+        "kind": "gbdt",
+        "framework": "x",
         "tensors": {"input": "input__0", "output": "output__0", "datatype": "FP32"},
-        "entities": {"acct": ["account_id"]}, "features": FEATURES,
-        "schema_hash": feature_schema_hash(FEATURES), "default_score": 0.1,
-        "artifact": {"file": "model.bin",
-                     "sha256": hashlib.sha256(b"weights-%d" % version).hexdigest()},
+        "entities": {"acct": ["account_id"]},
+        "features": FEATURES,
+        "schema_hash": feature_schema_hash(FEATURES),
+        "default_score": 0.1,
+        "artifact": {
+            "file": "model.bin",
+            "sha256": hashlib.sha256(b"weights-%d" % version).hexdigest(),
+        },
         "training": {"data_sha256": "d" * 64, "metrics": {"auc": 0.9}, "code_revision": "abc"},
-    }  # fmt: skip
+    }
     meta.update(changes)
     (vdir / "metadata.json").write_text(json.dumps(meta))
     (repo / "m" / "config.pbtxt").write_text(CONFIG)
@@ -101,9 +130,11 @@ def test_edited_schema_hash_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("views", "expected"),
-    [({"acct": {"a": "float32"}}, "feature 'b' is not in feature view 'acct'"),
-     ({}, "feature view 'acct' is not in the Feast registry")],
-)  # fmt: skip
+    [
+        ({"acct": {"a": "float32"}}, "feature 'b' is not in feature view 'acct'"),
+        ({}, "feature view 'acct' is not in the Feast registry"),
+    ],
+)
 def test_feature_missing_from_view(tmp_path: Path, views: Any, expected: str) -> None:
     write_version(tmp_path)
     with pytest.raises(RegistrationError) as exc:
@@ -151,13 +182,21 @@ def test_metadata_problems(tmp_path: Path) -> None:
 
 def record(version: int, artifact: str = "a" * 64) -> VersionRecord:
     return VersionRecord(
-        model="m", version=version, artifact_file="model.bin", artifact_sha256=artifact,
-        config_sha256="c" * 64, metadata_sha256="e" * 64, schema_hash="s" * 64,
-        schema_signature=(("a", "float32", "feast", "acct"),), training_data_sha256="d" * 64,
-        offline_metrics={"auc": 0.9}, provenance={"code_revision": "abc"},
-        registered_by="ops", registered_at="2026-11-28T00:00:00+00:00",
+        model="m",
+        version=version,
+        artifact_file="model.bin",
+        artifact_sha256=artifact,
+        config_sha256="c" * 64,
+        metadata_sha256="e" * 64,
+        schema_hash="s" * 64,
+        schema_signature=(("a", "float32", "feast", "acct"),),
+        training_data_sha256="d" * 64,
+        offline_metrics={"auc": 0.9},
+        provenance={"code_revision": "abc"},
+        registered_by="ops",
+        registered_at="2026-11-28T00:00:00+00:00",
         drift_reference={"score": {"edges": [0.5], "proportions": [0.5, 0.5]}},
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -197,27 +236,48 @@ def test_release_change_is_atomic(store: SqliteRegistryStore) -> None:
     arms = (Arm(name="a", version=1, weight=1), Arm(name="b", version=2, weight=1))
     exp = Experiment(model="m", name="ab", salt="s", arms=arms)
     rev = store.commit(
-        ReleaseChange("ops", "experiment", set_experiments=(exp,), drop_aliases=(canary,),
-                      set_shadows=(ShadowSpec(model="m", version=2, fraction=0.1),),
-                      detail={"model": "m"})
-    )  # fmt: skip
+        ReleaseChange(
+            "ops",
+            "experiment",
+            set_experiments=(exp,),
+            drop_aliases=(canary,),
+            set_shadows=(ShadowSpec(model="m", version=2, fraction=0.1),),
+            detail={"model": "m"},
+        )
+    )
     state = store.state()
     assert (rev, state.aliases, state.experiments["m"], state.shadows["m"].version) == (
-        2, {prod: 1}, exp, 2)  # fmt: skip
+        2,
+        {prod: 1},
+        exp,
+        2,
+    )
     assert [e.action for e in store.events("m")] == ["experiment"]
 
 
 def test_overlay_applies_registry_state(store: SqliteRegistryStore) -> None:
     table = RoutingTable.model_validate(
-        {"version": "t", "models": {"m": {"versions": [1], "aliases": {"prod": 1}}},
-         "tenants": {"t1": {"models": ["m"]}, "t2": {"models": []}}}
-    )  # fmt: skip
+        {
+            "version": "t",
+            "models": {"m": {"versions": [1], "aliases": {"prod": 1}}},
+            "tenants": {"t1": {"models": ["m"]}, "t2": {"models": []}},
+        }
+    )
     assert overlay(table, store.state()) is table  # empty registry: file as is
     for v in (1, 2, 3):
         store.insert_version(record(v))
-    store.commit(ReleaseChange("ops", "alias", set_aliases={
-        AliasKey("m", "prod"): 3, AliasKey("m", "lkg"): 2,
-        AliasKey("m", "prod", "t1"): 1, AliasKey("m", "prod", "t2"): 1}))  # fmt: skip
+    store.commit(
+        ReleaseChange(
+            "ops",
+            "alias",
+            set_aliases={
+                AliasKey("m", "prod"): 3,
+                AliasKey("m", "lkg"): 2,
+                AliasKey("m", "prod", "t1"): 1,
+                AliasKey("m", "prod", "t2"): 1,
+            },
+        )
+    )
     out = overlay(table, store.state())
     route = out.models["m"]
     assert route.versions == (1, 2, 3)
