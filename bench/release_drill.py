@@ -107,6 +107,8 @@ def release_stack(
     work.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work / "model_repository", ignore_errors=True)
     shutil.copytree(build / "model_repository", work / "model_repository")
+    for db in work.glob("registry.db*"):  # a fresh registry per run
+        db.unlink()
     feast = work / "feast"
     if not feast.exists():
         feast.symlink_to((build / "feast").resolve())

@@ -298,7 +298,8 @@ class RegistryService:
                 )
             if prod == version:
                 raise RegistrationError("release_conflict", f"{model}@{version} is already prod")
-            if model in state.experiments:
+            running = state.experiments.get(model)
+            if running is not None and running.enabled:  # a killed one may be replaced
                 raise RegistrationError("release_conflict", f"{model} already runs an experiment")
             exp = Experiment(
                 model=model,
