@@ -584,12 +584,27 @@ def add_stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite")
     p.add_argument("--routing-table", type=Path, default=ROOT / "scripts" / "demo_routing.yaml")
     p.add_argument("--no-router", action="store_true", help="Redis and Triton only")
+    p.add_argument(
+        "--triton-control-mode",
+        choices=["none", "explicit"],
+        default="none",
+        help="explicit: Triton loads the routed models at start, then what the registry asks",
+    )
 
 
 def stack_from_args(args: argparse.Namespace) -> Stack:
     log_dir = args.log_dir or args.build / "logs" / time.strftime("stack-%Y%m%d-%H%M%S")
     store, table, router = args.online_store, args.routing_table, not args.no_router
-    return Stack(args.build, log_dir, online_store=store, routing_table=table, with_router=router)
+    mode: Literal["none", "explicit"] = getattr(args, "triton_control_mode", "none")
+    load: tuple[str, ...] = ()
+    if mode == "explicit":
+        import yaml
+
+        load = tuple(yaml.safe_load(Path(table).read_text())["models"])
+    return Stack(
+        args.build, log_dir, online_store=store, routing_table=table, with_router=router,
+        triton_control_mode=mode, triton_load_models=load,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
