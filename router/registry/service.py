@@ -197,6 +197,9 @@ class RegistryService:
         Moving ``prod`` keeps the previous prod as ``lkg`` in the same transaction."""
 
         async def op() -> int:
+            validation.check_name("alias", alias)
+            if tenant:
+                validation.check_name("tenant", tenant)
             self._require(model, version)
             key = AliasKey(model, alias, tenant)
             changes = {key: version}

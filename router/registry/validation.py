@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ from router.pipeline.catalog import VersionMetadata
 from router.pipeline.schema import feature_schema_hash
 from router.registry.errors import RegistrationError
 from router.registry.models import ServingConfig
+
+NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,62}$")
+"""Model, alias and tenant names (the routing table's rule; also keeps paths safe)."""
 
 ViewSchemas = Mapping[str, Mapping[str, str]]
 """feature view -> {feature name -> dtype, lowercase ("float32")}."""
@@ -39,7 +43,15 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def check_name(kind: str, name: str) -> None:
+    if not NAME.match(name):
+        raise RegistrationError("invalid_argument", f"invalid {kind} name {name!r}")
+
+
 def read_version(repository: Path, model: str, version: int) -> VersionFiles:
+    check_name("model", model)
+    if version < 1:
+        raise RegistrationError("invalid_argument", "versions are numbered from 1")
     vdir = repository / model / str(version)
     if not vdir.is_dir():
         raise RegistrationError(

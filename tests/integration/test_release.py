@@ -131,6 +131,14 @@ async def test_registration_refusals_are_clear(admin: Any, chan: grpc.aio.Channe
         )
     )
     assert err.details().startswith("alias_target:")
+    err = await _refused(
+        admin.SetAlias(
+            admin_pb2.SetAliasRequest(model="fraud", alias="Not An Alias", version=1),
+            metadata=ADMIN,
+            timeout=30,
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.usefixtures("registered")

@@ -170,6 +170,13 @@ def test_config_checked_with_tritons_schema(tmp_path: Path, config: str, expecte
     assert reason(exc) == expected
 
 
+@pytest.mark.parametrize(("model", "version"), [("../etc", 1), ("M", 1), ("m", 0)])
+def test_names_and_numbers_are_checked(tmp_path: Path, model: str, version: int) -> None:
+    with pytest.raises(RegistrationError) as exc:
+        validation.read_version(tmp_path, model, version)
+    assert reason(exc) == "invalid_argument"
+
+
 def test_metadata_problems(tmp_path: Path) -> None:
     with pytest.raises(RegistrationError) as exc:
         validation.read_version(tmp_path, "m", 7)
