@@ -55,8 +55,8 @@ class Release:
         self._refresh = refresh
         self.store = SqliteRegistryStore(r.db_path)
         self.repository = TritonRepository(settings.triton.url, settings.models.repository)
-        self.arms = ArmStats(r.arm_window, r.outcome_join_entries)
         self.metrics = ReleaseMetrics(metrics.registry)
+        self.arms = ArmStats(r.arm_window, r.outcome_join_entries, self.metrics.on_arm)
         self.shadow = ShadowMirror(
             servers=servers,
             max_in_flight=r.shadow_max_in_flight,

@@ -11,9 +11,11 @@ the routing table.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import math
 
-from router.observability.metrics import LATENCY_BUCKETS, LabelBound, _in_process_values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
+
+from router.observability.metrics import LATENCY_BUCKETS, OTHER, LabelBound, _in_process_values
 from router.pipeline.arms import ArmStats
 
 DIFF_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -29,6 +31,27 @@ class ReleaseMetrics:
         self._model = LabelBound(50)
         self._version = LabelBound(100)
         labels = ["model", "arm"]
+        self.arm_latency = Histogram(
+            "inferline_arm_request_duration_seconds",
+            "Router latency of requests per arm.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.arm_answers = Counter(
+            "inferline_arm_answers",
+            "Requests per arm by result: ok (its version answered) or error (failed or a "
+            "fallback rung answered).",
+            [*labels, "result"],
+            registry=registry,
+        )
+        self.arm_score_summary = Summary(
+            "inferline_arm_score",
+            "Scores answered per arm (mean = rate(sum) / rate(count)).",
+            labels,
+            registry=registry,
+        )
+        self._children: dict[tuple[str, ...], tuple[Histogram, Counter, Counter, Summary]] = {}
         self.arm_requests = Gauge(
             "inferline_arm_window_requests",
             "Requests in the arm's decision window.",
@@ -86,10 +109,30 @@ class ReleaseMetrics:
             registry=registry,
         )
 
+    def on_arm(self, model: str, arm: str, latency_s: float, ok: bool, score: float) -> None:
+        """Per-request arm series (hot path: children cached per label pair)."""
+        key = (model, arm)
+        children = self._children.get(key)
+        if children is None:
+            m, a = self._model(model), self._arm(arm)
+            with _in_process_values():
+                children = self._children[key] = (
+                    self.arm_latency.labels(m, a),
+                    self.arm_answers.labels(m, a, "ok"),
+                    self.arm_answers.labels(m, a, "error"),
+                    self.arm_score_summary.labels(m, a),
+                )
+        latency, ok_c, err_c, scores = children
+        latency.observe(latency_s)
+        (ok_c if ok else err_c).inc()
+        if ok and not math.isnan(score):
+            scores.observe(score)
+
     def on_shadow(
         self, model: str, version: int, result: str, latency_s: float, diff: float
     ) -> None:
-        m, v = self._model(model), self._version(f"{model}@{version}")
+        m = self._model(model)
+        v = self._version(f"{model}@{version}").partition("@")[2] or OTHER
         with _in_process_values():
             self.shadow.labels(m, v, result).inc()
             if result == "ok":

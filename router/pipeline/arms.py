@@ -13,7 +13,7 @@ failed request or a fallback rung (the caller got an answer, the arm failed).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,10 +88,17 @@ class JoinedOutcome:
     value: float
 
 
+ArmObserver = Callable[[str, str, float, bool, float], None]
+"""(model, arm, latency_s, ok, mean score): per-request metrics export."""
+
+
 class ArmStats:
     """Windows of every (model, arm), and the request-id join for outcomes."""
 
-    def __init__(self, window: int, join_entries: int) -> None:
+    def __init__(
+        self, window: int, join_entries: int, on_observe: ArmObserver | None = None
+    ) -> None:
+        self._on_observe = on_observe
         self._window = window
         self._join_entries = join_entries
         self._arms: dict[tuple[str, str], ArmWindow] = {}
@@ -115,6 +122,8 @@ class ArmStats:
     ) -> None:
         mean = float(np.mean(scores)) if scores else float("nan")
         self.window(model, arm).add(latency_s, ok, mean)
+        if self._on_observe is not None:
+            self._on_observe(model, arm, latency_s, ok, mean)
         if ok:
             self._recent[request_id] = Served(model, arm, version, mean)
             if len(self._recent) > self._join_entries:

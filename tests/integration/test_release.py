@@ -259,7 +259,7 @@ async def test_shadow_mirrors_without_changing_answers(
     counts = drill.shadow_counts(text)
     assert counts.get("ok", 0) + counts.get("dropped", 0) + counts.get("error", 0) >= 40
     assert counts.get("ok", 0) > 0
-    assert 'inferline_shadow_score_abs_diff_count{model="fraud",version="fraud@1"}' in text
+    assert 'inferline_shadow_score_abs_diff_count{model="fraud",version="1"}' in text
 
 
 @pytest.mark.usefixtures("registered")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
 
+from router.observability.release import ReleaseMetrics
 from router.pipeline.arms import ArmStats, ArmWindow
 from router.registry.canary import CanaryPolicy, evaluate, score_psi
 
@@ -90,3 +92,22 @@ def test_outcome_join_by_request_id() -> None:
     w = stats.window("fraud", "canary")
     assert (w.outcomes, w.kpi()) == (2, 0.5)
     assert abs((w.calibration_gap() or 0) - 0.0) < 1e-9  # mean score 0.5 vs mean outcome 0.5
+
+
+def test_release_metrics_per_arm_and_shadow() -> None:
+    registry = CollectorRegistry()
+    metrics = ReleaseMetrics(registry)
+    stats = ArmStats(window=100, join_entries=10, on_observe=metrics.on_arm)
+    stats.observe("r1", "fraud", "control", 1, 0.004, True, [0.2, 0.4])
+    stats.observe("r2", "fraud", "canary", 2, 0.009, False, [])
+    metrics.on_shadow("fraud", 2, "ok", 0.003, 0.05)
+    metrics.on_shadow("fraud", 2, "dropped", 0.0, 0.0)
+    metrics.sync(stats)
+    text = generate_latest(registry).decode()
+    assert 'inferline_arm_answers_total{arm="control",model="fraud",result="ok"} 1.0' in text
+    assert 'inferline_arm_answers_total{arm="canary",model="fraud",result="error"} 1.0' in text
+    assert 'inferline_arm_score_sum{arm="control",model="fraud"} 0.3' in text
+    assert 'inferline_arm_window_error_ratio{arm="canary",model="fraud"} 1.0' in text
+    assert 'inferline_arm_window_score_mean{arm="control",model="fraud"} 0.3' in text
+    assert 'inferline_shadow_requests_total{model="fraud",result="dropped",version="2"} 1.0' in text
+    assert 'inferline_shadow_score_abs_diff_count{model="fraud",version="2"} 1.0' in text
