@@ -17,6 +17,7 @@ on their next poll.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -78,6 +79,9 @@ class RegistryService:
         self.audit: AuditSink = audit or NoopAuditSink()
         self._on_change = on_change
         self._warmup_rows = warmup_rows
+        # One registration per model at a time: each computes the next loaded
+        # version set from the current one.
+        self._model_locks: dict[str, asyncio.Lock] = {}
 
     # -- audit plumbing ------------------------------------------------------
 
@@ -109,7 +113,8 @@ class RegistryService:
         identical content; a different artifact under an existing version fails)."""
 
         async def op() -> VersionRecord:
-            return await self._register(model, version, actor)
+            async with self._model_locks.setdefault(model, asyncio.Lock()):
+                return await self._register(model, version, actor)
 
         result: VersionRecord = await self._audited(actor, "register", f"{model}@{version}", {}, op)
         return result

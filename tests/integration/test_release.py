@@ -212,6 +212,18 @@ async def test_ab_arms_outcomes_and_kill_switch(
         assert arm in {("a", 1), ("b", 2)}
         assert seen.setdefault(acct, arm) == arm  # sticky per account
     assert {a for a, _ in seen.values()} == {"a", "b"}
+    # A tenant pinning the alias is never enrolled.
+    await admin.SetAlias(
+        admin_pb2.SetAliasRequest(model="fraud", alias="prod", version=1, tenant="payments"),
+        metadata=ADMIN,
+        timeout=30,
+    )
+    pinned = (("x-inferline-tenant", "payments"),)
+    for i in range(5):
+        resp = await stub.Predict(
+            drill.predict_request(1 + i, f"pin-{i}"), metadata=pinned, timeout=5
+        )
+        assert (resp.model.arm, resp.model.version) == ("", 1)
     outcomes = [admin_pb2.Outcome(request_id=f"ab-{i}", value=float(i % 2)) for i in range(60)]
     outcomes.append(admin_pb2.Outcome(request_id="never-served", value=1.0))
     resp = await admin.IngestOutcomes(
