@@ -197,9 +197,9 @@ class RegistrySettings(_Section):
     """Run the canary controller here (one process per registry should)."""
     canary_interval_s: float = Field(default=1.0, gt=0)
     """How often running canaries are judged."""
-    canary_policy: dict[str, float] = Field(default_factory=dict)
+    canary_policy: dict[str, float | list[float]] = Field(default_factory=dict)
     """Overrides of router.registry.canary.CanaryPolicy (min_samples, p99_ratio,
-    p99_slo_ms, max_error_rate_delta, max_score_psi, hold_s, ...)."""
+    p99_slo_ms, max_error_rate_delta, max_score_psi, hold_s, ramp, ...), as JSON."""
     arm_window: int = Field(default=2000, ge=10)
     """Requests per experiment arm in the canary's decision window."""
     outcome_join_entries: int = Field(default=100_000, ge=1)

@@ -9,7 +9,10 @@ rollback as soon as, with at least ``min_samples`` requests in each arm,
   3. latency: canary p99 > max(control p99 x ``p99_ratio``,
               control p99 + ``p99_slack_ms``) -- unless the KPI exception holds
 
-promote once no rule has fired for ``hold_s`` seconds of continuous evidence.
+promote once no rule has fired for ``hold_s`` seconds of continuous evidence;
+with a ``ramp`` (e.g. 0.05, 0.25, 0.5) each hold first raises the canary's
+weight to the next step (the salt stays, so every unit already on the canary
+stays there), and promotion follows the hold at the last step.
 
 The KPI exception ("business KPI improves but p99 regresses"): latency is a
 guardrail, the KPI the goal, and the SLO is the contract. A p99 regression is
@@ -63,6 +66,8 @@ class CanaryPolicy(BaseModel):
     """Joined outcomes per arm before the KPI may excuse a latency regression."""
     min_kpi_lift: float = 0.0
     """KPI (mean outcome, higher is better) lift required for that excuse."""
+    ramp: tuple[float, ...] = ()
+    """Canary weights to step through, one per hold, before promotion."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +177,17 @@ class CanaryController:
                 )
             elif verdict.action == "healthy":
                 since = self._healthy_since.setdefault(model, self._clock())
-                if self._clock() - since >= self.policy.hold_s:
-                    log.info("canary.promote", model=model, **verdict.figures)
-                    await self._service.promote(
-                        model, "canary-controller", reason=f"criteria held {self.policy.hold_s}s"
-                    )
+                if self._clock() - since < self.policy.hold_s:
+                    continue
+                arm = exp.arm(CANARY)
+                weight = arm.weight / sum(a.weight for a in exp.arms) if arm else 1.0
+                step = next((w for w in self.policy.ramp if w > weight + 1e-9), None)
+                if step is not None:
+                    log.info("canary.ramp", model=model, weight=step)
+                    self._healthy_since.pop(model, None)
+                    await self._service.set_canary_weight(model, step, "canary-controller")
+                    continue
+                log.info("canary.promote", model=model, **verdict.figures)
+                await self._service.promote(
+                    model, "canary-controller", reason=f"criteria held {self.policy.hold_s}s"
+                )

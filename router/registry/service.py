@@ -333,6 +333,32 @@ class RegistryService:
         result: int = await self._audited(actor, "canary", model, detail, op)
         return result
 
+    async def set_canary_weight(self, model: str, weight: float, actor: str) -> int:
+        """Re-weight a running canary, keeping its salt: units only ever move
+        from control to canary as the weight grows (cumulative assignment)."""
+
+        async def op() -> int:
+            if not 0 < weight < 1:
+                raise RegistrationError("invalid_argument", "canary weight must be in (0, 1)")
+            exp = self.store.state().experiments.get(model)
+            if exp is None or exp.kind != "canary" or not exp.enabled:
+                raise RegistrationError("release_conflict", f"{model} runs no canary")
+            arms = tuple(
+                a.model_copy(update={"weight": weight if a.name == CANARY else 1 - weight})
+                for a in exp.arms
+            )
+            return await self._commit(
+                ReleaseChange(
+                    actor,
+                    "canary_weight",
+                    set_experiments=(exp.model_copy(update={"arms": arms}),),
+                    detail={"model": model, "weight": weight},
+                )
+            )
+
+        result: int = await self._audited(actor, "canary_weight", model, {"weight": weight}, op)
+        return result
+
     async def set_experiment(self, experiment: Experiment, actor: str) -> int:
         """Start or replace an A/B experiment (or flip its kill switch)."""
 

@@ -14,8 +14,10 @@ import pytest
 
 from router.backends.registry_sqlite import SqliteRegistryStore
 from router.backends.triton_repository import TritonRepository, read_serving_config
+from router.pipeline.arms import ArmStats
 from router.pipeline.experiment import Arm, Experiment
 from router.registry.audit import MemoryAuditSink
+from router.registry.canary import CanaryController, CanaryPolicy
 from router.registry.errors import RegistrationError
 from router.registry.models import AliasKey
 from router.registry.service import RegistryService
@@ -134,3 +136,60 @@ async def test_kill_switch_shadow_and_refusals(
     assert audit.events[-1].action == "register" and audit.events[-1].outcome == "failed"
     await service.set_alias("m", "prod", 2, "ops", tenant="acme")
     assert service.store.state().aliases[AliasKey("m", "prod", "acme")] == 2
+
+
+def fill(stats: ArmStats, arm: str, n: int, latency_s: float) -> None:
+    for i in range(n):
+        stats.observe(f"{arm}-{i}", "m", arm, 1, latency_s, True, [0.2 + 0.001 * (i % 50)])
+
+
+async def test_controller_ramps_then_promotes_a_healthy_canary(
+    parts: tuple[RegistryService, MemoryAuditSink, list[int]],
+) -> None:
+    service, _, _ = parts
+    now = [0.0]
+    stats = ArmStats(window=500, join_entries=10)
+    policy = CanaryPolicy(min_samples=100, hold_s=10, ramp=(0.25, 0.5))
+    ctl = CanaryController(
+        service=service, arms=stats, policy=policy, interval_s=1, clock=lambda: now[0]
+    )
+    await service.set_alias("m", "prod", 1, "ops")
+    await service.start_canary("m", 2, 0.05, "ops")
+    await ctl.tick()  # first sight of this canary: fresh windows
+    await ctl.tick()
+    assert ctl.last["m"].action == "wait"
+    for expected in (0.25, 0.5):
+        fill(stats, "control", 200, 0.005)
+        fill(stats, "canary", 200, 0.005)
+        await ctl.tick()  # healthy: the hold starts
+        now[0] += 11
+        await ctl.tick()  # held: next ramp step, not promotion
+        canary = service.store.state().experiments["m"].arm("canary")
+        assert canary is not None and canary.weight == expected
+    now[0] += 1
+    await ctl.tick()
+    now[0] += 11
+    await ctl.tick()
+    assert aliases(service) == {"m:prod": 2, "m:lkg": 1}
+    assert service.store.state().experiments == {}
+
+
+async def test_controller_rolls_back_a_slow_canary(
+    parts: tuple[RegistryService, MemoryAuditSink, list[int]],
+) -> None:
+    service, _, _ = parts
+    stats = ArmStats(window=500, join_entries=10)
+    ctl = CanaryController(
+        service=service, arms=stats, policy=CanaryPolicy(min_samples=100), interval_s=1
+    )
+    await service.set_alias("m", "prod", 1, "ops")
+    await service.start_canary("m", 2, 0.1, "ops")
+    await ctl.tick()
+    fill(stats, "control", 200, 0.005)
+    fill(stats, "canary", 200, 0.040)
+    await ctl.tick()
+    assert ctl.last["m"].action == "rollback"
+    assert service.store.state().experiments == {}
+    event = service.store.events("m", limit=1)[0]
+    assert (event.actor, event.action) == ("canary-controller", "rollback")
+    assert str(event.detail["reason"]).startswith("p99")
