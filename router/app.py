@@ -1,7 +1,10 @@
 """Composition root: builds every component once and owns start/stop order.
 
 Start: logging -> routing snapshot (table + version metadata) -> feature store
--> Triton (ready) -> gRPC server -> health SERVING -> table reloader.
+-> Triton (ready) -> gRPC server -> health SERVING -> table reloader. With the
+registry on (``router.release``), its state overlays the table in every
+snapshot, registered versions are loaded in Triton before serving, and the
+AdminService is served next to Predict.
 Stop, in reverse: health NOT_SERVING -> drain gRPC -> reloader -> Triton
 client -> feature store.
 """
