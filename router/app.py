@@ -2,7 +2,10 @@
 
 Start: logging -> routing snapshot (table + version metadata) -> feature store
 -> Triton (ready) -> compliance (audit writer, key reloader) -> gRPC server ->
-health SERVING -> table reloader.
+health SERVING (after a warm canary round) -> table reloader. With the
+registry on (``router.release``), its state overlays the table in every
+snapshot, registered versions are loaded in Triton before serving, and the
+AdminService is served next to Predict.
 Stop, in reverse: health NOT_SERVING -> drain gRPC -> reloader -> compliance
 (flush audit and captures) -> Triton client -> feature store.
 """
@@ -16,6 +19,7 @@ import signal
 import structlog
 import uvloop
 
+from router.audit.release_sink import AuditTrailSink
 from router.backends.feast_store import FeastFeatureStore
 from router.backends.redis_idempotency import RedisIdempotencyStore
 from router.backends.triton import TritonPools
@@ -37,6 +41,7 @@ from router.pipeline.probe import Prober
 from router.pipeline.residency import Residency
 from router.pipeline.routing import RoutingTable
 from router.pipeline.snapshot import Snapshot, SnapshotHolder
+from router.release import Release
 from router.settings import Settings
 from router.transport.kserve import kserve_handler
 from router.transport.metrics_http import MetricsServer
@@ -93,12 +98,18 @@ class App:
         self.server: GrpcServer | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._table_mtime = 0.0
+        self.release: Release | None = None
 
     def _load_snapshot(self) -> Snapshot:
         path = self.settings.routing.table_path
         table = RoutingTable.from_yaml(path)
         self.compliance.check_table(table)
-        snap = Snapshot.load(table, self.settings.models.repository)
+        repo = self.settings.models.repository
+        if self.release is not None:  # registry aliases/experiments over the file's
+            snap = self.release.apply(table, lambda t: Snapshot.load(t, repo))
+            table = snap.table
+        else:
+            snap = Snapshot.load(table, repo)
         for version in snap.catalog:
             for plan in version.views:
                 self.features.check_features(plan.view, plan.features)
@@ -113,6 +124,20 @@ class App:
         s = self.settings
         configure_logging(s.log)
         self.features.start()
+        if s.registry.enabled:
+            self.release = Release(
+                s,
+                features=self.features,
+                metrics=self.metrics,
+                servers=self.triton.get,
+                snapshot=self._current,
+                refresh=self._refresh_snapshot,
+                audit=(
+                    AuditTrailSink(self.compliance.audit)
+                    if self.compliance.audit is not None
+                    else None
+                ),
+            )
         self.snapshots = SnapshotHolder(self._load_snapshot())
         snaps = self.snapshots
         # For the sinks that persist request data (captures, audit): where, and whether.
@@ -120,6 +145,8 @@ class App:
         await self.triton.start()
         await self.triton.sync(_pools(self.snapshots.current.table))
         await self.compliance.start(self._table)
+        if self.release is not None:
+            await self.release.start(list(self.snapshots.current.table.models))
         predictor = Predictor(
             snapshot=self.snapshots.get,
             features=self.features,
@@ -143,6 +170,8 @@ class App:
             max_clock_skew_s=s.features.max_clock_skew_s,
             region=s.region.name,
             observer=self.compliance.observe,
+            arms=self.release.arms if self.release else None,
+            shadow=self.release.shadow if self.release else None,
         )
         servicer = InferenceServicer(
             predictor,
@@ -161,7 +190,8 @@ class App:
         kserve = kserve_handler(
             passthrough, auth=s.auth, default_deadline_s=s.limits.default_deadline_ms / 1000
         )
-        self.server = GrpcServer(s.server, s.tls, servicer, (kserve,), self.metrics)
+        handlers = (kserve,) if self.release is None else (kserve, self.release.handler)
+        self.server = GrpcServer(s.server, s.tls, servicer, handlers, self.metrics)
         if s.metrics.enabled:
             self.metrics_server = MetricsServer(s.metrics.host, s.metrics.port, self._scrape)
             log.info("metrics.listening", port=await self.metrics_server.start())
@@ -201,6 +231,8 @@ class App:
         return self.snapshots.current.table
 
     def _scrape(self) -> bytes:
+        if self.release is not None:
+            self.release.sync_metrics()
         self.metrics.sync_gauges(
             inflight=self.admission.in_flight,
             breakers=self.breakers.states(),
@@ -236,11 +268,29 @@ class App:
             old = self.snapshots.swap(snap)
             log.info("routing.reloaded", old=old.table.version, new=snap.table.version)
 
+    def _current(self) -> Snapshot:
+        assert self.snapshots is not None
+        return self.snapshots.current
+
+    async def _refresh_snapshot(self) -> None:
+        """Swap in a snapshot rebuilt from the registry's current state."""
+        try:
+            snap = self._load_snapshot()
+            await self.triton.sync(_pools(snap.table))
+        except (OSError, ConfigError, Unavailable) as e:
+            log.error("registry.refresh_rejected", error=str(e))
+            return
+        assert self.snapshots is not None
+        old = self.snapshots.swap(snap)
+        log.info("registry.swapped", old=old.table.version, new=snap.table.version)
+
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        if self.release is not None:
+            await self.release.stop()
         for task in (self._reloader, self._prober_task):
             if task is not None:
                 task.cancel()

@@ -12,6 +12,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "slo": ("router.observability.slo", "SLIs and error budgets from a /metrics scrape"),
+    "models": ("router.models_cli", "register, alias, shadow, canary, promote, rollback, status"),
     "audit": ("router.audit.cli", "verify an audit trail (hash chain, checkpoint)"),
     "capture": ("router.capture.cli", "purge expired payload captures; decrypt one"),
     "keys": ("router.security.cli", "create or rotate a keyset file (PII, KEK, audit HMAC)"),

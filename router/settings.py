@@ -293,6 +293,37 @@ class CaptureSettings(_Section):
         return {name: parse_duration(text) for name, text in self.retention.items()}
 
 
+class RegistrySettings(_Section):
+    enabled: bool = False
+    """Run the release registry: its aliases, experiments and shadows override
+    the routing table's, and the AdminService is served (admin scope only)."""
+    db_path: Path = Path("build/registry.db")
+    """SQLite database of versions and release state (shared by the router
+    processes of one host; the schema suits a shared database)."""
+    manage_triton: bool = True
+    """Load versions through Triton's repository API (Triton runs with
+    --model-control-mode=explicit); at start every registered version is loaded."""
+    warmup_rows: int = Field(default=8, ge=1)
+    """Rows of warmup inference a version must score before it is registered."""
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    """How often the registry revision is checked for other processes' changes."""
+    canary_controller: bool = True
+    """Run the canary controller here (one process per registry should)."""
+    canary_interval_s: float = Field(default=1.0, gt=0)
+    """How often running canaries are judged."""
+    canary_policy: dict[str, float | list[float]] = Field(default_factory=dict)
+    """Overrides of router.registry.canary.CanaryPolicy (min_samples, p99_ratio,
+    p99_slo_ms, max_error_rate_delta, max_score_psi, hold_s, ramp, ...), as JSON."""
+    arm_window: int = Field(default=2000, ge=10)
+    """Requests per experiment arm in the canary's decision window."""
+    outcome_join_entries: int = Field(default=100_000, ge=1)
+    """Recent request ids remembered to join business outcomes to their arm."""
+    shadow_max_in_flight: int = Field(default=4, ge=1)
+    """Concurrent shadow mirrors; beyond it mirrors are dropped, never queued."""
+    shadow_timeout_ms: float = Field(default=50.0, gt=0)
+    """Timeout of one shadow inference."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Minimum log level."""
@@ -342,10 +373,11 @@ class Settings(BaseSettings):
     """Region and data residency."""
     dr: DrSettings = DrSettings()
     """Backup and restore (``inferline dr``)."""
-
     pii: PiiSettings = PiiSettings()
     """PII tokenization at entry."""
     audit: AuditSettings = AuditSettings()
     """Hash-chained audit trail."""
     capture: CaptureSettings = CaptureSettings()
     """Encrypted payload capture and its retention."""
+    registry: RegistrySettings = RegistrySettings()
+    """Model registry and release controls (canary, A/B, shadow)."""

@@ -319,13 +319,18 @@ class TritonServer(Supervisor):
         model_repository: Path,
         log_dir: Path,
         *,
-        model_control_mode: str = "none",
+        model_control_mode: Literal["none", "poll", "explicit"] = "none",
+        load_models: Sequence[str] = (),
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
+        """``model_control_mode="explicit"``: Triton loads only ``load_models`` at
+        start and then whatever its repository API is asked to (the registry's
+        mode: versions load before they are routed to and stay warm)."""
         super().__init__(log_dir, env=env)
         self.model_repository = Path(model_repository).resolve()
         self.model_control_mode = model_control_mode
+        self.load_models = list(load_models)
         self.extra_args = list(extra_args)
 
     @property
@@ -353,6 +358,7 @@ class TritonServer(Supervisor):
             "--exit-timeout-secs=5", f"--model-control-mode={self.model_control_mode}",
             f"--cache-directory={tritonpaths.caches_dir()}",
             "--cache-config=local,size=67108864",  # for models with response_cache on
+            *(f"--load-model={m}" for m in self.load_models),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -512,6 +518,10 @@ class Stack:
     """Given Triton's HTTP address, the address the router should use instead (a
     fault-injecting proxy in the drills)."""
     triton_args: Sequence[str] = ()
+    triton_control_mode: Literal["none", "poll", "explicit"] = "none"
+    """"explicit": Triton starts with ``triton_load_models`` and the registry
+    loads and unloads versions through its repository API."""
+    triton_load_models: Sequence[str] = ()
     with_router: bool = True
     redis: RedisServer | None = dataclasses.field(default=None, init=False)
     triton: TritonServer | None = dataclasses.field(default=None, init=False)
@@ -542,7 +552,13 @@ class Stack:
             else:
                 self.feast_repo = self.build_dir / "feast"
             self.triton = stack.enter_context(
-                TritonServer(repo, self.log_dir, extra_args=self.triton_args)
+                TritonServer(
+                    repo,
+                    self.log_dir,
+                    model_control_mode=self.triton_control_mode,
+                    load_models=self.triton_load_models,
+                    extra_args=self.triton_args,
+                )
             )
             if self.with_router:
                 env = {
@@ -595,12 +611,27 @@ def add_stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite")
     p.add_argument("--routing-table", type=Path, default=ROOT / "scripts" / "demo_routing.yaml")
     p.add_argument("--no-router", action="store_true", help="Redis and Triton only")
+    p.add_argument(
+        "--triton-control-mode",
+        choices=["none", "explicit"],
+        default="none",
+        help="explicit: Triton loads the routed models at start, then what the registry asks",
+    )
 
 
 def stack_from_args(args: argparse.Namespace) -> Stack:
     log_dir = args.log_dir or args.build / "logs" / time.strftime("stack-%Y%m%d-%H%M%S")
     store, table, router = args.online_store, args.routing_table, not args.no_router
-    return Stack(args.build, log_dir, online_store=store, routing_table=table, with_router=router)
+    mode: Literal["none", "explicit"] = getattr(args, "triton_control_mode", "none")
+    load: tuple[str, ...] = ()
+    if mode == "explicit":
+        import yaml
+
+        load = tuple(yaml.safe_load(Path(table).read_text())["models"])
+    return Stack(
+        args.build, log_dir, online_store=store, routing_table=table, with_router=router,
+        triton_control_mode=mode, triton_load_models=load,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

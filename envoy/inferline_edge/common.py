@@ -47,7 +47,11 @@ PRIORITY_HEADER = "x-inferline-priority"
 JWT_METADATA_KEY = "jwt_payload"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 SECRET_SERVER, SECRET_CLIENT, SECRET_CA = "edge_server_cert", "edge_client_cert", "trusted_ca"
-GRPC_PREFIXES = ("/inferline.v1.InferenceService/", "/inference.GRPCInferenceService/")
+GRPC_PREFIXES = (
+    "/inferline.v1.InferenceService/",
+    "/inferline.v1.AdminService/",
+    "/inference.GRPCInferenceService/",
+)
 
 ADS = {"ads": {}, "resource_api_version": "V3"}
 

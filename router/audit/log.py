@@ -126,6 +126,29 @@ class AuditLog:
         log.info("audit.admin", action=action, subject=subject, seq=records[0]["seq"])
         return records[0]
 
+    def record_admin_sync(
+        self,
+        *,
+        actor: str,
+        action: str,
+        subject: str = "",
+        tenant: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """``record_admin`` for synchronous callers (the registry's audit hook):
+        admin actions are rare, so one blocking append + fsync is acceptable."""
+        event = {
+            "actor": actor,
+            "tenant": tenant,
+            "action": action,
+            "subject": subject,
+            "details": dict(details or {}),
+        }
+        records = self._store.append([event], self._clock())
+        self._metrics.audit_records.labels("admin").inc()
+        log.info("audit.admin", action=action, subject=subject, seq=records[0]["seq"])
+        return records[0]
+
     async def _write(self, batch: list[_Pending]) -> None:
         events = [
             {**prediction_event(cmd, result, code), "at": at} for at, cmd, result, code in batch

@@ -125,6 +125,14 @@ class FeastFeatureStore:
         except KeyError as e:
             raise ConfigError(f"feature view {name!r} is not in the Feast registry") from e
 
+    def view_schemas(self) -> dict[str, dict[str, str]]:
+        """view -> {feature -> dtype, lowercase}: what registration checks a
+        version's feature schema against (``router.registry.validation``)."""
+        return {
+            name: {f.name: str(f.dtype).lower() for f in fv.features}
+            for name, fv in self._views.items()
+        }
+
     def check_features(self, view: str, features: Sequence[str]) -> None:
         """Fail start-up if a model needs features the registry lacks."""
         missing = set(features) - self.view_info(view).features

@@ -8,6 +8,7 @@ degrades the answer instead of eating the inference time.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -20,12 +21,16 @@ from router.observability.drift import DriftMonitor
 from router.pipeline import features as features_stage
 from router.pipeline import quality
 from router.pipeline.admission import Admission, effective_priority
+from router.pipeline.arms import ArmStats
 from router.pipeline.auth import Principal, authenticate
 from router.pipeline.breaker import FEATURE_STORE_BREAKER, BreakerRegistry
 from router.pipeline.cache import TtlCache
+from router.pipeline.catalog import ModelVersion
+from router.pipeline.experiment import assign, unit_id
 from router.pipeline.fallback import Ladder
 from router.pipeline.features import FeatureReader, Row
-from router.pipeline.routing import parse_model_ref, resolve
+from router.pipeline.routing import Route, parse_model_ref, resolve
+from router.pipeline.shadow import ShadowMirror
 from router.pipeline.snapshot import Snapshot
 from router.pipeline.types import FallbackLevel, PredictCommand, PredictResult
 
@@ -54,9 +59,13 @@ class Predictor:
         max_clock_skew_s: float,
         region: str | None = None,
         observer: PredictObserver | None = None,
+        arms: ArmStats | None = None,
+        shadow: ShadowMirror | None = None,
     ) -> None:
         self._region = region  # this deployment's region: residency is checked at auth
         self._snapshot = snapshot
+        self._arms = arms
+        self._shadow = shadow
         self._features = features
         self._ladder = ladder
         self._admission = admission
@@ -119,18 +128,71 @@ class Predictor:
                 raise InvalidArgument("at least one candidate is required")
             if n > self._max_candidates:
                 raise InvalidArgument(f"at most {self._max_candidates} candidates per request")
+            route, arm = self._experiment_arm(cmd, snap, principal, route)
             if (route.model, route.version) not in catalog:
                 raise NotFound(f"version '{route.model}@{route.version}' is not loaded")
             version = catalog.get(route.model, route.version)
-        structlog.contextvars.bind_contextvars(model=route.model, version=route.version)
+        structlog.contextvars.bind_contextvars(model=route.model, version=route.version, arm=arm)
         current = trace.get_current_span()
         if current.is_recording():
             current.set_attribute("inferline.model", route.model)
             current.set_attribute("inferline.version", route.version)
             current.set_attribute("inferline.alias", route.alias or "")
-            current.set_attribute("inferline.arm", "")  # experiment arm: issue 6
+            current.set_attribute("inferline.arm", arm)
         t1 = time.monotonic()
         timings["routing"] = int((t1 - t0) * 1e6)
+        if not arm or self._arms is None:
+            return await self._scored(cmd, snap, route, version, arm, deadline, t0, t1, timings)
+        try:
+            result = await self._scored(cmd, snap, route, version, arm, deadline, t0, t1, timings)
+        except Exception:
+            self._arms.observe(
+                cmd.request_id, route.model, arm, route.version, time.monotonic() - t0, False, []
+            )
+            raise
+        ok = result.fallback_level == FallbackLevel.PRIMARY and result.version == route.version
+        self._arms.observe(
+            cmd.request_id,
+            route.model,
+            arm,
+            route.version,
+            timings["total"] / 1e6,
+            ok,
+            result.scores,
+        )
+        return result
+
+    def _experiment_arm(
+        self, cmd: PredictCommand, snap: Snapshot, principal: Principal, route: Route
+    ) -> tuple[Route, str]:
+        """The experiment arm for an alias-routed request ("" when none applies).
+        Tenants pinning the alias are never enrolled; a killed experiment routes
+        everything to the alias's own version."""
+        exp = snap.experiments.get(route.model)
+        if (
+            exp is None
+            or not exp.enabled
+            or route.alias != exp.alias
+            or f"{route.model}:{route.alias}" in principal.policy.aliases
+        ):
+            return route, ""
+        chosen = assign(exp, unit_id(exp, cmd.candidates, cmd.request_id))
+        return dataclasses.replace(route, version=chosen.version), chosen.name
+
+    async def _scored(
+        self,
+        cmd: PredictCommand,
+        snap: Snapshot,
+        route: Route,
+        version: ModelVersion,
+        arm: str,
+        deadline: float,
+        t0: float,
+        t1: float,
+        timings: dict[str, int],
+    ) -> PredictResult:
+        table = snap.table
+        catalog = snap.catalog
 
         model_route = table.models[route.model]
         budget = min(self._feature_timeout_s, deadline - t1 - self._min_inference_budget_s)
@@ -165,6 +227,11 @@ class Predictor:
                 span.set_attribute("inferline.served_version", result.version)
         if result.level in (FallbackLevel.PRIMARY, FallbackLevel.LAST_KNOWN_GOOD):
             self._drift.observe(route.model, result.version, batch.matrix, result.scores)
+            shadow = snap.shadows.get(route.model)
+            if self._shadow is not None and shadow is not None and route.alias == shadow.alias:
+                self._shadow.submit(
+                    shadow, route.pool, catalog, cmd.request_id, batch.matrix, result.scores
+                )
         t3 = time.monotonic()
         timings["inference"] = int((t3 - t2) * 1e6)
         timings["total"] = int((t3 - t0) * 1e6)
@@ -179,4 +246,5 @@ class Predictor:
             fallback_level=result.level,
             degraded_reasons=sorted(batch.reasons.union(result.reasons)),
             timings_us=timings,
+            arm=arm,
         )

@@ -7,10 +7,12 @@ the end, so it can never combine a new alias with an old version's schema.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from router.pipeline.catalog import ModelCatalog
+from router.pipeline.experiment import Experiment, ShadowSpec
 from router.pipeline.routing import RoutingTable
 
 
@@ -18,6 +20,10 @@ from router.pipeline.routing import RoutingTable
 class Snapshot:
     table: RoutingTable
     catalog: ModelCatalog
+    experiments: Mapping[str, Experiment] = field(default_factory=dict)
+    """model -> the online experiment (canary or A/B) splitting its alias."""
+    shadows: Mapping[str, ShadowSpec] = field(default_factory=dict)
+    """model -> the candidate version mirrored traffic goes to."""
 
     @classmethod
     def load(cls, table: RoutingTable, repository: Path) -> Snapshot:

@@ -65,6 +65,8 @@ class PredictResult:
     fallback_level: FallbackLevel = FallbackLevel.PRIMARY
     degraded_reasons: list[str] = field(default_factory=list)
     timings_us: dict[str, int] = field(default_factory=dict)
+    arm: str = ""
+    """Experiment arm that served the request ("" outside experiments)."""
 
     @property
     def degraded(self) -> bool:

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from inferline.v1 import inference_pb2, inference_pb2_grpc
+from inferline.v1 import admin_pb2, inference_pb2, inference_pb2_grpc
 from router.backends.kserve import SERVICE as KSERVE_SERVICE
 from router.observability.metrics import Metrics
 from router.settings import ServerSettings, TlsSettings
@@ -18,6 +18,7 @@ from router.transport.servicer import InferenceServicer
 from router.transport.tls_reload import CertReloader
 
 SERVICE_NAME: str = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+ADMIN_SERVICE: str = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 class GrpcServer:
@@ -46,6 +47,7 @@ class GrpcServer:
             reflection.enable_server_reflection(
                 (
                     SERVICE_NAME,
+                    ADMIN_SERVICE,
                     KSERVE_SERVICE,
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                     reflection.SERVICE_NAME,

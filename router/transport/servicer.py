@@ -70,7 +70,7 @@ def _response(
         request_id=request_id,
         trace_id=trace_id,
         model=inference_pb2.ServedModel(
-            name=result.model, version=result.version, alias=result.alias or ""
+            name=result.model, version=result.version, alias=result.alias or "", arm=result.arm
         ),
         degraded=result.degraded,
         fallback_level=int(result.fallback_level),  # type: ignore[arg-type]

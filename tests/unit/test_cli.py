@@ -13,7 +13,7 @@ def test_no_or_unknown_subcommand_is_usage(capsys: pytest.CaptureFixture[str]) -
     assert main([]) == 2
     assert main(["nope"]) == 2
     err = capsys.readouterr().err
-    assert all(f"  {c} " in err for c in ("slo", "audit", "capture", "keys", "dr"))
+    assert all(f"  {c} " in err for c in ("slo", "models", "audit", "capture", "keys", "dr"))
 
 
 def test_dr_subcommand_reaches_dr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

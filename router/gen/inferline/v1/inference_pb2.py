@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cinferline/v1/inference.proto\x12\x0cinferline.v1\"l\n\x05Value\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x15\n\x0bint64_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"\x9f\x02\n\tCandidate\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x37\n\x08\x65ntities\x18\x02 \x03(\x0b\x32%.inferline.v1.Candidate.EntitiesEntry\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.inferline.v1.Candidate.FeaturesEntry\x1a\x44\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.inferline.v1.Value:\x02\x38\x01\x1a\x44\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.inferline.v1.Value:\x02\x38\x01\"(\n\x0ePredictOptions\x12\x16\n\x0ereturn_timings\x18\x01 \x01(\x08\"\xc6\x01\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x12\x11\n\x07version\x18\x04 \x01(\tH\x00\x12+\n\ncandidates\x18\x05 \x03(\x0b\x32\x17.inferline.v1.Candidate\x12-\n\x07options\x18\x06 \x01(\x0b\x32\x1c.inferline.v1.PredictOptionsB\x07\n\x05model\"g\n\x10\x46\x65\x61tureFreshness\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.inferline.v1.FreshnessStatus\x12\x0e\n\x06\x61ge_ms\x18\x03 \x01(\x03\"_\n\x05Score\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x31\n\tfreshness\x18\x03 \x03(\x0b\x32\x1e.inferline.v1.FeatureFreshness\";\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"1\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_us\x18\x02 \x01(\x03\"\x93\x02\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12(\n\x05model\x18\x03 \x01(\x0b\x32\x19.inferline.v1.ServedModel\x12#\n\x06scores\x18\x04 \x03(\x0b\x32\x13.inferline.v1.Score\x12\x10\n\x08\x64\x65graded\x18\x05 \x01(\x08\x12\x33\n\x0e\x66\x61llback_level\x18\x06 \x01(\x0e\x32\x1b.inferline.v1.FallbackLevel\x12\x18\n\x10\x64\x65graded_reasons\x18\x07 \x03(\t\x12*\n\x07timings\x18\x08 \x03(\x0b\x32\x19.inferline.v1.StageTiming*\xb3\x01\n\rFallbackLevel\x12\x1e\n\x1a\x46\x41LLBACK_LEVEL_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41LLBACK_LEVEL_PRIMARY\x10\x01\x12\"\n\x1e\x46\x41LLBACK_LEVEL_LAST_KNOWN_GOOD\x10\x02\x12\x1f\n\x1b\x46\x41LLBACK_LEVEL_CACHED_SCORE\x10\x03\x12!\n\x1d\x46\x41LLBACK_LEVEL_STATIC_DEFAULT\x10\x04*\xab\x01\n\x0f\x46reshnessStatus\x12 \n\x1c\x46RESHNESS_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46RESHNESS_STATUS_FRESH\x10\x01\x12\x1a\n\x16\x46RESHNESS_STATUS_STALE\x10\x02\x12\x1c\n\x18\x46RESHNESS_STATUS_MISSING\x10\x03\x12 \n\x1c\x46RESHNESS_STATUS_UNAVAILABLE\x10\x04\x32Z\n\x10InferenceService\x12\x46\n\x07Predict\x12\x1c.inferline.v1.PredictRequest\x1a\x1d.inferline.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cinferline/v1/inference.proto\x12\x0cinferline.v1\"l\n\x05Value\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x15\n\x0bint64_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"\x9f\x02\n\tCandidate\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x37\n\x08\x65ntities\x18\x02 \x03(\x0b\x32%.inferline.v1.Candidate.EntitiesEntry\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.inferline.v1.Candidate.FeaturesEntry\x1a\x44\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.inferline.v1.Value:\x02\x38\x01\x1a\x44\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.inferline.v1.Value:\x02\x38\x01\"(\n\x0ePredictOptions\x12\x16\n\x0ereturn_timings\x18\x01 \x01(\x08\"\xc6\x01\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x12\x11\n\x07version\x18\x04 \x01(\tH\x00\x12+\n\ncandidates\x18\x05 \x03(\x0b\x32\x17.inferline.v1.Candidate\x12-\n\x07options\x18\x06 \x01(\x0b\x32\x1c.inferline.v1.PredictOptionsB\x07\n\x05model\"g\n\x10\x46\x65\x61tureFreshness\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.inferline.v1.FreshnessStatus\x12\x0e\n\x06\x61ge_ms\x18\x03 \x01(\x03\"_\n\x05Score\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x31\n\tfreshness\x18\x03 \x03(\x0b\x32\x1e.inferline.v1.FeatureFreshness\"H\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x0b\n\x03\x61rm\x18\x04 \x01(\t\"1\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_us\x18\x02 \x01(\x03\"\x93\x02\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12(\n\x05model\x18\x03 \x01(\x0b\x32\x19.inferline.v1.ServedModel\x12#\n\x06scores\x18\x04 \x03(\x0b\x32\x13.inferline.v1.Score\x12\x10\n\x08\x64\x65graded\x18\x05 \x01(\x08\x12\x33\n\x0e\x66\x61llback_level\x18\x06 \x01(\x0e\x32\x1b.inferline.v1.FallbackLevel\x12\x18\n\x10\x64\x65graded_reasons\x18\x07 \x03(\t\x12*\n\x07timings\x18\x08 \x03(\x0b\x32\x19.inferline.v1.StageTiming*\xb3\x01\n\rFallbackLevel\x12\x1e\n\x1a\x46\x41LLBACK_LEVEL_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41LLBACK_LEVEL_PRIMARY\x10\x01\x12\"\n\x1e\x46\x41LLBACK_LEVEL_LAST_KNOWN_GOOD\x10\x02\x12\x1f\n\x1b\x46\x41LLBACK_LEVEL_CACHED_SCORE\x10\x03\x12!\n\x1d\x46\x41LLBACK_LEVEL_STATIC_DEFAULT\x10\x04*\xab\x01\n\x0f\x46reshnessStatus\x12 \n\x1c\x46RESHNESS_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46RESHNESS_STATUS_FRESH\x10\x01\x12\x1a\n\x16\x46RESHNESS_STATUS_STALE\x10\x02\x12\x1c\n\x18\x46RESHNESS_STATUS_MISSING\x10\x03\x12 \n\x1c\x46RESHNESS_STATUS_UNAVAILABLE\x10\x04\x32Z\n\x10InferenceService\x12\x46\n\x07Predict\x12\x1c.inferline.v1.PredictRequest\x1a\x1d.inferline.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANDIDATE_ENTITIESENTRY']._serialized_options = b'8\001'
   _globals['_CANDIDATE_FEATURESENTRY']._loaded_options = None
   _globals['_CANDIDATE_FEATURESENTRY']._serialized_options = b'8\001'
-  _globals['_FALLBACKLEVEL']._serialized_start=1282
-  _globals['_FALLBACKLEVEL']._serialized_end=1461
-  _globals['_FRESHNESSSTATUS']._serialized_start=1464
-  _globals['_FRESHNESSSTATUS']._serialized_end=1635
+  _globals['_FALLBACKLEVEL']._serialized_start=1295
+  _globals['_FALLBACKLEVEL']._serialized_end=1474
+  _globals['_FRESHNESSSTATUS']._serialized_start=1477
+  _globals['_FRESHNESSSTATUS']._serialized_end=1648
   _globals['_VALUE']._serialized_start=46
   _globals['_VALUE']._serialized_end=154
   _globals['_CANDIDATE']._serialized_start=157
@@ -56,11 +56,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORE']._serialized_start=794
   _globals['_SCORE']._serialized_end=889
   _globals['_SERVEDMODEL']._serialized_start=891
-  _globals['_SERVEDMODEL']._serialized_end=950
-  _globals['_STAGETIMING']._serialized_start=952
-  _globals['_STAGETIMING']._serialized_end=1001
-  _globals['_PREDICTRESPONSE']._serialized_start=1004
-  _globals['_PREDICTRESPONSE']._serialized_end=1279
-  _globals['_INFERENCESERVICE']._serialized_start=1637
-  _globals['_INFERENCESERVICE']._serialized_end=1727
+  _globals['_SERVEDMODEL']._serialized_end=963
+  _globals['_STAGETIMING']._serialized_start=965
+  _globals['_STAGETIMING']._serialized_end=1014
+  _globals['_PREDICTRESPONSE']._serialized_start=1017
+  _globals['_PREDICTRESPONSE']._serialized_end=1292
+  _globals['_INFERENCESERVICE']._serialized_start=1650
+  _globals['_INFERENCESERVICE']._serialized_end=1740
 # @@protoc_insertion_point(module_scope)

@@ -112,14 +112,16 @@ class Score(_message.Message):
     def __init__(self, candidate_id: _Optional[str] = ..., score: _Optional[float] = ..., freshness: _Optional[_Iterable[_Union[FeatureFreshness, _Mapping]]] = ...) -> None: ...
 
 class ServedModel(_message.Message):
-    __slots__ = ("name", "version", "alias")
+    __slots__ = ("name", "version", "alias", "arm")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     alias: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ...) -> None: ...
+    arm: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class StageTiming(_message.Message):
     __slots__ = ("stage", "duration_us")
