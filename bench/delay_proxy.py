@@ -10,24 +10,17 @@ nothing comes back: a partitioned or black-holed dependency) until cleared.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
+
+from bench.loop_server import LoopThreadServer
 
 
-class DelayProxy:
+class DelayProxy(LoopThreadServer):
     def __init__(self, upstream: str) -> None:
+        super().__init__()
         host, _, port = upstream.rpartition(":")
         self._upstream = (host, int(port))
         self.delay_s = 0.0
         self.blackhole = False
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -50,23 +43,3 @@ class DelayProxy:
             writer.close()
             return
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def start(self) -> DelayProxy:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=5)
-        return self
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._server.wait_closed(), 1)
-
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)

@@ -33,7 +33,15 @@ from typing import Any
 
 import grpc
 
-from bench.fault_drill import CHANNEL_OPTIONS, Background, DrillResult, load, summarize
+from bench.drill_core import (
+    CHANNEL_OPTIONS,
+    Background,
+    DrillResult,
+    load,
+    markdown,
+    summarize,
+    write_md,
+)
 from inferline_edge.certs import EDGE_DNS, DevPKI
 from scripts.edge_stack import FullStack
 from scripts.stack import ROOT
@@ -213,8 +221,6 @@ async def run_all(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.fault_drill import markdown, write_md
-
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

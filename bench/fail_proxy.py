@@ -14,29 +14,22 @@ Runs its own event loop on a thread so synchronous launchers can start it first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import threading
+
+from bench.loop_server import LoopThreadServer
 
 _FAIL_BODY = b'{"error":"injected failure (bench.fail_proxy)"}'
 
 
-class FailProxy:
+class FailProxy(LoopThreadServer):
     def __init__(self, upstream: str, fail_ratio: float = 0.5, seed: int = 0) -> None:
+        super().__init__()
         host, _, port = upstream.rpartition(":")
         self._upstream = (host, int(port))
         self.fail_ratio = fail_ratio
         self._rng = random.Random(seed)
         self.infer_calls = 0
         self.failed = 0
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def reset_counts(self) -> None:
         self.infer_calls = self.failed = 0
@@ -88,23 +81,3 @@ class FailProxy:
             writer.close()
             if up is not None:
                 up[1].close()
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def start(self) -> FailProxy:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=5)
-        return self
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._server.wait_closed(), 1)
-
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)

@@ -18,225 +18,32 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import statistics
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
 from bench.delay_proxy import DelayProxy
+from bench.drill_core import (
+    ROUTER_ENV,
+    Background,
+    DrillResult,
+    Outcome,
+    load,
+    markdown,
+    one_request,
+    summarize,
+    write_md,
+)
 from bench.fail_proxy import FailProxy
-from inferline.v1 import inference_pb2 as pb
 from inferline.v1 import inference_pb2_grpc
 from scripts.stack import ROOT, Stack, build_demo_for_redis
-
-TENANT = (("x-inferline-tenant", "demo"),)
-ROUTER_ENV = {
-    "INFERLINE_LOG__LEVEL": "warning",
-    "INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0.5",
-    "INFERLINE_FEATURES__TIMEOUT_MS": "20",
-}
-PRIMARY = pb.FALLBACK_LEVEL_PRIMARY
-
-
-@dataclass
-class Outcome:
-    sent_at: float
-    latency_s: float
-    code: str
-    level: int = 0
-    reasons: tuple[str, ...] = ()
-
-
-@dataclass
-class DrillResult:
-    name: str
-    sent: int
-    ok: int
-    degraded_by_level: dict[str, int]
-    errors: dict[str, int]
-    unanswered_at_deadline: int
-    time_to_degrade_s: float | None
-    time_to_recover_s: float | None
-    admitted_p99_ms: float | None
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _request(i: int) -> pb.PredictRequest:
-    account = 1 + (i * 37) % 4999
-    if account % 50 == 7:
-        account += 1
-    return pb.PredictRequest(
-        alias="fraud:prod",
-        candidates=[
-            pb.Candidate(
-                entities={"account_id": pb.Value(int64_value=account)},
-                features={
-                    "amount": pb.Value(double_value=20.0 + i % 200),
-                    "hour_of_day": pb.Value(double_value=float(i % 24)),
-                    "is_international": pb.Value(double_value=0.0),
-                },
-            )
-        ],
-    )
-
-
-async def _one(stub: Any, i: int, deadline_s: float, t0: float, out: list[Outcome]) -> None:
-    sent = time.monotonic()
-    try:
-        resp = await stub.Predict(_request(i), metadata=TENANT, timeout=deadline_s)
-        out.append(
-            Outcome(
-                sent - t0,
-                time.monotonic() - sent,
-                "OK",
-                resp.fallback_level,
-                tuple(resp.degraded_reasons),
-            )
-        )
-    except grpc.aio.AioRpcError as e:
-        out.append(Outcome(sent - t0, time.monotonic() - sent, e.code().name))
-
-
-# Clients of a restarting dependency should reconnect quickly (gRPC's default
-# first backoff is 1 s): what a production client of inferline is told to set.
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-]
-
-
-class Background:
-    """A fault action that blocks (a restart): runs on a thread so the load keeps
-    its schedule; ``done_at`` (monotonic) says when it finished."""
-
-    def __init__(self, name: str, fn: Callable[[], object]) -> None:
-        self.__name__ = name
-        self._fn = fn
-        self.done_at: float | None = None
-        self.result: object = None
-        self.thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        self.result = self._fn()
-        self.done_at = time.monotonic()
-
-    def __call__(self) -> None:
-        self.thread = threading.Thread(target=self._run, name=self.__name__, daemon=True)
-        self.thread.start()
-
-    def wait(self, timeout_s: float = 60.0) -> None:
-        if self.thread is not None:
-            self.thread.join(timeout_s)
-
-
-def _extend(at: dict[float, Callable[[], None]], elapsed_s: float, seconds: float) -> bool:
-    """Keep the load going past ``seconds`` while a restart is still running and
-    for ``seconds / 4`` after it finished, so its recovery is measured (capped at 4x)."""
-    if elapsed_s > 4 * seconds:
-        return False
-    for action in at.values():
-        if isinstance(action, Background) and action.thread is not None:
-            if action.done_at is None:
-                return True
-            return time.monotonic() < action.done_at + seconds / 4
-    return False
-
-
-async def load(
-    address: str,
-    *,
-    rps: float,
-    seconds: float,
-    deadline_s: float,
-    at: dict[float, Callable[[], None]],
-    open_channel: Callable[[], grpc.aio.Channel] | None = None,
-) -> tuple[list[Outcome], dict[str, float]]:
-    """Open-loop load; ``at`` maps seconds-from-start to fault actions.
-
-    ``marks`` holds each action's start (seconds from the start) and ``t0``, the
-    monotonic start itself."""
-    out: list[Outcome] = []
-    marks: dict[str, float] = {}
-    pending = sorted(at.items())
-    channel = (
-        open_channel() if open_channel else grpc.aio.insecure_channel(address, CHANNEL_OPTIONS)
-    )
-    async with channel as ch:
-        stub = inference_pb2_grpc.InferenceServiceStub(ch)
-        t0 = time.monotonic()
-        marks["t0"] = t0
-        tasks = []
-        n = int(rps * seconds)
-        i = 0
-        while i < n or _extend(at, i / rps, seconds):
-            due = t0 + i / rps
-            while pending and pending[0][0] <= due - t0:
-                _, action = pending.pop(0)
-                action()
-                marks[action.__name__] = time.monotonic() - t0
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            tasks.append(asyncio.create_task(_one(stub, i, deadline_s, t0, out)))
-            i += 1
-        await asyncio.gather(*tasks)
-    return sorted(out, key=lambda o: o.sent_at), marks
-
-
-def summarize(
-    name: str,
-    out: list[Outcome],
-    deadline_s: float,
-    fault_at: float | None,
-    clear_at: float | None,
-    notes: str = "",
-) -> DrillResult:
-    grace = 0.05
-    levels = Counter(pb.FallbackLevel.Name(o.level) for o in out if o.code == "OK")
-    errors = Counter(o.code for o in out if o.code != "OK")
-    unanswered = sum(
-        1 for o in out if o.code == "DEADLINE_EXCEEDED" or o.latency_s > deadline_s + grace
-    )
-    degraded = [o for o in out if o.code == "OK" and (o.level != PRIMARY or o.reasons)]
-    to_degrade = None
-    sent_after = None
-    if fault_at is not None:
-        sent_after = sum(1 for o in out if o.sent_at >= fault_at)
-        after = [o.sent_at + o.latency_s for o in degraded if o.sent_at >= fault_at]
-        to_degrade = round(min(after) - fault_at, 3) if after else None
-    to_recover = None
-    if clear_at is not None:
-        healthy = [
-            o.sent_at
-            for o in out
-            if o.sent_at >= clear_at and o.code == "OK" and o.level == PRIMARY and not o.reasons
-        ]
-        to_recover = round(min(healthy) - clear_at, 3) if healthy else None
-    ok_lat = [o.latency_s for o in out if o.code == "OK"]
-    p99 = round(float(np.percentile(ok_lat, 99)) * 1000, 2) if ok_lat else None
-    return DrillResult(
-        name,
-        len(out),
-        sum(1 for o in out if o.code == "OK"),
-        {k.removeprefix("FALLBACK_LEVEL_"): v for k, v in sorted(levels.items())},
-        dict(errors),
-        unanswered,
-        to_degrade,
-        to_recover,
-        p99,
-        notes,
-        {} if sent_after is None else {"sent_after_fault": sent_after},
-    )
 
 
 def _stack(build: Path, logs: Path, **kw: Any) -> Stack:
@@ -361,32 +168,40 @@ async def drill_redis_hang(
     )
 
 
-async def drill_slow_store(
-    build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
+async def _store_proxy_drill(
+    name: str,
+    notes: str,
+    start: Callable[[DelayProxy], None],
+    clear: Callable[[DelayProxy], None],
+    build: Path,
+    logs: Path,
+    rps: float,
+    seconds: float,
+    deadline_s: float,
 ) -> DrillResult:
-    """Redis answers, but 50 ms late per chunk (behind a delay proxy), then recovers."""
+    """Redis reached through a DelayProxy; ``start``/``clear`` set its fault."""
     proxies: list[DelayProxy] = []
 
     def via_proxy(out: Path, redis_url: str) -> Path:
         proxies.append(DelayProxy(redis_url).start())
         return build_demo_for_redis(out, proxies[-1].address)
 
-    def slow(s: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
-        def slow_store() -> None:
-            proxies[0].delay_s = 0.05
+    def faults(s: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
+        def store_fault() -> None:
+            start(proxies[0])
 
-        def fast_store() -> None:
-            proxies[0].delay_s = 0.0
+        def store_fault_cleared() -> None:
+            clear(proxies[0])
 
-        return slow_store, fast_store
+        return store_fault, store_fault_cleared
 
     try:
         return await _drill(
-            "Slow online store (Redis +50 ms per chunk behind a TCP proxy), then normal",
-            "reads cut at the 20 ms feature budget: defaults + feature_store_unavailable",
-            slow,
+            name,
+            notes,
+            faults,
             build,
-            logs / "slow",
+            logs,
             rps,
             seconds,
             deadline_s,
@@ -396,6 +211,30 @@ async def drill_slow_store(
     finally:
         for p in proxies:
             p.stop()
+
+
+async def drill_slow_store(
+    build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
+) -> DrillResult:
+    """Redis answers, but 50 ms late per chunk (behind a delay proxy), then recovers."""
+
+    def slow(p: DelayProxy) -> None:
+        p.delay_s = 0.05
+
+    def fast(p: DelayProxy) -> None:
+        p.delay_s = 0.0
+
+    return await _store_proxy_drill(
+        "Slow online store (Redis +50 ms per chunk behind a TCP proxy), then normal",
+        "reads cut at the 20 ms feature budget: defaults + feature_store_unavailable",
+        slow,
+        fast,
+        build,
+        logs / "slow",
+        rps,
+        seconds,
+        deadline_s,
+    )
 
 
 async def drill_triton_restart(
@@ -426,37 +265,24 @@ async def drill_blackhole_store(
     build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
 ) -> DrillResult:
     """Redis behind a proxy that swallows every byte (partition), then heals."""
-    proxies: list[DelayProxy] = []
 
-    def via_proxy(out: Path, redis_url: str) -> Path:
-        proxies.append(DelayProxy(redis_url).start())
-        return build_demo_for_redis(out, proxies[-1].address)
+    def hole(p: DelayProxy) -> None:
+        p.blackhole = True
 
-    def hole(s: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
-        def blackhole_store() -> None:
-            proxies[0].blackhole = True
+    def heal(p: DelayProxy) -> None:
+        p.blackhole = False
 
-        def heal_store() -> None:
-            proxies[0].blackhole = False
-
-        return blackhole_store, heal_store
-
-    try:
-        return await _drill(
-            "Black-holed online store (Redis behind a proxy that drops every byte), then healed",
-            "reads cut at the feature budget; the store breaker then skips them",
-            hole,
-            build,
-            logs / "blackhole",
-            rps,
-            seconds,
-            deadline_s,
-            online_store="redis",
-            feast_builder=via_proxy,
-        )
-    finally:
-        for p in proxies:
-            p.stop()
+    return await _store_proxy_drill(
+        "Black-holed online store (Redis behind a proxy that drops every byte), then healed",
+        "reads cut at the feature budget; the store breaker then skips them",
+        hole,
+        heal,
+        build,
+        logs / "blackhole",
+        rps,
+        seconds,
+        deadline_s,
+    )
 
 
 async def drill_half_failing_backend(
@@ -524,7 +350,7 @@ async def drill_spike(build: Path, logs: Path, deadline_s: float, seconds: float
             async def worker(w: int) -> None:
                 i = w
                 while time.monotonic() < stop:
-                    await _one(stub, i, deadline_s, t0, out)
+                    await one_request(stub, i, deadline_s, t0, out)
                     i += 3 * admit
                     if out[-1].code == "RESOURCE_EXHAUSTED":
                         await asyncio.sleep(0.002)
@@ -581,39 +407,6 @@ async def run_all(
             }[name]
             out.append(await drill(build, logs, rps, seconds, deadline_s))
     return out
-
-
-def markdown(results: list[DrillResult], command: str) -> str:
-    head = (
-        f"Command: `{command}`  \nMachine: 2 vCPU shared dev VM, "
-        f"Python {platform.python_version()}; "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
-        "| fault | sent | OK | OK by fallback level | errors | unanswered at deadline | "
-        "fault -> first degraded | fault cleared -> recovered | p99 of OK | notes |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
-    )
-    rows = []
-    for r in results:
-
-        def ms(x: float | None) -> str:
-            return "n/a" if x is None else f"{x * 1000:.0f} ms"
-
-        extra = ", ".join(f"{k}={v}" for k, v in r.extra.items())
-        rows.append(
-            f"| {r.name} | {r.sent} | {r.ok} | {r.degraded_by_level} | {r.errors or '-'} | "
-            f"**{r.unanswered_at_deadline}** | {ms(r.time_to_degrade_s)} | "
-            f"{ms(r.time_to_recover_s)} | {r.admitted_p99_ms} ms | {r.notes}"
-            f"{'; ' + extra if extra else ''} |"
-        )
-    return head + "\n".join(rows) + "\n"
-
-
-def write_md(path: Path, table: str, marker: str = "faults") -> None:
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    text = path.read_text() if path.exists() else f"{begin}\n{end}\n"
-    pre, _, rest = text.partition(begin)
-    _, _, post = rest.partition(end)
-    path.write_text(f"{pre}{begin}\n{table}{end}{post}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,7 +127,7 @@ def router_capacity_rps(inputs: Inputs) -> float:
 
 def triton_cpu_capacity_rps(inputs: Inputs, *, batched: bool = False) -> float:
     """One Triton CPU core (one Python-backend instance). Sized unbatched: at these
-    per-pod arrival rates few requests share the 200 us batching window."""
+    per-pod arrival rates few requests queue together (no batching delay: sweep pick)."""
     key = "triton_gbdt_cpu_ms_per_request_c16" if batched else "triton_gbdt_cpu_ms_per_request_c1"
     return 1000.0 / inputs.m(key)
 

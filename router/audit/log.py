@@ -114,17 +114,14 @@ class AuditLog:
         "canary.start", "rollback", "quota.change", "key.rotate",
         "capture.purge"); ``subject`` what it was done to.
         """
-        event = {
-            "actor": actor,
-            "tenant": tenant,
-            "action": action,
-            "subject": subject,
-            "details": dict(details or {}),
-        }
-        records = await asyncio.to_thread(self._store.append, [event], self._clock())
-        self._metrics.audit_records.labels("admin").inc()
-        log.info("audit.admin", action=action, subject=subject, seq=records[0]["seq"])
-        return records[0]
+        return await asyncio.to_thread(
+            self.record_admin_sync,
+            actor=actor,
+            action=action,
+            subject=subject,
+            tenant=tenant,
+            details=details,
+        )
 
     def record_admin_sync(
         self,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import drill_core
 from bench import fault_drill as fd
 
 RPS, SECONDS, DEADLINE_S = 60.0, 4.0, 0.25
@@ -86,6 +87,6 @@ async def test_spike_is_shed_or_served_in_time(demo_build: Path, tmp_path: Path)
 
 @pytest.mark.parametrize("n", [0])
 def test_markdown_table_names_every_column(n: int) -> None:
-    r = fd.DrillResult("x", 10, 10, {"PRIMARY": 10}, {}, n, 0.05, None, 3.2)
-    text = fd.markdown([r], "cmd")
+    r = drill_core.DrillResult("x", 10, 10, {"PRIMARY": 10}, {}, n, 0.05, None, 3.2)
+    text = drill_core.markdown([r], "cmd")
     assert "| x | 10 | 10 |" in text and "**0**" in text and "50 ms" in text

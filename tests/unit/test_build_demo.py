@@ -92,7 +92,7 @@ def test_fil_and_python_configs() -> None:
     py = render_config("fraud", "python", 33)
     assert 'backend: "python"' in py and "dims: [ 33 ]" in py
     for cfg in (fil, py):
-        assert "max_queue_delay_microseconds: 200" in cfg
+        assert "max_queue_delay_microseconds: 0 }" in cfg
         assert "version_policy: { all { } }" in cfg
         assert "response_cache { enable: false }" in cfg
 

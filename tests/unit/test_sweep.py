@@ -28,7 +28,7 @@ def test_rewrite_config_on_rendered_templates(model: str, backend: str, n: int) 
         in out
     )
     assert "count: 2 kind:" in out
-    assert "max_queue_delay_microseconds: 200" not in out and "count: 1 kind" not in out
+    assert "max_queue_delay_microseconds: 0 }" not in out and "count: 1 kind" not in out
     # Everything else is untouched.
     strip = [
         ln for ln in text.splitlines() if not ln.startswith(("dynamic_batching", "instance_group"))
