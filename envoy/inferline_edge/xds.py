@@ -31,7 +31,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -257,11 +257,47 @@ _CHANGED = DiscoveryRequest(type_url="inferline/snapshot-changed")
 class ControlPlane:
     """Builds snapshots from the tenant file + PKI and keeps them current."""
 
-    def __init__(self, tenants_path: Path, topo: resources.Topology) -> None:
+    def __init__(
+        self,
+        tenants_path: Path,
+        topo: resources.Topology,
+        audit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.tenants_path = Path(tenants_path)
         self.topo = topo
         self.cache = SnapshotCache()
         self.last_error: str | None = None
+        # Every applied change of a tenant's rate limit or quota is an admin action:
+        # one record on the audit trail (router.audit) per applied snapshot.
+        self._audit = audit
+        self._limits: dict[str, dict[str, float]] | None = None
+
+    def _audit_limits(self, edge: tenants.EdgeConfig) -> None:
+        limits = {
+            tid: {
+                "requests_per_second": t.rate_limit.requests_per_second,
+                "burst": t.rate_limit.burst,
+                "quota_per_minute": t.quota_per_minute,
+            }
+            for tid, t in sorted(edge.tenants.items())
+        }
+        old, self._limits = self._limits, limits
+        if self._audit is None or old == limits:
+            return
+        changes = {
+            tid: {"from": old.get(tid) if old else None, "to": limits.get(tid)}
+            for tid in sorted(set(limits) | set(old or {}))
+            if old is None or old.get(tid) != limits.get(tid)
+        }
+        self._audit(
+            {
+                "actor": "edge-control-plane",
+                "tenant": None,
+                "action": "quota.change" if old is not None else "quota.load",
+                "subject": f"tenants:{edge.version}",
+                "details": {"changes": changes},
+            }
+        )
 
     def watched(self) -> list[Path]:
         return [self.tenants_path, *self.topo.secret_files.paths(), self.topo.pki.jwks]
@@ -279,6 +315,7 @@ class ControlPlane:
             return None
         self.last_error = None
         snap = await self.cache.set(built, edge.version)
+        self._audit_limits(edge)
         log.info(
             "snapshot %d (%s) built in %.0f ms: %s",
             snap.seq,
@@ -326,7 +363,16 @@ async def serve(args: argparse.Namespace) -> None:
         listen_address=args.listen_address,
         secrets=EdgeSecretFiles.from_dir(args.secrets_dir) if args.secrets_dir else None,
     )
-    cp = ControlPlane(args.tenants, topo)
+    audit: Callable[[dict[str, Any]], None] | None = None
+    if args.audit_path is not None:
+        from router.audit.store import JsonlAuditStore
+
+        store = JsonlAuditStore(args.audit_path.resolve())
+
+        def audit(event: dict[str, Any]) -> None:
+            store.append([event], time.time())
+
+    cp = ControlPlane(args.tenants, topo, audit=audit)
     await cp.rebuild()
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((AdsServer(cp.cache).handler(),))
@@ -375,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--upstream", required=True, help="router host:port[,host:port...] (mTLS)")
     p.add_argument("--ratelimit", default=None, help="rate-limit service host:port")
+    p.add_argument(
+        "--audit-path",
+        type=Path,
+        default=None,
+        help="audit trail (JSON lines, router.audit) to record quota changes in",
+    )
     p.add_argument("--access-log", action="store_true", help="Envoy logs each request")
     p.add_argument("--poll-interval", type=float, default=0.2, help="file poll, seconds")
     p.add_argument("--log-level", default="INFO")
