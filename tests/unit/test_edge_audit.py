@@ -25,10 +25,14 @@ async def test_quota_changes_are_audited_and_chain_verifies(tmp_path: Path) -> N
     tenants.write_text(yaml.safe_dump(cfg))
     trail = tmp_path / "audit" / "audit.jsonl"
     store = JsonlAuditStore(trail)
+
+    def audit(event: dict[str, Any]) -> None:
+        store.append([event], 1_700_000_000.0)
+
     cp = ControlPlane(
         tenants,
         resources.Topology(pki=pki, mtls_port=10000, upstream=("127.0.0.1", 10001)),
-        audit=lambda e: store.append([e], 1_700_000_000.0) and None,
+        audit=audit,
     )
     assert await cp.rebuild() is not None
     assert await cp.rebuild() is not None  # nothing changed: no record
