@@ -59,7 +59,9 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.features = FeastFeatureStore(
-            settings.features.repo_path, inline_sync_reads=settings.features.inline_sync_reads
+            settings.features.repo_path,
+            inline_sync_reads=settings.features.inline_sync_reads,
+            direct_sqlite_reads=settings.features.direct_sqlite_reads,
         )
         self.triton = TritonPools(
             settings.triton.url, settings.triton.http_url, settings.triton.startup_timeout_s

@@ -62,6 +62,10 @@ class FeatureSettings(_Section):
     loop instead of a worker thread: the thread hop costs ~0.1 ms of CPU, more
     than the read itself. The read then cannot be cut short by timeout_ms; use a
     network store (Redis, async) where that matters."""
+    direct_sqlite_reads: bool = True
+    """With the SQLite online store and inline reads, query its table directly
+    (same table, keys and timestamps as Feast's ``online_read``, only the
+    requested features; parity-tested) instead of through Feast's read path."""
     max_clock_skew_s: float = Field(default=5.0, ge=0)
     """Event timestamps this far in the future are tolerated (writer clock skew)."""
 
