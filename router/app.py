@@ -223,6 +223,7 @@ class App:
         log.info(
             "router.started",
             port=port,
+            bridge_port=self.server.bridge_port,
             region=s.region.name,
             routing_version=self.snapshots.current.table.version,
         )

@@ -181,11 +181,12 @@ class ControlPlaneProcess(Supervisor):
         ratelimit: str | None,
         access_log: bool = False,
         secrets_dir: Path | None = None,
+        bridge: str | None = None,
     ) -> None:
         super().__init__(log_dir)
         self.tenants, self.pki, self.public = tenants, pki, public
         self.upstream, self.ratelimit, self.access_log = upstream, ratelimit, access_log
-        self.secrets_dir = secrets_dir
+        self.secrets_dir, self.bridge = secrets_dir, bridge
 
     @property
     def ads_port(self) -> int:
@@ -213,6 +214,8 @@ class ControlPlaneProcess(Supervisor):
             cmd += ["--jwt-port", str(self.public.jwt)]
         if self.ratelimit:
             cmd += ["--ratelimit", self.ratelimit]
+        if self.bridge:
+            cmd += ["--bridge", self.bridge]
         if self.secrets_dir is not None:
             cmd += ["--secrets-dir", str(self.secrets_dir)]
         return cmd + (["--access-log"] if self.access_log else [])
@@ -408,6 +411,8 @@ class EdgeStack:
     """Run Envoy so that ``envoy.hot_restart_now()`` works (restart drills)."""
     secrets_dir: Path | None = None
     """Kubernetes-secret dirs the control plane serves over SDS (None: the dev PKI)."""
+    bridge: str | None = None
+    """The routers' HTTP/1.1 fast-lane addresses (host:port,...): Predict goes there."""
     redis: RedisServer | None = dataclasses.field(default=None, init=False)
     ratelimit: RateLimitProcess | None = dataclasses.field(default=None, init=False)
     xds: ControlPlaneProcess | None = dataclasses.field(default=None, init=False)
@@ -435,6 +440,7 @@ class EdgeStack:
                     ratelimit=self.ratelimit.address if self.ratelimit else None,
                     access_log=self.access_log,
                     secrets_dir=self.secrets_dir,
+                    bridge=self.bridge,
                 )
             )
             self.envoy = stack.enter_context(
@@ -498,14 +504,21 @@ class TlsRouterProcess(RouterProcess):
     """
 
     def __init__(
-        self, env: Mapping[str, str], log_dir: Path, pki: DevPKI, *, port: int | None = None
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        pki: DevPKI,
+        *,
+        port: int | None = None,
+        bridge_port: int | None = None,
     ) -> None:
         super().__init__({**router_tls_env(pki), **env}, log_dir)
-        self.pki, self._port = pki, port
+        self.pki, self._port, self._bridge_port = pki, port, bridge_port
 
     def command(self) -> list[str]:
         if self._port is not None:
-            self.ports = [self._port, *free_ports(1)]
+            metrics, spare = free_ports(2)
+            self.ports = [self._port, metrics, self._bridge_port or spare]
         return super().command()
 
     def probe(self) -> bool:
@@ -537,6 +550,9 @@ class FullStack:
     """Run Envoy so that ``edge.envoy.hot_restart_now()`` works."""
     edge_secrets_dir: Path | None = None
     """Passed to EdgeStack.secrets_dir (rotation tests and drills)."""
+    fast_lane: bool = True
+    """Predict from Envoy to the routers over the HTTP/1.1 fast lane (the default
+    deployment); False keeps every call on the routers' gRPC port."""
     base: Stack | None = dataclasses.field(default=None, init=False)
     edge: EdgeStack | None = dataclasses.field(default=None, init=False)
     router: TlsRouterProcess | None = dataclasses.field(default=None, init=False)
@@ -556,7 +572,8 @@ class FullStack:
                 )
             )
             assert self.base.triton is not None and self.base.feast_repo is not None
-            ports = free_ports(self.replicas)
+            picked = free_ports(2 * self.replicas)
+            ports, bridges = picked[: self.replicas], picked[self.replicas :]
             self.edge = es.enter_context(
                 EdgeStack(
                     self.log_dir,
@@ -566,6 +583,7 @@ class FullStack:
                     access_log=self.access_log,
                     hot_restart=self.hot_restart,
                     secrets_dir=self.edge_secrets_dir,
+                    bridge=",".join(f"127.0.0.1:{p}" for p in bridges) if self.fast_lane else None,
                 )
             )
             env = {
@@ -577,8 +595,10 @@ class FullStack:
                 **self.router_env,
             }
             self.routers = [
-                es.enter_context(TlsRouterProcess(env, self.log_dir, self.pki, port=port))
-                for port in ports
+                es.enter_context(
+                    TlsRouterProcess(env, self.log_dir, self.pki, port=port, bridge_port=bridge)
+                )
+                for port, bridge in zip(ports, bridges, strict=True)
             ]
             self.router = self.routers[0]
             self._stack = es.pop_all()

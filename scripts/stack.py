@@ -422,7 +422,12 @@ class RedisServer(Supervisor):
 
 
 _ROUTER_BIND_VARS = frozenset(
-    {"INFERLINE_SERVER__HOST", "INFERLINE_SERVER__PORT", "INFERLINE_METRICS__PORT"}
+    {
+        "INFERLINE_SERVER__HOST",
+        "INFERLINE_SERVER__PORT",
+        "INFERLINE_SERVER__BRIDGE_PORT",
+        "INFERLINE_METRICS__PORT",
+    }
 )
 
 
@@ -435,7 +440,7 @@ class RouterProcess(Supervisor):
     """
 
     name = "router"
-    n_ports = 2  # gRPC, metrics
+    n_ports = 3  # gRPC, metrics, HTTP/1.1 fast lane
     start_timeout_s = 60.0  # loads Feast, waits for Triton
 
     def __init__(
@@ -459,6 +464,11 @@ class RouterProcess(Supervisor):
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.ports[1]}/metrics"
 
+    @property
+    def bridge_address(self) -> str:
+        """The HTTP/1.1 fast lane (Predict behind Envoy's reverse bridge)."""
+        return f"127.0.0.1:{self.ports[2]}"
+
     def command(self) -> list[str]:
         return self._command
 
@@ -468,6 +478,7 @@ class RouterProcess(Supervisor):
         env["INFERLINE_SERVER__HOST"] = "127.0.0.1"
         env["INFERLINE_SERVER__PORT"] = str(self.ports[0])
         env["INFERLINE_METRICS__PORT"] = str(self.ports[1])
+        env["INFERLINE_SERVER__BRIDGE_PORT"] = str(self.ports[2])
         return env
 
     def probe(self) -> bool:

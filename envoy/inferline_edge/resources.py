@@ -30,16 +30,20 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from inferline_edge.certs import ROUTER_DNS, ROUTER_SPIFFE_ID
 from inferline_edge.common import (
+    BRIDGE_FILTER,
+    BRIDGE_LUA_FILTER,
     CLUSTER,
     GRPC_PREFIXES,
     JWT_FILTER,
     JWT_METADATA_KEY,
     LISTENER,
+    PREDICT_PATH,
     PRIORITY_HEADER,
     RATELIMIT_CLUSTER,
     ROUTE,
     ROUTE_NAME,
     ROUTER_CLUSTER,
+    ROUTER_FAST_CLUSTER,
     SECRET,
     SECRET_CA,
     SECRET_CLIENT,
@@ -147,6 +151,18 @@ def _h2_options() -> dict[str, Any]:
     }
 
 
+def _h1_options() -> dict[str, Any]:
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            {
+                "explicit_http_config": {"http_protocol_options": {}},
+                "common_http_protocol_options": {"idle_timeout": "300s"},
+            },
+        )
+    }
+
+
 def _static_cluster(
     name: str, addr: tuple[str, int], connect_timeout: str, *more: tuple[str, int]
 ) -> dict[str, Any]:
@@ -181,49 +197,54 @@ def _static_cluster(
     }
 
 
-def _clusters(topo: Topology) -> list[dict[str, Any]]:
-    router = _static_cluster(ROUTER_CLUSTER, topo.upstream, "1s", *topo.replicas)
-    # Active gRPC health checks: a router that is draining (SIGTERM: health goes
+def _router_cluster(
+    name: str, endpoints: tuple[tuple[str, int], ...], *, fast_lane: bool
+) -> dict[str, Any]:
+    """A cluster of routers over mTLS: their gRPC ports, or (``fast_lane``) their
+    HTTP/1.1 fast-lane ports for bridged Predict calls."""
+    cluster = _static_cluster(name, endpoints[0], "1s", *endpoints[1:])
+    if fast_lane:
+        cluster["typed_extension_protocol_options"] = _h1_options()
+    # Active health checks: a router that is draining (SIGTERM: health goes
     # NOT_SERVING before it stops accepting) or not ready leaves the rotation
     # within one interval, so a rolling restart loses no request.
-    router["health_checks"] = [
+    check: dict[str, Any] = (
+        {"http_health_check": {"path": "/healthz", "host": ROUTER_DNS}}
+        if fast_lane
+        else {"grpc_health_check": {"service_name": ROUTER_HEALTH_SERVICE}}
+    )
+    cluster["health_checks"] = [
         {
             "timeout": "0.5s",
             "interval": "0.5s",
             "unhealthy_threshold": 1,
             "healthy_threshold": 1,
             "no_traffic_interval": "0.5s",
-            "grpc_health_check": {"service_name": ROUTER_HEALTH_SERVICE},
+            **check,
         }
     ]
     # Separate budgets per routing priority: critical traffic (HIGH) keeps its own
     # connection-pool and request budget when standard/batch traffic floods DEFAULT.
-    router["circuit_breakers"] = {
+    cluster["circuit_breakers"] = {
         "thresholds": [
             {
-                "priority": "DEFAULT",
+                "priority": prio,
                 "max_connections": 1024,
                 "max_pending_requests": 512,
                 "max_requests": 512,
                 "retry_budget": RETRY_BUDGET,
-            },
-            {
-                "priority": "HIGH",
-                "max_connections": 1024,
-                "max_pending_requests": 512,
-                "max_requests": 512,
-                "retry_budget": RETRY_BUDGET,
-            },
+            }
+            for prio in ("DEFAULT", "HIGH")
         ]
     }
-    router["transport_socket"] = {
+    cluster["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": typed(
             "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             {
                 "sni": ROUTER_DNS,
                 "common_tls_context": {
-                    "alpn_protocols": ["h2"],
+                    "alpn_protocols": ["http/1.1" if fast_lane else "h2"],
                     "tls_certificate_sds_secret_configs": [sds(SECRET_CLIENT)],
                     "combined_validation_context": {
                         "default_validation_context": {
@@ -237,7 +258,14 @@ def _clusters(topo: Topology) -> list[dict[str, Any]]:
             },
         ),
     }
+    return cluster
+
+
+def _clusters(topo: Topology) -> list[dict[str, Any]]:
+    router = _router_cluster(ROUTER_CLUSTER, (topo.upstream, *topo.replicas), fast_lane=False)
     out = [router]
+    if topo.bridges:
+        out.append(_router_cluster(ROUTER_FAST_CLUSTER, topo.bridges, fast_lane=True))
     if topo.ratelimit is not None:
         # Plaintext on loopback; a remote rate-limit service would get mTLS too.
         rl = _static_cluster(RATELIMIT_CLUSTER, topo.ratelimit, "0.25s")
@@ -274,7 +302,13 @@ def _tenant_principals(tid: str, t: Tenant) -> list[dict[str, Any]]:
     return out
 
 
-def _route_config(edge: EdgeConfig) -> dict[str, Any]:
+_LUA_PER_ROUTE = "envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+_BRIDGE_PER_ROUTE = (
+    "envoy.extensions.filters.http.grpc_http1_reverse_bridge.v3.FilterConfigPerRoute"
+)
+
+
+def _route_config(edge: EdgeConfig, *, bridged: bool = False) -> dict[str, Any]:
     policies = {
         f"tenant-{tid}": {"permissions": [{"any": True}], "principals": principals}
         for tid, t in sorted(edge.tenants.items())
@@ -347,15 +381,36 @@ def _route_config(edge: EdgeConfig) -> dict[str, Any]:
         "retry_policy": RETRY_POLICY,
     }
     routes: list[dict[str, Any]] = []
-    for prefix in GRPC_PREFIXES:
-        crit = {"name": PRIORITY_HEADER, "string_match": {"exact": "critical"}}
+    crit = {"name": PRIORITY_HEADER, "string_match": {"exact": "critical"}}
+    if bridged:
+        # Predict through the reverse bridge to the fast lane; the gRPC frame and
+        # status are restored on the way back (listeners.py). No gRPC matcher: the
+        # bridge rewrites the content-type and then re-matches the route.
+        # No max_stream_duration here: the bridge re-matches the route after
+        # rewriting the content-type, and a deadline found expired at that moment
+        # is answered from inside the bridge, which mangles the reply to UNKNOWN.
+        # The router enforces the caller's grpc-timeout (forwarded) itself, and a
+        # caller giving up resets the stream, which cancels the router's work.
+        fast = {k: v for k, v in action.items() if k != "max_stream_duration"}
+        fast["cluster"] = ROUTER_FAST_CLUSTER
+        match: dict[str, Any] = {"path": PREDICT_PATH}
         routes.append(
+            {"match": {**match, "headers": [crit]}, "route": {**fast, "priority": "HIGH"}}
+        )
+        routes.append({"match": match, "route": fast})
+    no_bridge = {BRIDGE_FILTER: typed(_BRIDGE_PER_ROUTE, {"disabled": True})} if bridged else {}
+    for prefix in GRPC_PREFIXES:
+        grpc_routes: list[dict[str, Any]] = [
             {
                 "match": {"prefix": prefix, "grpc": {}, "headers": [crit]},
                 "route": {**action, "priority": "HIGH"},
-            }
-        )
-        routes.append({"match": {"prefix": prefix, "grpc": {}}, "route": action})
+            },
+            {"match": {"prefix": prefix, "grpc": {}}, "route": action},
+        ]
+        for r in grpc_routes:
+            if no_bridge:
+                r["typed_per_filter_config"] = no_bridge
+            routes.append(r)
     routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404}})
     vhost: dict[str, Any] = {
         "name": "inferline",
@@ -419,7 +474,7 @@ def build(edge: EdgeConfig, topo: Topology) -> dict[str, dict[str, betterproto2.
         SECRET: _secrets(topo.secret_files),
         CLUSTER: _clusters(topo),
         LISTENER: [listener("public_mtls", topo.mtls_port, jwt=False, edge=edge, topo=topo)],
-        ROUTE: [_route_config(edge)],
+        ROUTE: [_route_config(edge, bridged=bool(topo.bridges))],
     }
     if topo.jwt_port is not None:
         raw[LISTENER].append(listener("public_jwt", topo.jwt_port, jwt=True, edge=edge, topo=topo))

@@ -358,6 +358,7 @@ async def serve(args: argparse.Namespace) -> None:
         jwt_port=args.jwt_port,
         upstream=routers[0],
         replicas=tuple(routers[1:]),
+        bridges=tuple(hostport(u) for u in (args.bridge or "").split(",") if u),
         ratelimit=hostport(args.ratelimit) if args.ratelimit else None,
         access_log=args.access_log,
         listen_address=args.listen_address,
@@ -420,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         help="Kubernetes-secret dirs server/, client/, ca/ to serve over SDS (default: --pki)",
     )
     p.add_argument("--upstream", required=True, help="router host:port[,host:port...] (mTLS)")
+    p.add_argument(
+        "--bridge",
+        default=None,
+        help="the routers' HTTP/1.1 fast-lane host:port[,...]: Predict goes there "
+        "through Envoy's gRPC -> HTTP/1.1 reverse bridge (default: gRPC to --upstream)",
+    )
     p.add_argument("--ratelimit", default=None, help="rate-limit service host:port")
     p.add_argument(
         "--audit-path",

@@ -24,7 +24,7 @@ from router.registry.audit import AuditEvent
 from router.registry.canary import CONTROL, CanaryController
 from router.registry.service import RegistryService
 from router.settings import AuthSettings
-from router.transport.identity import caller_tenant
+from router.transport.identity import caller_tenant, peer_uris
 
 ADMIN_SCOPE = "admin"
 SERVICE_NAME: str = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
@@ -49,7 +49,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def _actor(self, context: grpc.aio.ServicerContext, action: str, model: str | None) -> str:
         """The calling tenant, if it may administer ``model`` (None: any granted)."""
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        tenant = caller_tenant(self._auth, metadata, context)
+        tenant = caller_tenant(self._auth, metadata, lambda: peer_uris(context))
         principal = authenticate(self._snapshot().table, tenant)
         if ADMIN_SCOPE not in principal.policy.scopes:
             self._deny(principal.tenant, action, model or "", "tenant lacks the admin scope")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -58,16 +58,17 @@ def tenant_from_uri(uri: str, prefix: str) -> str | None:
 
 
 def caller_tenant(
-    settings: AuthSettings, metadata: Mapping[str, str], context: grpc.aio.ServicerContext
+    settings: AuthSettings, metadata: Mapping[str, str], peers: Callable[[], frozenset[str]]
 ) -> str | None:
-    """The caller's tenant id, or None when the caller sent none."""
+    """The caller's tenant id, or None when the caller sent none. ``peers`` gives
+    the mTLS peer's URI SANs; it is only called for forwarded identity."""
     if settings.mode == "header":
         return metadata.get(settings.tenant_header)
     xfcc = metadata.get(settings.xfcc_header)
     jwt = metadata.get(settings.jwt_payload_header)
     if xfcc is None and jwt is None:
         return None
-    if not peer_uris(context) & set(settings.trusted_peers):
+    if not peers() & set(settings.trusted_peers):
         raise Unauthenticated("forwarded identity from an untrusted peer")
     if xfcc is not None:
         uri = _xfcc_uri(xfcc)

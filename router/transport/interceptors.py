@@ -19,13 +19,11 @@ from typing import Any
 
 import grpc
 import structlog
-from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from router.errors import InferlineError, ResourceExhausted
+from router.errors import InferlineError
 from router.observability.metrics import Metrics
+from router.transport.status import wire_status
 
 log = structlog.get_logger("router.rpc")
 
@@ -49,35 +47,16 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
     return deserialize
 
 
-def _quota_status(e: ResourceExhausted) -> grpc.Status:
-    """RESOURCE_EXHAUSTED with RetryInfo and QuotaFailure details (google.rpc)."""
-    retry = error_details_pb2.RetryInfo(
-        retry_delay=duration_pb2.Duration(
-            seconds=int(e.retry_after_s), nanos=int((e.retry_after_s % 1) * 1e9)
-        )
-    )
-    quota = error_details_pb2.QuotaFailure(
-        violations=[
-            error_details_pb2.QuotaFailure.Violation(
-                subject=e.quota_subject, description=e.public_message
-            )
-        ]
-    )
-    details = []
-    for msg in (retry, quota):
-        packed = any_pb2.Any()
-        packed.Pack(msg)
-        details.append(packed)
-    status = status_pb2.Status(
-        code=code_pb2.RESOURCE_EXHAUSTED, message=e.public_message, details=details
-    )
-    converted: grpc.Status = rpc_status.to_status(status)
-    # Plain-HTTP clients and proxies read this header.
-    trailing = (
-        *tuple(converted.trailing_metadata),
-        ("retry-after", str(max(1, round(e.retry_after_s)))),
-    )
-    return _Status(converted.code, converted.details, trailing)
+def _grpc_status(e: InferlineError) -> grpc.Status:
+    """The error as a status with its trailers (rich details, retry-after)."""
+    ws = wire_status(e)
+    trailing: tuple[tuple[str, str | bytes], ...] = ()
+    if ws.details is not None:
+        trailing += (("grpc-status-details-bin", ws.details),)
+    if ws.retry_after is not None:
+        # Plain-HTTP clients and proxies read this header.
+        trailing += (("retry-after", str(ws.retry_after)),)
+    return _Status(grpc.StatusCode[ws.code], ws.message, trailing)
 
 
 class _Status(grpc.Status):  # type: ignore[misc]
@@ -111,12 +90,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     status = grpc.StatusCode.INVALID_ARGUMENT
                     await context.abort(status, "request body is not a valid protobuf message")
                 return await inner(request, context)
-            except ResourceExhausted as e:
-                status = grpc.StatusCode.RESOURCE_EXHAUSTED
-                await context.abort_with_status(_quota_status(e))
             except InferlineError as e:
                 status = grpc.StatusCode[e.code.name]
-                await context.abort(status, e.public_message)
+                await context.abort_with_status(_grpc_status(e))
             except grpc.aio.AbortError:
                 raise
             except Exception:

@@ -15,7 +15,7 @@ import structlog
 from router.backends.kserve import MODEL_METHODS, SERVER_METHODS, SERVICE
 from router.pipeline.passthrough import Passthrough
 from router.settings import AuthSettings
-from router.transport.identity import caller_tenant
+from router.transport.identity import caller_tenant, peer_uris
 
 
 def _identity(raw: bytes) -> bytes:
@@ -30,7 +30,7 @@ def kserve_handler(
             metadata = {
                 k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
             }
-            tenant = caller_tenant(auth, metadata, context)
+            tenant = caller_tenant(auth, metadata, lambda: peer_uris(context))
             structlog.contextvars.bind_contextvars(tenant=tenant, api="kserve")
             remaining = context.time_remaining()
             deadline = time.monotonic() + (

@@ -1,4 +1,5 @@
-"""Build the grpc.aio server: Predict, health and reflection, one interceptor."""
+"""Build the grpc.aio server (Predict, health, reflection, one interceptor) and,
+when configured, the HTTP/1.1 fast lane for Predict beside it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from inferline.v1 import admin_pb2, inference_pb2, inference_pb2_grpc
 from router.backends.kserve import SERVICE as KSERVE_SERVICE
 from router.observability.metrics import Metrics
 from router.settings import ServerSettings, TlsSettings
+from router.transport.fastlane import FastLane
 from router.transport.interceptors import ErrorInterceptor
 from router.transport.servicer import InferenceServicer
 from router.transport.tls_reload import CertReloader
@@ -55,7 +57,11 @@ class GrpcServer:
                 self._server,
             )
         self.port = 0
+        self.bridge_port: int | None = None
         self.tls_reloader: CertReloader | None = None
+        self._servicer = servicer
+        self._metrics = metrics
+        self.fastlane: FastLane | None = None
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         tls = self._tls
@@ -72,6 +78,11 @@ class GrpcServer:
         else:
             self.port = self._server.add_secure_port(address, creds)
         await self._server.start()
+        if self._settings.bridge_port is not None:
+            self.fastlane = FastLane(
+                self._settings, self._tls, self._servicer, self._metrics, self.tls_reloader
+            )
+            self.bridge_port = await self.fastlane.start(self._settings.bridge_port)
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
@@ -82,12 +93,20 @@ class GrpcServer:
         )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+        if self.fastlane is not None:
+            self.fastlane.serving = serving
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.fastlane is not None:
+            self.fastlane.serving = False
         if self._settings.drain_s:
             await asyncio.sleep(self._settings.drain_s)
-        await self._server.stop(self._settings.grace_period_s)
+        grace = self._settings.grace_period_s
+        if self.fastlane is None:
+            await self._server.stop(grace)
+            return
+        await asyncio.gather(self.fastlane.stop(grace), self._server.stop(grace))
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

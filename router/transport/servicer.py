@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Mapping
 
 import grpc
 import structlog
@@ -22,7 +23,7 @@ from router.pipeline.predict import Predictor
 from router.pipeline.types import CandidateIn, PredictCommand, PredictResult, Scalar
 from router.security.pii import PiiGuard
 from router.settings import AuthSettings
-from router.transport.identity import caller_identity, caller_tenant
+from router.transport.identity import caller_identity, caller_tenant, peer_uris
 from router.transport.pii import protect_request
 
 _MAX_ID_LEN = 128
@@ -108,6 +109,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.PredictResponse:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        return await self.handle(
+            request, metadata, lambda: peer_uris(context), context.time_remaining()
+        )
+
+    async def handle(
+        self,
+        request: inference_pb2.PredictRequest,
+        metadata: Mapping[str, str],
+        peers: Callable[[], frozenset[str]],
+        time_remaining: float | None,
+    ) -> inference_pb2.PredictResponse:
+        """One Predict, whatever carried it (gRPC here, HTTP/1.1 in the fast lane).
+
+        ``metadata``: request headers, lower-case keys; ``peers``: the mTLS peer's
+        URI SANs (asked only when forwarded identity must be checked);
+        ``time_remaining``: the caller's deadline in seconds, None when unset."""
         # Continue the caller's trace (W3C traceparent) or start one; its id is
         # echoed in the response and the log line even when not sampled.
         parent = PROPAGATOR.extract(carrier=metadata)
@@ -115,13 +132,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             "inferline.Predict", context=parent, kind=SpanKind.SERVER
         ) as span:
             trace_id = f"{span.get_span_context().trace_id:032x}"
-            return await self._predict(request, context, metadata, span, trace_id)
+            return await self._predict(request, metadata, peers, time_remaining, span, trace_id)
 
     async def _predict(
         self,
         request: inference_pb2.PredictRequest,
-        context: grpc.aio.ServicerContext,
-        metadata: dict[str, str],
+        metadata: Mapping[str, str],
+        peers: Callable[[], frozenset[str]],
+        time_remaining: float | None,
         span: Span,
         trace_id: str,
     ) -> inference_pb2.PredictResponse:
@@ -130,7 +148,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 f"request_id and idempotency_key are limited to {_MAX_ID_LEN} characters"
             )
         request_id = request.request_id or uuid.uuid4().hex
-        tenant = caller_tenant(self._auth, metadata, context)
+        tenant = caller_tenant(self._auth, metadata, peers)
         if self._pii is not None:  # before anything reads, logs or stores the body
             protect_request(self._pii, tenant, request)
         if span.is_recording():
@@ -139,9 +157,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         structlog.contextvars.bind_contextvars(
             request_id=request_id, trace_id=trace_id, tenant=tenant
         )
-        remaining = context.time_remaining()
         deadline = time.monotonic() + (
-            remaining if remaining is not None else self._default_deadline_s
+            time_remaining if time_remaining is not None else self._default_deadline_s
         )
         which = request.WhichOneof("model")
         cmd = PredictCommand(

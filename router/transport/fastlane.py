@@ -1,0 +1,384 @@
+"""Predict over HTTP/1.1: the edge's fast lane into the router.
+
+Why: a grpc.aio server spends ~0.34 ms of CPU per unary call on this hardware
+before any handler code runs (C-core HTTP/2, its polling thread, the hand-off to
+the event loop); an asyncio HTTP/1.1 server with a C parser (httptools) spends
+~0.03 ms (docs/benchmarks.md). The router's whole budget is 0.5 ms. Envoy
+already terminates the caller's gRPC (HTTP/2, mTLS), so its
+``grpc_http1_reverse_bridge`` filter forwards Predict to this listener as a plain
+HTTP/1.1 POST of the serialized ``PredictRequest`` (no gRPC frame), and turns the
+answer back into gRPC. Callers still speak gRPC and see the same statuses:
+
+- success: ``200``, ``content-type: application/x-protobuf``, the serialized
+  ``PredictResponse``;
+- error: an empty ``application/x-protobuf`` body with the gRPC status in
+  ``x-inferline-grpc-status`` / ``-message`` / ``-status-details-bin`` headers,
+  which the edge's Lua filter copies into the gRPC trailers (the bridge alone
+  maps HTTP codes to a few gRPC codes only). The HTTP code is a rough match for
+  plain-HTTP readers.
+
+Same pipeline, identity rules, deadline, log line and metrics as the gRPC
+servicer: the request goes through ``InferenceServicer.handle``. One request at
+a time per connection (Envoy does not pipeline HTTP/1.1; pipelined requests are
+answered in order). ``GET /healthz`` answers 200 while the router is SERVING and
+503 otherwise, for Envoy's active health check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import ssl
+import tempfile
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+import structlog
+from google.protobuf.message import DecodeError
+
+from inferline.v1 import inference_pb2
+from router.errors import InferlineError, InvalidArgument
+from router.observability.metrics import Metrics
+from router.settings import ServerSettings, TlsSettings
+from router.transport.servicer import InferenceServicer
+from router.transport.status import WireStatus, wire_status
+from router.transport.tls_reload import CertReloader, TlsMaterial
+
+log = structlog.get_logger("router.rpc")
+
+PREDICT_PATH = b"/inferline.v1.InferenceService/Predict"
+METHOD = PREDICT_PATH.decode()
+HEALTH_PATH = b"/healthz"
+CONTENT_TYPE_STR = "application/x-protobuf"
+STATUS_HEADER = "x-inferline-grpc-status"
+_MAX_HEADER_BYTES = 16 * 1024
+_MAX_HEADERS = 100
+# A rough HTTP code per gRPC status, for plain-HTTP readers and logs; the gRPC
+# status itself travels in STATUS_HEADER.
+_HTTP_CODES: dict[str, bytes] = {
+    "INVALID_ARGUMENT": b"400 Bad Request",
+    "UNAUTHENTICATED": b"401 Unauthorized",
+    "PERMISSION_DENIED": b"403 Forbidden",
+    "NOT_FOUND": b"404 Not Found",
+    "UNIMPLEMENTED": b"404 Not Found",
+    "FAILED_PRECONDITION": b"412 Precondition Failed",
+    "RESOURCE_EXHAUSTED": b"429 Too Many Requests",
+    "UNAVAILABLE": b"503 Service Unavailable",
+    "DEADLINE_EXCEEDED": b"408 Request Timeout",
+    "CANCELLED": b"499 Client Closed Request",
+}
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def grpc_timeout(value: str | None) -> float | None:
+    """Seconds in a ``grpc-timeout`` header (``100m``, ``5S``...); None if absent
+    or malformed (the router's default deadline applies)."""
+    if not value or len(value) > 9 or value[-1] not in _TIMEOUT_UNITS:
+        return None
+    digits = value[:-1]
+    if not digits.isdigit():
+        return None
+    return int(digits) * _TIMEOUT_UNITS[value[-1]]
+
+
+def _response(status: bytes, body: bytes, extra: bytes = b"", close: bool = False) -> bytes:
+    return b"".join(
+        (
+            b"HTTP/1.1 ",
+            status,
+            b"\r\ncontent-type: application/x-protobuf\r\ncontent-length: ",
+            str(len(body)).encode(),
+            b"\r\nconnection: close\r\n" if close else b"\r\n",
+            extra,
+            b"\r\n",
+            body,
+        )
+    )
+
+
+def error_response(ws: WireStatus, close: bool = False, http_status: bytes | None = None) -> bytes:
+    """An error as the fast lane sends it (see the module docstring)."""
+    message = urllib.parse.quote(ws.message, safe=" !#$&'()*+,/:;=?@[]~")  # gRPC's encoding
+    extra = b"%s: %d\r\nx-inferline-grpc-message: %s\r\n" % (
+        STATUS_HEADER.encode(),
+        ws.number,
+        message.encode(),
+    )
+    if ws.details is not None:
+        extra += b"x-inferline-grpc-status-details-bin: %s\r\n" % base64.b64encode(
+            ws.details
+        ).rstrip(b"=")
+    if ws.retry_after is not None:
+        extra += b"retry-after: %d\r\n" % ws.retry_after
+    if http_status is None:
+        http_status = _HTTP_CODES.get(ws.code, b"500 Internal Server Error")
+    return _response(http_status, b"", extra, close)
+
+
+def _peer_uris(ssl_object: ssl.SSLObject | None) -> frozenset[str]:
+    if ssl_object is None:
+        return frozenset()
+    cert = ssl_object.getpeercert() or {}
+    sans: tuple[tuple[str, str], ...] = cert.get("subjectAltName", ())  # type: ignore[assignment]
+    return frozenset(str(v) for k, v in sans if k == "URI")
+
+
+class _Request:
+    __slots__ = ("body", "close", "headers", "method", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.method = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.close = False
+
+
+class _Connection(asyncio.Protocol):
+    """One kept-alive HTTP/1.1 connection; requests answered in arrival order."""
+
+    def __init__(self, lane: FastLane) -> None:
+        self._lane = lane
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._req = _Request()
+        self._header_bytes = 0
+        self._body_bytes = 0
+        self._queue: deque[_Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._peers: frozenset[str] | None = None
+        self.busy = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but has its API.
+        self._transport = cast(asyncio.Transport, transport)
+        self._lane.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lane.connections.discard(self)
+        self._queue.clear()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # the caller is gone: stop spending on it (as gRPC does)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._reject(b"400 Bad Request", "malformed HTTP/1.1 request")
+        except _TooLarge as e:
+            self._reject(e.status, e.message)
+
+    # httptools callbacks
+    def on_url(self, url: bytes) -> None:
+        self._req.url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        if len(self._req.headers) >= _MAX_HEADERS:
+            raise _TooLarge(b"431 Request Header Fields Too Large", "too many headers")
+        self._req.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._lane.max_body:
+            raise _TooLarge(b"413 Payload Too Large", "request larger than the server accepts")
+        self._req.body.append(body)
+
+    def on_message_complete(self) -> None:
+        req = self._req
+        req.method = self._parser.get_method()
+        req.close = not self._parser.should_keep_alive()
+        self._req = _Request()
+        self._header_bytes = self._body_bytes = 0
+        self._queue.append(req)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > _MAX_HEADER_BYTES:
+            raise _TooLarge(b"431 Request Header Fields Too Large", "request headers too large")
+
+    def _reject(self, status: bytes, message: str) -> None:
+        """Answer a request that could not be read and close: the stream's framing
+        can no longer be trusted."""
+        code = "RESOURCE_EXHAUSTED" if status.startswith(b"413") else "INVALID_ARGUMENT"
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(error_response(WireStatus(code, message), True, status))
+            self._transport.close()
+
+    def peers(self) -> frozenset[str]:
+        if self._peers is None:
+            ssl_object = self._transport.get_extra_info("ssl_object") if self._transport else None
+            self._peers = _peer_uris(ssl_object)
+        return self._peers
+
+    async def _serve(self) -> None:
+        while self._queue:
+            req = self._queue.popleft()
+            self.busy = True
+            try:
+                response = await self._lane.answer(req, self.peers)
+            finally:
+                self.busy = False
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                return
+            transport.write(response)
+            if req.close or self._lane.closing:
+                transport.close()
+                return
+
+
+class _TooLarge(Exception):
+    def __init__(self, status: bytes, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class FastLane:
+    """The HTTP/1.1 listener; started and stopped by ``GrpcServer``."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        tls: TlsSettings,
+        servicer: InferenceServicer,
+        metrics: Metrics | None,
+        reloader: CertReloader | None,
+    ) -> None:
+        self._settings = settings
+        self._tls = tls
+        self._servicer = servicer
+        self._metrics = metrics
+        self._reloader = reloader
+        self.max_body = settings.max_receive_message_bytes
+        self.connections: set[_Connection] = set()
+        self.serving = False
+        self.closing = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._material: TlsMaterial | None = None
+        self._ssl: ssl.SSLContext | None = None
+
+    # TLS: the same files and rotation as the gRPC port
+    def _build_ssl(self, m: TlsMaterial) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["http/1.1"])
+        # load_cert_chain reads files only: write the checked material to a
+        # private temporary directory (RAM-backed where /dev/shm exists).
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.TemporaryDirectory(dir=base) as d:
+            chain, key = os.path.join(d, "chain.pem"), os.path.join(d, "key.pem")
+            for path, data in ((chain, m.chain), (key, m.key)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            ctx.load_cert_chain(chain, key)
+        if m.client_ca is not None:
+            ctx.load_verify_locations(cadata=m.client_ca.decode())
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.sni_callback = self._on_hello
+        return ctx
+
+    def _on_hello(self, sock: ssl.SSLObject, _name: str | None, ctx: ssl.SSLContext) -> None:
+        """Each handshake (with SNI, as Envoy sends) picks up rotated files."""
+        reloader = self._reloader
+        if reloader is None:
+            return
+        reloader.poll()
+        if reloader.current is not self._material:
+            try:
+                self._ssl = self._build_ssl(reloader.current)
+                self._material = reloader.current
+            except (OSError, ssl.SSLError, ValueError) as e:
+                log.warning("fastlane.tls_reload_failed", error=str(e))
+        if self._ssl is not None and self._ssl is not ctx:
+            sock.context = self._ssl
+
+    async def start(self, port: int) -> int:
+        if self._reloader is not None:
+            self._material = self._reloader.current
+            self._ssl = self._build_ssl(self._material)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self),
+            self._settings.host,
+            port,
+            ssl=self._ssl,
+            reuse_port=True,
+            backlog=1024,
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``grace_s``),
+        then close every connection. Idle kept-alive connections close at once:
+        a request Envoy sends on one meets a reset before any response, which its
+        retry policy sends to another router."""
+        self.closing = True
+        self.serving = False
+        if self._server is not None:
+            self._server.close()
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end:
+            for conn in list(self.connections):
+                if not conn.busy and conn._transport is not None:
+                    conn._transport.close()
+            if not self.connections:
+                break
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            if conn._transport is not None:
+                conn._transport.abort()
+
+    async def answer(self, req: _Request, peers: Callable[[], frozenset[str]]) -> bytes:
+        path = req.url.partition(b"?")[0]
+        if req.method == b"POST" and path == PREDICT_PATH:
+            return await self._predict(req, peers)
+        if req.method == b"GET" and path == HEALTH_PATH:
+            status = b"200 OK" if self.serving else b"503 Service Unavailable"
+            return b"HTTP/1.1 %s\r\ncontent-length: 0\r\n\r\n" % status
+        return error_response(WireStatus("UNIMPLEMENTED", "unknown method"))
+
+    async def _predict(self, req: _Request, peers: Callable[[], frozenset[str]]) -> bytes:
+        structlog.contextvars.clear_contextvars()
+        t0 = time.monotonic()
+        code = "OK"
+        try:
+            if req.headers.get("content-type") != CONTENT_TYPE_STR:
+                raise InvalidArgument("content-type must be application/x-protobuf")
+            try:
+                request = inference_pb2.PredictRequest.FromString(b"".join(req.body))
+            except DecodeError as e:
+                raise InvalidArgument("request body is not a valid protobuf message") from e
+            timeout = grpc_timeout(req.headers.get("grpc-timeout"))
+            resp = await self._servicer.handle(request, req.headers, peers, timeout)
+            return _response(b"200 OK", resp.SerializeToString())
+        except InferlineError as e:
+            code = e.code.name
+            return error_response(wire_status(e))
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("rpc.unhandled_error", method=METHOD)
+            return error_response(WireStatus("INTERNAL", "internal error"))
+        finally:
+            duration = time.monotonic() - t0
+            log.info("rpc.done", method=METHOD, status=code, duration_ms=round(duration * 1000, 3))
+            if self._metrics is not None:
+                self._metrics.observe_rpc(
+                    METHOD, code, duration, structlog.contextvars.get_contextvars()
+                )
