@@ -398,7 +398,14 @@ def _route_config(edge: EdgeConfig, *, bridged: bool = False) -> dict[str, Any]:
             {"match": {**match, "headers": [crit]}, "route": {**fast, "priority": "HIGH"}}
         )
         routes.append({"match": match, "route": fast})
-    no_bridge = {BRIDGE_FILTER: typed(_BRIDGE_PER_ROUTE, {"disabled": True})} if bridged else {}
+    no_bridge = (
+        {
+            BRIDGE_FILTER: typed(_BRIDGE_PER_ROUTE, {"disabled": True}),
+            BRIDGE_LUA_FILTER: typed(_LUA_PER_ROUTE, {"disabled": True}),
+        }
+        if bridged
+        else {}
+    )
     for prefix in GRPC_PREFIXES:
         grpc_routes: list[dict[str, Any]] = [
             {
