@@ -101,7 +101,15 @@ function envoy_on_response(handle)
   headers:remove("x-inferline-grpc-message")
   headers:remove("x-inferline-grpc-status-details-bin")
   local trailers = handle:trailers()
-  if trailers == nil then return end
+  if trailers == nil then
+    -- Headers only: an earlier filter's reply (RBAC, rate limit) that the bridge
+    -- never handled, restated by LUA_BRIDGE_LOCAL_REPLY: a trailers-only reply.
+    headers:replace("content-type", "application/grpc")
+    headers:replace("grpc-status", code)
+    if message ~= nil then headers:replace("grpc-message", message) end
+    if details ~= nil then headers:replace("grpc-status-details-bin", details) end
+    return
+  end
   trailers:replace("grpc-status", code)
   if message ~= nil then trailers:replace("grpc-message", message) end
   if details ~= nil then trailers:replace("grpc-status-details-bin", details) end

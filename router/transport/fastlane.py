@@ -169,10 +169,13 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._reject(b"400 Bad Request", "malformed HTTP/1.1 request")
-        except _TooLarge as e:
-            self._reject(e.status, e.message)
+        except (httptools.HttpParserError, _TooLarge) as e:
+            # httptools wraps what a callback raised; the limit that tripped is the cause.
+            cause = e if isinstance(e, _TooLarge) else e.__context__
+            if isinstance(cause, _TooLarge):
+                self._reject(cause.status, cause.message)
+            else:
+                self._reject(b"400 Bad Request", "malformed HTTP/1.1 request")
 
     # httptools callbacks
     def on_url(self, url: bytes) -> None:
@@ -231,6 +234,8 @@ class _Connection(asyncio.Protocol):
             transport = self._transport
             if transport is None or transport.is_closing():
                 return
+            if self._lane.closing and not req.close:  # say so: the peer will not reuse it
+                response = response.replace(b"\r\n", b"\r\nconnection: close\r\n", 1)
             transport.write(response)
             if req.close or self._lane.closing:
                 transport.close()

@@ -1,0 +1,151 @@
+"""Predict through Envoy's gRPC -> HTTP/1.1 reverse bridge into the router's fast lane.
+
+The whole chain is real (Triton, router in edge mode, Envoy + xDS + rate-limit
+service): the caller speaks gRPC and must not be able to tell which lane served
+it, in answers or in statuses, including statuses Envoy itself generates."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.rpc import code_pb2, status_pb2
+
+from inferline.v1 import inference_pb2 as pb
+from inferline.v1 import inference_pb2_grpc
+from inferline_edge.certs import EDGE_DNS, ROUTER_DNS, DevPKI
+from scripts.demo import fraud_request, ranker_request
+from scripts.edge_stack import FullStack
+
+pytestmark = pytest.mark.slow
+
+WHO = [("demo", "cli"), ("payments", "checkout"), ("feed", "web")]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stack(
+    demo_build: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[FullStack]:
+    logs = tmp_path_factory.mktemp("fastlane-logs")
+    pki = DevPKI.create(logs / "pki", tenants=WHO, days=1)
+    full = FullStack(demo_build, logs, pki, router_env={"INFERLINE_FEATURES__TIMEOUT_MS": "1000"})
+    try:
+        await asyncio.to_thread(full.start)  # worker thread: no fork after this process used gRPC
+        yield full
+    finally:
+        await asyncio.to_thread(full.stop)
+
+
+def _channel(full: FullStack, who: tuple[str, str], *, direct: bool = False) -> grpc.aio.Channel:
+    pki = full.pki
+    pair = pki.edge_client if direct else pki.client(*who)
+    creds = grpc.ssl_channel_credentials(
+        pki.ca.cert.read_bytes(), pair.key.read_bytes(), pair.cert.read_bytes()
+    )
+    assert full.edge is not None and full.router is not None
+    address = full.router.address if direct else full.edge.mtls_address
+    name = ROUTER_DNS if direct else EDGE_DNS
+    return grpc.aio.secure_channel(address, creds, [("grpc.ssl_target_name_override", name)])
+
+
+async def _code(
+    stub: inference_pb2_grpc.InferenceServiceStub, req: pb.PredictRequest
+) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await stub.Predict(req, timeout=10)
+    return exc.value
+
+
+async def test_same_answer_as_the_grpc_port(stack: FullStack) -> None:
+    """Through the bridge vs straight to the router's gRPC port (as the edge would
+    call it): same model, version, scores, freshness."""
+    req = fraud_request([1, 2, 3])
+    async with _channel(stack, ("demo", "cli")) as ch:
+        bridged = await inference_pb2_grpc.InferenceServiceStub(ch).Predict(req, timeout=10)
+    xfcc = (("x-forwarded-client-cert", "URI=spiffe://inferline/tenant/demo/svc/cli"),)
+    async with _channel(stack, ("demo", "cli"), direct=True) as ch:
+        direct = await inference_pb2_grpc.InferenceServiceStub(ch).Predict(
+            req, metadata=xfcc, timeout=10
+        )
+    assert bridged.model == direct.model and bridged.model.name == "fraud"
+    assert [s.score for s in bridged.scores] == [s.score for s in direct.scores]
+    assert [s.candidate_id for s in bridged.scores] == ["acct-1", "acct-2", "acct-3"]
+    fresh = [[(f.feature_view, f.status) for f in s.freshness] for s in bridged.scores]
+    assert fresh == [[(f.feature_view, f.status) for f in s.freshness] for s in direct.scores]
+    assert not bridged.degraded
+
+
+async def test_router_errors_keep_their_status(stack: FullStack) -> None:
+    async with _channel(stack, ("demo", "cli")) as ch:
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        unknown = await _code(
+            stub, pb.PredictRequest(alias="nope:prod", candidates=fraud_request([1]).candidates)
+        )
+        empty = await _code(stub, pb.PredictRequest(alias="fraud:prod"))
+    async with _channel(stack, ("payments", "checkout")) as ch:
+        denied = await _code(inference_pb2_grpc.InferenceServiceStub(ch), ranker_request(1, [1, 2]))
+    assert (unknown.code(), unknown.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "unknown model 'nope'",
+    )
+    assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert empty.details() == "at least one candidate is required"
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_concurrent_calls_all_answered(stack: FullStack) -> None:
+    async with _channel(stack, ("demo", "cli")) as ch:
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        replies = await asyncio.gather(
+            *(stub.Predict(fraud_request([i % 7 + 1]), timeout=20) for i in range(64))
+        )
+    assert [r.scores[0].candidate_id for r in replies] == [f"acct-{i % 7 + 1}" for i in range(64)]
+
+
+async def test_edge_refusals_still_reach_the_caller(stack: FullStack) -> None:
+    """A burst over feed's bucket (50/s, burst 50): the edge refuses the excess
+    RESOURCE_EXHAUSTED with details (a reply the bridge never sees); what passes
+    reaches the router, which refuses fraud to feed PERMISSION_DENIED."""
+    async with _channel(stack, ("feed", "web")) as ch:
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        calls = [stub.Predict(fraud_request([1]), timeout=10) for _ in range(120)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, grpc.aio.AioRpcError) for r in results)
+    errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    codes = Counter(e.code() for e in errors)
+    assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED}
+    refused = next(e for e in errors if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+    details = dict(refused.trailing_metadata() or ())["grpc-status-details-bin"]
+    assert status_pb2.Status.FromString(details).code == code_pb2.RESOURCE_EXHAUSTED
+
+
+async def test_deadlines_end_as_deadline_exceeded(stack: FullStack) -> None:
+    """Deadlines too short to meet fail DEADLINE_EXCEEDED, never UNKNOWN, whether
+    the client, Envoy or the router notices first."""
+    async with _channel(stack, ("demo", "cli")) as ch:
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        codes: Counter[grpc.StatusCode] = Counter()
+        for i in range(60):
+            try:
+                await stub.Predict(fraud_request([1]), timeout=(0.0003, 0.001, 0.002)[i % 3])
+                codes[grpc.StatusCode.OK] += 1
+            except grpc.aio.AioRpcError as e:
+                codes[e.code()] += 1
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
+    assert codes[grpc.StatusCode.DEADLINE_EXCEEDED] > 0
+
+
+async def test_no_router_is_unavailable(stack: FullStack) -> None:
+    """Envoy's own reply (no healthy upstream) keeps its gRPC status through the
+    bridge. Runs last in this module: it stops the router."""
+    assert stack.router is not None
+    await asyncio.to_thread(stack.router.stop)
+    await asyncio.sleep(1.2)  # two health-check intervals
+    async with _channel(stack, ("demo", "cli")) as ch:
+        err = await _code(inference_pb2_grpc.InferenceServiceStub(ch), fraud_request([1]))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE

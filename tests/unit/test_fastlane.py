@@ -1,0 +1,221 @@
+"""The HTTP/1.1 fast lane on a real asyncio server, spoken to over raw sockets.
+
+The servicer behind it is a stand-in (the pipeline has its own tests; the full
+chain through Envoy's reverse bridge is in tests/integration/test_fastlane.py):
+this checks framing, limits, status headers and ordering."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import pytest
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from inferline.v1 import inference_pb2
+from router.errors import NotFound, ResourceExhausted
+from router.settings import ServerSettings, TlsSettings
+from router.transport.fastlane import FastLane, grpc_timeout
+
+PREDICT = "/inferline.v1.InferenceService/Predict"
+
+
+class _Servicer:
+    """Answers by request_id; records the deadline and peers it was given."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, float | None]] = []
+
+    async def handle(
+        self,
+        request: inference_pb2.PredictRequest,
+        metadata: Mapping[str, str],
+        peers: Callable[[], frozenset[str]],
+        time_remaining: float | None,
+    ) -> inference_pb2.PredictResponse:
+        self.seen.append((request.request_id, time_remaining))
+        match request.request_id:
+            case "not-found":
+                raise NotFound("unknown model 'x'")
+            case "quota":
+                raise ResourceExhausted("over quota", retry_after_s=2.0, quota_subject="tenant:a")
+            case "bug":
+                raise KeyError("secret internal detail /etc/passwd")
+            case "slow":
+                await asyncio.sleep(0.2)
+        return inference_pb2.PredictResponse(
+            request_id=request.request_id, trace_id=metadata.get("x-echo", "")
+        )
+
+
+@pytest.fixture
+async def lane() -> AsyncIterator[tuple[FastLane, _Servicer]]:
+    servicer = _Servicer()
+    settings = ServerSettings(port=0, bridge_port=0, max_receive_message_bytes=1024)
+    lane = FastLane(settings, TlsSettings(), servicer, None, None)  # type: ignore[arg-type]
+    await lane.start(0)
+    lane.serving = True
+    yield lane, servicer
+    await lane.stop(0.5)
+
+
+def _post(body: bytes, *, headers: dict[str, str] | None = None, path: str = PREDICT) -> bytes:
+    h = {"content-type": "application/x-protobuf", "content-length": str(len(body))}
+    h.update(headers or {})
+    head = "".join(f"{k}: {v}\r\n" for k, v in h.items())
+    return f"POST {path} HTTP/1.1\r\nhost: router\r\n{head}\r\n".encode() + body
+
+
+def _predict(request_id: str, **headers: str) -> bytes:
+    body = inference_pb2.PredictRequest(request_id=request_id).SerializeToString()
+    return _post(body, headers=headers)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    body = await reader.readexactly(int(headers["content-length"]))
+    return status, headers, body
+
+
+async def _exchange(lane: FastLane, *payloads: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
+    try:
+        writer.write(b"".join(payloads))
+        return [await _read_response(reader) for _ in payloads]
+    finally:
+        writer.close()
+
+
+async def test_predict_answers_protobuf(lane: Any) -> None:
+    server, servicer = lane
+    [(status, headers, body)] = await _exchange(server, _predict("r1", **{"x-echo": "hi"}))
+    assert status == 200
+    assert headers["content-type"] == "application/x-protobuf"
+    resp = inference_pb2.PredictResponse.FromString(body)
+    assert (resp.request_id, resp.trace_id) == ("r1", "hi")
+    assert servicer.seen == [("r1", None)]
+
+
+async def test_grpc_timeout_header_is_the_deadline(lane: Any) -> None:
+    server, servicer = lane
+    await _exchange(server, _predict("r2", **{"grpc-timeout": "250m"}))
+    assert servicer.seen == [("r2", pytest.approx(0.25))]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("250m", 0.25), ("5S", 5.0), ("1M", 60.0), ("100u", 1e-4), ("7n", 7e-9), ("2H", 7200.0)],
+)
+def test_grpc_timeout_units(value: str, seconds: float) -> None:
+    assert grpc_timeout(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", [None, "", "m", "12", "1.5S", "-1S", "1234567890S", "5x"])
+def test_grpc_timeout_malformed_means_default(value: str | None) -> None:
+    assert grpc_timeout(value) is None
+
+
+def _status(headers: dict[str, str]) -> tuple[int, str]:
+    return (
+        int(headers["x-inferline-grpc-status"]),
+        urllib.parse.unquote(headers["x-inferline-grpc-message"]),
+    )
+
+
+async def test_pipeline_error_keeps_code_and_public_message(lane: Any) -> None:
+    [(status, headers, body)] = await _exchange(lane[0], _predict("not-found"))
+    assert status == 404 and body == b""
+    assert headers["content-type"] == "application/x-protobuf"  # the bridge requires it
+    assert _status(headers) == (code_pb2.NOT_FOUND, "unknown model 'x'")
+
+
+async def test_quota_error_carries_details_and_retry_after(lane: Any) -> None:
+    [(status, headers, _)] = await _exchange(lane[0], _predict("quota"))
+    assert status == 429 and headers["retry-after"] == "2"
+    assert _status(headers) == (code_pb2.RESOURCE_EXHAUSTED, "over quota")
+    raw = headers["x-inferline-grpc-status-details-bin"]
+    st = status_pb2.Status.FromString(base64.b64decode(raw + "=" * (-len(raw) % 4)))
+    quota = error_details_pb2.QuotaFailure()
+    retry = error_details_pb2.RetryInfo()
+    assert st.details[0].Unpack(retry) and retry.retry_delay.seconds == 2
+    assert st.details[1].Unpack(quota) and quota.violations[0].subject == "tenant:a"
+
+
+async def test_unexpected_error_is_internal_and_generic(lane: Any) -> None:
+    [(status, headers, _)] = await _exchange(lane[0], _predict("bug"))
+    assert status == 500
+    assert _status(headers) == (code_pb2.INTERNAL, "internal error")
+    assert "passwd" not in str(headers)
+
+
+async def test_bad_bodies_are_invalid_argument(lane: Any) -> None:
+    garbage = _post(b"\xff\xff\xff")
+    wrong_type = _post(b"", headers={"content-type": "application/json"})
+    results = await _exchange(lane[0], garbage, wrong_type)
+    for status, headers, _ in results:
+        assert status == 400
+        assert _status(headers)[0] == code_pb2.INVALID_ARGUMENT
+
+
+async def test_pipelined_requests_answered_in_order(lane: Any) -> None:
+    server, _ = lane
+    results = await _exchange(server, _predict("slow"), _predict("fast"), _predict("not-found"))
+    ids = [
+        inference_pb2.PredictResponse.FromString(b).request_id if s == 200 else s
+        for s, _, b in results
+    ]
+    assert ids == ["slow", "fast", 404]
+
+
+async def test_oversized_body_is_refused_and_connection_closed(lane: Any) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", lane[0].port)
+    writer.write(_post(b"x" * 4096))
+    status, headers, _ = await _read_response(reader)
+    assert status == 413 and headers["connection"] == "close"
+    assert _status(headers)[0] == code_pb2.RESOURCE_EXHAUSTED
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+    writer.close()
+
+
+async def test_malformed_http_is_refused(lane: Any) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", lane[0].port)
+    writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+    status, headers, _ = await _read_response(reader)
+    assert status == 400 and headers["connection"] == "close"
+    writer.close()
+
+
+async def test_unknown_path_is_unimplemented(lane: Any) -> None:
+    [(status, headers, _)] = await _exchange(lane[0], _post(b"", path="/x.Y/Z"))
+    assert status == 404 and _status(headers)[0] == code_pb2.UNIMPLEMENTED
+
+
+async def test_health_follows_serving(lane: Any) -> None:
+    server, _ = lane
+    get = b"GET /healthz HTTP/1.1\r\nhost: router\r\n\r\n"
+    assert (await _exchange(server, get))[0][0] == 200
+    server.serving = False
+    assert (await _exchange(server, get))[0][0] == 503
+
+
+async def test_stop_lets_in_flight_finish(lane: Any) -> None:
+    server, _ = lane
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(_predict("slow"))
+    await asyncio.sleep(0.05)  # in flight
+    stopping = asyncio.create_task(server.stop(2.0))
+    status, headers, body = await _read_response(reader)
+    await stopping
+    assert status == 200 and headers.get("connection") == "close"
+    assert inference_pb2.PredictResponse.FromString(body).request_id == "slow"
+    writer.close()
