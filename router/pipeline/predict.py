@@ -18,6 +18,7 @@ from opentelemetry.trace import Tracer
 
 from router.errors import DeadlineExceeded, InferlineError, InvalidArgument, NotFound
 from router.observability.drift import DriftMonitor
+from router.observability.tracing import stage
 from router.pipeline import features as features_stage
 from router.pipeline import quality
 from router.pipeline.admission import Admission, effective_priority
@@ -95,9 +96,9 @@ class Predictor:
         t0 = time.monotonic()
         snap = self._snapshot()
         table = snap.table
-        with self._tracer.start_as_current_span("auth"):
+        with stage(self._tracer, "auth"):
             principal = authenticate(table, cmd.tenant, self._region)
-        with self._tracer.start_as_current_span("admission") as span:
+        with stage(self._tracer, "admission") as span:
             priority = effective_priority(cmd.priority, principal.policy.max_priority)
             if span.is_recording():
                 span.set_attribute("inferline.priority", priority)
@@ -120,7 +121,7 @@ class Predictor:
         timings: dict[str, int] = {}
         table = snap.table
         catalog = snap.catalog
-        with self._tracer.start_as_current_span("routing"):
+        with stage(self._tracer, "routing"):
             ref = parse_model_ref(cmd.alias, cmd.version)
             route = resolve(table, principal.policy, ref)
             n = len(cmd.candidates)
@@ -196,7 +197,7 @@ class Predictor:
 
         model_route = table.models[route.model]
         budget = min(self._feature_timeout_s, deadline - t1 - self._min_inference_budget_s)
-        with self._tracer.start_as_current_span("features") as span:
+        with stage(self._tracer, "features") as span:
             batch = await features_stage.assemble(
                 version,
                 cmd.candidates,
@@ -209,7 +210,7 @@ class Predictor:
             )
             if span.is_recording():
                 span.set_attribute("inferline.degraded_reasons", sorted(batch.reasons))
-        with self._tracer.start_as_current_span("quality"):
+        with stage(self._tracer, "quality"):
             report = quality.check(version, batch.matrix)
             if report.imputed:
                 batch.reasons.add("dq_imputed")
@@ -218,7 +219,7 @@ class Predictor:
 
         if deadline - t2 <= 0:
             raise DeadlineExceeded("deadline exceeded before inference")
-        with self._tracer.start_as_current_span("inference") as span:
+        with stage(self._tracer, "inference") as span:
             result = await self._ladder.run(
                 route, version, batch.matrix, deadline, model_route.fallback, catalog
             )
