@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,27 @@ def _key_type(dtype: Any) -> type:
 
 def _value_proto(value: int | str) -> ValueProto:
     return ValueProto(int64_val=value) if isinstance(value, int) else ValueProto(string_val=value)
+
+
+_KEY_CACHE = 65536
+_F32 = struct.Struct("<f").unpack_from
+_F64 = struct.Struct("<d").unpack_from
+
+
+def _blob_float(blob: bytes, parsed: ValueProto) -> float | None:
+    """A stored ``ValueProto`` as a float. The two encodings the online store
+    writes for numeric features (float_val: tag 0x35 + 4 bytes, double_val: tag
+    0x29 + 8 bytes) are decoded directly, ~4x cheaper than parsing the message;
+    anything else is parsed."""
+    n = len(blob)
+    if n == 5 and blob[0] == 0x35:
+        x: float = _F32(blob, 1)[0]
+    elif n == 9 and blob[0] == 0x29:
+        x = _F64(blob, 1)[0]
+    else:
+        parsed.ParseFromString(blob)
+        return _to_float(parsed)
+    return x if math.isfinite(x) else None
 
 
 def _to_float(v: ValueProto) -> float | None:
@@ -104,10 +126,27 @@ class _SqliteRows:
         path = online._get_db_path(config)
         self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         self._sql: dict[tuple[str, int], str] = {}
+        # Serialized entity keys (Feast's serializer builds protos: ~10 us a key).
+        self._keys: dict[tuple[str, tuple[int | str, ...]], bytes] = {}
         self._wanted: dict[tuple[str, ...], frozenset[str]] = {}
 
-    def read(self, view: str, keys: list[EntityKeyProto], features: tuple[str, ...]) -> list[Row]:
-        ser = [self._serialize(k, entity_key_serialization_version=self._version) for k in keys]
+    def read(
+        self,
+        view: str,
+        keys: Sequence[tuple[int | str, ...]],
+        proto: Callable[[tuple[int | str, ...]], EntityKeyProto],
+        features: tuple[str, ...],
+    ) -> list[Row]:
+        """Rows for ``keys`` (join-key value tuples; ``proto`` builds Feast's key)."""
+        ser = []
+        for k in keys:
+            blob = self._keys.get((view, k))
+            if blob is None:
+                blob = self._serialize(proto(k), entity_key_serialization_version=self._version)
+                if len(self._keys) >= _KEY_CACHE:
+                    self._keys.clear()  # bounded: hot keys come back at once
+                self._keys[(view, k)] = blob
+            ser.append(blob)
         shape = (view, len(ser))
         sql = self._sql.get(shape)
         if sql is None:
@@ -126,14 +165,13 @@ class _SqliteRows:
         for key, name, blob, ts in self._conn.execute(sql, ser):
             if name not in wanted:
                 continue
-            parsed.ParseFromString(blob)
             entry = found.get(key)
             if entry is None:
                 # Feast stores naive-UTC datetimes as local-time epochs and reads
                 # them back with fromtimestamp(): undo it the same way.
                 at = datetime.fromtimestamp(int(ts)).replace(tzinfo=UTC).timestamp()
                 entry = found[key] = (at, {})
-            entry[1][name] = _to_float(parsed)
+            entry[1][name] = _blob_float(blob, parsed)
         out: list[Row] = []
         for key in ser:
             hit = found.get(key)
@@ -219,6 +257,12 @@ class FeastFeatureStore:
         if missing:
             raise ConfigError(f"view {view!r} lacks features {sorted(missing)}")
 
+    def _key_proto(self, view: str) -> Callable[[tuple[int | str, ...]], EntityKeyProto]:
+        join_keys = list(self._infos[view].join_keys)
+        return lambda key: EntityKeyProto(
+            join_keys=join_keys, entity_values=[_value_proto(v) for v in key]
+        )
+
     def _entity_keys(self, read: ViewRead) -> list[EntityKeyProto]:
         join_keys = list(self._infos[read.view].join_keys)
         return [
@@ -230,7 +274,10 @@ class FeastFeatureStore:
         assert self._store is not None
         if self._sqlite is not None:
             fast = self._sqlite
-            return [fast.read(r.view, self._entity_keys(r), tuple(r.features)) for r in reads]
+            return [
+                fast.read(r.view, r.keys, self._key_proto(r.view), tuple(r.features))
+                for r in reads
+            ]
         config = self._store.config
         return [
             _convert(

@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, ContextManager
+from typing import IO
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -30,10 +31,10 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 PROPAGATOR = TraceContextTextMapPropagator()
-_NO_SPAN: ContextManager[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
+_NO_SPAN: AbstractContextManager[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
 
 
-def stage(tracer: trace.Tracer, name: str) -> ContextManager[trace.Span]:
+def stage(tracer: trace.Tracer, name: str) -> AbstractContextManager[trace.Span]:
     """A child span for one pipeline stage, only when the request's span records.
 
     An unsampled request (most of them in production) then pays for its one
