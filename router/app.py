@@ -98,6 +98,7 @@ class App:
         self.snapshots: SnapshotHolder | None = None
         self.residency: Residency | None = None
         self.server: GrpcServer | None = None
+        self._log_flush: asyncio.Task[None] | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._table_mtime = 0.0
         self.release: Release | None = None
@@ -124,7 +125,8 @@ class App:
 
     async def start(self) -> int:
         s = self.settings
-        configure_logging(s.log)
+        self.log_sink = configure_logging(s.log)
+        self._log_flush = asyncio.create_task(self.log_sink.run())
         self.features.start()
         if s.registry.enabled:
             self.release = Release(
@@ -306,6 +308,10 @@ class App:
             await self.idempotency_store.close()
         self.tracer_provider.shutdown()
         log.info("router.stopped")
+        if self._log_flush is not None:
+            self._log_flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log_flush
 
 
 async def serve(settings: Settings) -> None:

@@ -337,6 +337,9 @@ class LogSettings(_Section):
     """Minimum log level."""
     json_output: bool = True
     """JSON lines (production) or human-readable console output (local runs)."""
+    flush_interval_ms: float = Field(default=100.0, ge=0)
+    """Log lines are buffered and written at least this often (errors at once):
+    a write() per line costs ~70 us of CPU per request. 0 = write every line."""
 
 
 class Settings(BaseSettings):

@@ -275,8 +275,7 @@ class FeastFeatureStore:
         if self._sqlite is not None:
             fast = self._sqlite
             return [
-                fast.read(r.view, r.keys, self._key_proto(r.view), tuple(r.features))
-                for r in reads
+                fast.read(r.view, r.keys, self._key_proto(r.view), tuple(r.features)) for r in reads
             ]
         config = self._store.config
         return [
