@@ -93,7 +93,11 @@ class App:
             jsonl_path=t.jsonl_path,
         )
         self.tracer = tracer(self.tracer_provider)
-        self.drift = DriftMonitor(settings.quality.drift_window, settings.quality.drift_min_samples)
+        self.drift = DriftMonitor(
+            settings.quality.drift_window,
+            settings.quality.drift_min_samples,
+            every=settings.quality.drift_sample_every,
+        )
         self.compliance = Compliance(settings, self.metrics.registry)
         self.snapshots: SnapshotHolder | None = None
         self.residency: Residency | None = None

@@ -32,6 +32,7 @@ def traced(
         "INFERLINE_TRACING__JSONL_PATH": str(spans),
         "INFERLINE_QUALITY__DRIFT_WINDOW": "400",
         "INFERLINE_QUALITY__DRIFT_MIN_SAMPLES": "200",
+        "INFERLINE_QUALITY__DRIFT_SAMPLE_EVERY": "1",  # counts rows exactly
     }
     with Stack(
         demo_build, logs, routing_table=ROOT / "scripts" / "demo_routing.yaml", router_env=env
