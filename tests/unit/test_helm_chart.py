@@ -8,6 +8,7 @@ them; the autoscaling targets equal scripts/capacity.py's output.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -171,6 +172,7 @@ def test_router_env_parses_with_the_routers_settings(
     assert str(s.routing.table_path) == "/etc/inferline/routing/routing.yaml"
     assert (s.metrics.enabled, s.metrics.host, s.metrics.port) == (True, "0.0.0.0", 9464)
     assert s.server.workers == 1  # the HPA and capacity model count one process per pod
+    assert (s.server.port, s.server.bridge_port) == (50051, 50052)  # Predict fast lane on
 
 
 def test_feast_and_edge_config() -> None:
@@ -285,6 +287,80 @@ def test_router_is_reachable_only_from_envoy(variant: str) -> None:
         assert rule.get("from") and rule.get("ports"), "no allow-all rule"
         if rule is not grpc_rules[0]:
             assert rule["ports"] == [{"port": 9464, "protocol": "TCP"}]
+
+
+def _xds_args(docs: tuple[Doc, ...]) -> dict[str, str]:
+    """The xDS control plane's `--flag=value` arguments (edge pod, native sidecar)."""
+    pod = named(docs, "Deployment", f"{FULL}-edge")["spec"]["template"]["spec"]
+    (xds,) = [c for c in pod["initContainers"] if c["name"] == "xds"]
+    return dict(a.removeprefix("--").partition("=")[::2] for a in xds["args"])
+
+
+@pytest.mark.parametrize(
+    ("override", "port", "app_protocol"),
+    [
+        ({}, 50052, "https"),
+        ({"router": {"bridgePort": 50060}}, 50060, "https"),
+        (VARIANTS["plaintext-probe"], 50052, "http"),
+        ({"router": {"bridgePort": None}}, None, None),
+    ],
+)
+def test_predict_fast_lane_is_wired_from_edge_to_router(
+    override: dict[str, Any],
+    port: int | None,
+    app_protocol: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """router.bridgePort (on by default): the router listens on it, its Service and
+    NetworkPolicy open it to the edge alone, and the control plane sends Predict
+    there (`--bridge`). null: no trace of it, Predict stays on `--upstream` (gRPC)."""
+    docs = tuple(render(override))
+    for doc in docs:
+        validate(doc)
+    env = named(docs, "ConfigMap", f"{FULL}-router-env")["data"]
+    for key in [k for k in os.environ if k.startswith("INFERLINE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert Settings().server.bridge_port == port
+    dep = named(docs, "Deployment", f"{FULL}-router")
+    (router,) = dep["spec"]["template"]["spec"]["containers"]
+    container = {p["name"]: p["containerPort"] for p in router["ports"]}
+    svc = named(docs, "Service", f"{FULL}-router")
+    service = {p["name"]: p for p in svc["spec"]["ports"]}
+    policy = _policy_for(docs, _labels(docs, "Deployment", f"{FULL}-router"))
+    # The gRPC rule (edge pods only, test_router_is_reachable_only_from_envoy)
+    # admits the fast lane too; no other rule does.
+    (edge_rule,) = [
+        r for r in policy["spec"]["ingress"] if {"port": 50051, "protocol": "TCP"} in r["ports"]
+    ]
+    other_ports = [
+        p["port"] for r in policy["spec"]["ingress"] if r is not edge_rule for p in r["ports"]
+    ]
+    args = _xds_args(docs)
+    assert args["upstream"] == f"{svc['metadata']['name']}:{service['grpc']['port']}"
+    if port is None:
+        assert "INFERLINE_SERVER__BRIDGE_PORT" not in env
+        assert "bridge" not in container and "bridge" not in service
+        assert edge_rule["ports"] == [{"port": 50051, "protocol": "TCP"}]
+        assert "bridge" not in args
+        return
+    assert env["INFERLINE_SERVER__BRIDGE_PORT"] == str(port)
+    assert container["bridge"] == port
+    assert service["bridge"] == {
+        "name": "bridge",
+        "port": port,
+        "targetPort": "bridge",
+        "protocol": "TCP",
+        "appProtocol": app_protocol,
+    }
+    assert edge_rule["ports"] == [
+        {"port": 50051, "protocol": "TCP"},
+        {"port": port, "protocol": "TCP"},
+    ]
+    assert port not in other_ports
+    # Envoy resolves the headless Service (every router pod) on the fast-lane port.
+    assert args["bridge"] == f"{svc['metadata']['name']}:{port}"
 
 
 @pytest.mark.parametrize("variant", ALL)
@@ -431,6 +507,14 @@ def test_burn_rate_alerts() -> None:
         ({"router": {"replicas": 3}}, "additional properties 'replicas'"),
         ({"router": {"settings": {"server": {"host": "1.2.3.4"}}}}, "invalid propertyName 'host'"),
         ({"router": {"settings": {"server": {"workers": 2}}}}, "invalid propertyName 'workers'"),
+        (
+            {"router": {"settings": {"server": {"bridge_port": 1}}}},
+            "invalid propertyName 'bridge_port'",
+        ),
+        ({"router": {"bridgePort": 0}}, "/router/bridgePort"),
+        ({"router": {"bridgePort": "50052"}}, "/router/bridgePort"),
+        ({"router": {"bridgePort": 50051}}, "needs a port of its own"),
+        ({"router": {"bridgePort": 9464}}, "needs a port of its own"),
         ({"router": {"settings": {"metrics": {"port": 1}}}}, "invalid propertyName 'metrics'"),
         ({"routing": {"tenants": {"demo": {"model": ["fraud"]}}}}, "additional properties 'model'"),
         ({"securityContext": {"container": {"readOnlyRootFilesystem": False}}}, "must be true"),
