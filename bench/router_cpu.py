@@ -1,7 +1,8 @@
 """Router CPU per Predict, nothing else in the way: h2load straight at one router.
 
 Starts Triton + one router (plaintext, tenant from the header, canary probes
-off) on loopback, then replays one serialized ``fraud:prod`` Predict (one
+off; the SQLite online store, or a fresh Redis with ``--online-store redis``) on
+loopback, then replays one serialized ``fraud:prod`` Predict (one
 account: 30 Feast features + 3 request-time ones) with h2load at concurrency 1,
 on the HTTP/1.1 fast lane and on the gRPC port, ``--repeats`` times each, and
 reads the router's CPU from ``/proc``. This is the loop used to profile and cut
@@ -38,12 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=8000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--env", nargs="*", default=[], help="extra router settings, KEY=VALUE")
+    p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
     args = p.parse_args(argv)
     env = {"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"}
     env |= dict(kv.split("=", 1) for kv in args.env)
     logs = args.build.resolve() / "logs" / time.strftime("router-cpu-%H%M%S")
     stack = Stack(
-        args.build, logs, routing_table=ROOT / "scripts" / "demo_routing.yaml", router_env=env
+        args.build,
+        logs,
+        routing_table=ROOT / "scripts" / "demo_routing.yaml",
+        router_env=env,
+        online_store=args.online_store,
     )
     results: dict[str, list[float]] = {"fast lane (HTTP/1.1)": [], "gRPC port": []}
     with stack, tempfile.TemporaryDirectory() as d:
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 ok = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
                 results[name].append(1e6 * cpu / max(ok, 1))
                 print(f"{name}: {ok} ok, {results[name][-1]:.0f} us router CPU / request")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; medians of {args.repeats}")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {args.online_store}; medians of {args.repeats}")
     for name, v in results.items():
         print(f"| {name} | {statistics.median(v):.0f} us |")
     return 0

@@ -62,6 +62,7 @@ class App:
             settings.features.repo_path,
             inline_sync_reads=settings.features.inline_sync_reads,
             direct_sqlite_reads=settings.features.direct_sqlite_reads,
+            direct_redis_reads=settings.features.direct_redis_reads,
         )
         self.triton = TritonPools(
             settings.triton.url, settings.triton.http_url, settings.triton.startup_timeout_s

@@ -70,6 +70,11 @@ class FeatureSettings(_Section):
     """With the SQLite online store and inline reads, query its table directly
     (same table, keys and timestamps as Feast's ``online_read``, only the
     requested features; parity-tested) instead of through Feast's read path."""
+    direct_redis_reads: bool = True
+    """With the Redis online store (plain host:port connection string), read
+    Feast's hashes directly: one pipelined HMGET per entity over a small RESP
+    client (same keys, fields and timestamps as Feast's ``online_read``;
+    parity-tested) instead of Feast's per-call redis-py pipeline."""
     max_clock_skew_s: float = Field(default=5.0, ge=0)
     """Event timestamps this far in the future are tolerated (writer clock skew)."""
 

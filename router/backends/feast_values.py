@@ -1,0 +1,37 @@
+"""Stored feature values (Feast ``ValueProto`` bytes) as floats, for both
+direct online-store reads (SQLite table, Redis hash)."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+_NUMERIC_KINDS = frozenset({"float_val", "double_val", "int64_val", "int32_val", "bool_val"})
+_F32 = struct.Struct("<f").unpack_from
+_F64 = struct.Struct("<d").unpack_from
+
+
+def blob_float(blob: bytes, parsed: ValueProto) -> float | None:
+    """A stored ``ValueProto`` as a float. The two encodings the online store
+    writes for numeric features (float_val: tag 0x35 + 4 bytes, double_val: tag
+    0x29 + 8 bytes) are decoded directly, ~4x cheaper than parsing the message;
+    anything else is parsed."""
+    n = len(blob)
+    if n == 5 and blob[0] == 0x35:
+        x: float = _F32(blob, 1)[0]
+    elif n == 9 and blob[0] == 0x29:
+        x = _F64(blob, 1)[0]
+    else:
+        parsed.ParseFromString(blob)
+        return to_float(parsed)
+    return x if math.isfinite(x) else None
+
+
+def to_float(v: ValueProto) -> float | None:
+    kind = v.WhichOneof("val")
+    if kind not in _NUMERIC_KINDS:
+        return None
+    x = float(getattr(v, kind))
+    return x if math.isfinite(x) else None
