@@ -178,6 +178,7 @@ def markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     lat, tp = r["latency"], r["throughput"]
     lane = "gRPC port (`--grpc-lane`)" if r["plan"]["grpc_lane"] else "HTTP/1.1 fast lane"
+    lane += f", {r['plan'].get('online_store', 'sqlite')} online store"
     rows = [
         BEGIN,
         f"### Overhead targets: Envoy (mTLS) + router ({lane}) + feature read vs direct Triton",
@@ -273,11 +274,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pki,
         tenants=tenants,
         fast_lane=not args.grpc_lane,
+        online_store=args.online_store,
         router_env={"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"},
     )
     result: dict[str, Any] = {"machine": machine_info(args.machine)}
     keys = ("repeats", "blocks", "duration", "warmup", "clients", "streams", "h2_duration",
-            "h2_warmup", "grpc_lane")  # fmt: skip
+            "h2_warmup", "grpc_lane", "online_store")  # fmt: skip
     result["plan"] = {k: getattr(args, k) for k in keys}
     result["command"] = "python -m bench.overhead " + " ".join(sys.argv[1:])
     with full:
@@ -300,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md", type=Path, help="rewrite the overhead block of this file")
     p.add_argument("--render", type=Path, help="only render this JSON result")
     p.add_argument("--grpc-lane", action="store_true", help="Predict on the router's gRPC port")
+    p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
     g = p.add_argument_group("latency (concurrency 1)")
     g.add_argument("--repeats", type=int, default=3)
     g.add_argument("--blocks", type=int, default=4)

@@ -3,9 +3,9 @@
 Starts Triton + one router (plaintext, tenant from the header, canary probes
 off; the SQLite online store, or a fresh Redis with ``--online-store redis``) on
 loopback, then replays one serialized ``fraud:prod`` Predict (one
-account: 30 Feast features + 3 request-time ones) with h2load at concurrency 1,
-on the HTTP/1.1 fast lane and on the gRPC port, ``--repeats`` times each, and
-reads the router's CPU from ``/proc``. This is the loop used to profile and cut
+account: 30 Feast features + 3 request-time ones) with h2load (``--concurrency``
+clients, default 1) on the HTTP/1.1 fast lane and on the gRPC port, ``--repeats``
+times each, and reads the router's CPU from ``/proc``. This is the loop used to profile and cut
 the router (docs/benchmarks.md, "What else was cut"); no Envoy, no TLS.
 
     python -m bench.router_cpu --build build
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--env", nargs="*", default=[], help="extra router settings, KEY=VALUE")
     p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
+    p.add_argument("--concurrency", type=int, default=1, help="h2load clients (1 stream each)")
     args = p.parse_args(argv)
     env = {"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"}
     env |= dict(kv.split("=", 1) for kv in args.env)
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         online_store=args.online_store,
     )
     results: dict[str, list[float]] = {"fast lane (HTTP/1.1)": [], "gRPC port": []}
+    rates: dict[str, list[float]] = {k: [] for k in results}
     with stack, tempfile.TemporaryDirectory() as d:
         assert stack.router is not None
         body = router_request("fraud:prod", 42)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         raw.write_bytes(body)
         framed.write_bytes(grpc_frame(body))
         router = stack.router
-        common = ["-c", "1", "-m", "1", "-H", "x-inferline-tenant: demo"]
+        common = ["-c", str(args.concurrency), "-m", "1", "-H", "x-inferline-tenant: demo"]
         cmds = {
             "fast lane (HTTP/1.1)": [
                 *common, "--h1", "-d", str(raw), "-H", "content-type: application/x-protobuf",
@@ -82,10 +84,19 @@ def main(argv: list[str] | None = None) -> int:
                 cpu = _cpu_s(router.pid) - c0
                 ok = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
                 results[name].append(1e6 * cpu / max(ok, 1))
-                print(f"{name}: {ok} ok, {results[name][-1]:.0f} us router CPU / request")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {args.online_store}; medians of {args.repeats}")
+                rates[name].append(float(re.search(r"([\d.]+) req/s", out).group(1)))  # type: ignore[union-attr]
+                print(
+                    f"{name}: {ok} ok, {rates[name][-1]:,.0f} rps, "
+                    f"{results[name][-1]:.0f} us router CPU / request"
+                )
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {args.online_store}; "
+        f"concurrency {args.concurrency}; medians of {args.repeats}"
+    )
+    print("| router port | throughput | router CPU / request |\n| --- | --- | --- |")
     for name, v in results.items():
-        print(f"| {name} | {statistics.median(v):.0f} us |")
+        rps = statistics.median(rates[name])
+        print(f"| {name} | {rps:,.0f} rps | {statistics.median(v):.0f} us |")
     return 0
 
 

@@ -360,7 +360,6 @@ def scenarios(inputs: capacity.Inputs) -> list[Scenario]:
     unclamped = replace(router, metric_cap=float(capacity.router_max_in_flight(inputs)))
     return [
         Scenario(f"router 2k: chart policy (min {floor})", two_k, router),
-        Scenario("router 2k: min 3 (less pre-warmed)", two_k, replace(router, min_replicas=3)),
         Scenario(
             f"router 2k: min {spike_floor} (pre-warmed for the spike)",
             two_k,
