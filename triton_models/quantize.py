@@ -372,8 +372,8 @@ def add_quantized_models(
     out: Path, repo: Path, ranker_pipeline: Pipeline, ranker_dataset: tb.Dataset
 ) -> list[Path]:
     """Write ``ranker_int8`` (the cheap CPU tier) into ``repo`` and the FP16 ONNX into
-    ``<out>/training``; returns the paths written. Called by ``build_repository``
-    after the FP32 ranker, whose ONNX it quantizes. ``ranker_pipeline`` is the
+    ``<out>/training``; returns the paths written. Called by ``--install`` and the
+    tests after the FP32 ranker is built, whose ONNX it quantizes. ``ranker_pipeline`` is the
     trained FP32 model (its ONNX is re-exported if the training file is absent).
     """
     training = out / "training"
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--install",
         action="store_true",
-        help="add ranker_int8 to <build>/model_repository (what build_repository's hook does)",
+        help="add ranker_int8 to <build>/model_repository (then route it as ranker's cheap_tier)",
     )
     args = p.parse_args(argv)
     src = args.build / "training" / "ranker_v1.onnx"

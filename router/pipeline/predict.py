@@ -30,7 +30,7 @@ from router.pipeline.catalog import ModelVersion
 from router.pipeline.experiment import assign, unit_id
 from router.pipeline.fallback import Ladder
 from router.pipeline.features import FeatureReader, Row
-from router.pipeline.routing import Route, parse_model_ref, resolve
+from router.pipeline.routing import Route, RoutingTable, parse_model_ref, resolve
 from router.pipeline.shadow import ShadowMirror
 from router.pipeline.snapshot import Snapshot
 from router.pipeline.types import FallbackLevel, PredictCommand, PredictResult
@@ -106,7 +106,7 @@ class Predictor:
                 principal.tenant, priority, principal.policy.max_in_flight
             )
         try:
-            return await self._admitted(cmd, snap, principal, deadline, t0)
+            return await self._admitted(cmd, snap, principal, priority, deadline, t0)
         finally:
             self._admission.release(ticket)
 
@@ -115,6 +115,7 @@ class Predictor:
         cmd: PredictCommand,
         snap: Snapshot,
         principal: Principal,
+        priority: str,
         deadline: float,
         t0: float,
     ) -> PredictResult:
@@ -130,6 +131,8 @@ class Predictor:
             if n > self._max_candidates:
                 raise InvalidArgument(f"at most {self._max_candidates} candidates per request")
             route, arm = self._experiment_arm(cmd, snap, principal, route)
+            if not arm:
+                route = self._cheap_tier(table, route, priority)
             if (route.model, route.version) not in catalog:
                 raise NotFound(f"version '{route.model}@{route.version}' is not loaded")
             version = catalog.get(route.model, route.version)
@@ -162,6 +165,19 @@ class Predictor:
             result.scores,
         )
         return result
+
+    def _cheap_tier(self, table: RoutingTable, route: Route, priority: str) -> Route:
+        """The model's cheap tier for low-value or busy-time traffic, when it has one.
+        Only alias-routed requests move (a pinned version is what the caller asked
+        for); experiment traffic stays in its arm."""
+        ct = table.models[route.model].cheap_tier
+        if ct is None or route.alias is None:
+            return route
+        adm = self._admission
+        if not ct.applies(priority, adm.in_flight, adm.max_in_flight):
+            return route
+        structlog.contextvars.bind_contextvars(tier="cheap", requested_model=route.model)
+        return dataclasses.replace(route, model=ct.model, version=ct.version)
 
     def _experiment_arm(
         self, cmd: PredictCommand, snap: Snapshot, principal: Principal, route: Route

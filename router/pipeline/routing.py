@@ -40,6 +40,35 @@ class FallbackPolicy(_Frozen):
     """Static last-resort score; the version's training base rate when unset."""
 
 
+Priority = Literal["critical", "standard", "batch"]
+PRIORITY_RANK: dict[str, int] = {"batch": 0, "standard": 1, "critical": 2}
+
+
+class CheapTier(_Frozen):
+    """A cheaper model (e.g. the INT8 ranker) that answers low-value traffic, and
+    all but critical traffic while the router is busy (docs/DESIGN.md Part 6)."""
+
+    model: str
+    """A routed model with the same inputs (its own metadata and feature schema)."""
+    version: int
+    """Its version to serve; must be listed under that model."""
+    priorities: tuple[Priority, ...] = ("batch",)
+    """Priority classes always served by the cheap tier."""
+    load_above: float | None = Field(default=0.8, gt=0, le=1)
+    """While the router's in-flight requests exceed this fraction of
+    ``limits.max_in_flight``, standard traffic goes to the cheap tier too
+    (critical never does); None: only ``priorities``."""
+
+    def applies(self, priority: str, in_flight: int, max_in_flight: int) -> bool:
+        if priority in self.priorities:
+            return True
+        return (
+            priority != "critical"
+            and self.load_above is not None
+            and in_flight > self.load_above * max_in_flight
+        )
+
+
 class ModelRoute(_Frozen):
     versions: tuple[int, ...] = Field(min_length=1)
     """Versions that may be served (each must exist in the model repository)."""
@@ -50,6 +79,9 @@ class ModelRoute(_Frozen):
     feature_cache_ttl_s: float = Field(default=0.0, ge=0)
     """Cache feature rows in the router this long (0 = off). Bounded staleness
     traded for fewer store reads; keep it well under the views' TTLs."""
+    cheap_tier: CheapTier | None = None
+    """Where alias-routed requests go when they are low-value or the router is
+    busy (requests pinned to a version are never moved)."""
 
     @model_validator(mode="after")
     def _aliases_point_at_versions(self) -> Self:
@@ -62,10 +94,6 @@ class ModelRoute(_Frozen):
         if fb is not None and fb not in self.versions:
             raise ValueError(f"fallback version {fb} is not listed")
         return self
-
-
-Priority = Literal["critical", "standard", "batch"]
-PRIORITY_RANK: dict[str, int] = {"batch": 0, "standard": 1, "critical": 2}
 
 
 class DataPolicy(_Frozen):
@@ -152,6 +180,14 @@ class RoutingTable(_Frozen):
                     raise ValueError(f"tenant {tenant!r} alias {ref!r} -> unlisted version")
         if "default" in self.pools:
             raise ValueError("pool name 'default' is reserved")
+        for name, route in self.models.items():
+            ct = route.cheap_tier
+            if ct is None:
+                continue
+            if ct.model == name or ct.model not in self.models:
+                raise ValueError(f"model {name!r}: cheap tier must be another routed model")
+            if ct.version not in self.models[ct.model].versions:
+                raise ValueError(f"model {name!r}: cheap tier version {ct.version} is unlisted")
         return self
 
     @classmethod

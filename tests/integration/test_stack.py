@@ -174,7 +174,8 @@ def test_router_process_health_env_and_log(tmp_path: Path) -> None:
     assert not alive(pid)
     log = (tmp_path / "router.log").read_text()
     assert (
-        "leaked: ['INFERLINE_METRICS__PORT', 'INFERLINE_SERVER__HOST', 'INFERLINE_SERVER__PORT', "
+        "leaked: ['INFERLINE_METRICS__PORT', 'INFERLINE_SERVER__BRIDGE_PORT', "
+        "'INFERLINE_SERVER__HOST', 'INFERLINE_SERVER__PORT', "
         "'INFERLINE_TRITON__URL']" in log
     )
     assert "INFERLINE_STRAY" not in log  # the parent's INFERLINE_* never reach the child

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -173,3 +174,41 @@ def test_invalid_tenant_policies(tenant: dict[str, object]) -> None:
     raw = {"models": {"fraud": {"versions": [1]}}, "tenants": {"t": tenant}}
     with pytest.raises(ValidationError):
         RoutingTable.model_validate(raw)
+
+
+def _with_cheap_tier(**tier: object) -> dict[str, object]:
+    models: dict[str, Any] = dict(cast(dict[str, Any], TABLE["models"]))
+    models["ranker"] = {**models["ranker"], "cheap_tier": tier}
+    models["ranker_int8"] = {"versions": [1]}
+    return {**TABLE, "models": models}
+
+
+def test_cheap_tier_must_be_another_listed_model_version() -> None:
+    RoutingTable.model_validate(_with_cheap_tier(model="ranker_int8", version=1))
+    for bad in (
+        {"model": "ranker", "version": 1},  # itself
+        {"model": "nope", "version": 1},  # unknown
+        {"model": "ranker_int8", "version": 2},  # unlisted version
+        {"model": "ranker_int8", "version": 1, "load_above": 1.5},
+        {"model": "ranker_int8", "version": 1, "priorities": ["bulk"]},
+    ):
+        with pytest.raises(ValueError):
+            RoutingTable.model_validate(_with_cheap_tier(**bad))
+
+
+@pytest.mark.parametrize(
+    ("priority", "in_flight", "expected"),
+    [
+        ("batch", 0, True),  # low-value traffic: always
+        ("standard", 8, False),
+        ("standard", 9, True),  # busy: above 0.8 x 10
+        ("critical", 10, False),  # never
+    ],
+)
+def test_cheap_tier_applies(priority: str, in_flight: int, expected: bool) -> None:
+    table = RoutingTable.model_validate(_with_cheap_tier(model="ranker_int8", version=1))
+    tier = table.models["ranker"].cheap_tier
+    assert tier is not None
+    assert tier.applies(priority, in_flight, max_in_flight=10) is expected
+    no_load = tier.model_copy(update={"load_above": None})
+    assert no_load.applies(priority, in_flight, max_in_flight=10) is (priority == "batch")
