@@ -14,7 +14,6 @@ the router (docs/benchmarks.md, "What else was cut"); no Envoy, no TLS.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -26,13 +25,8 @@ from bench.h2load import grpc_frame
 from bench.loadgen import ROUTER_METHOD, router_request
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main(argv: list[str] | None = None) -> int:
-    from scripts.stack import ROOT, Stack
+    from scripts.stack import ROOT, Stack, group_cpu_seconds
 
     p = argparse.ArgumentParser(prog="python -m bench.router_cpu", description=__doc__)
     p.add_argument("--build", type=Path, default=Path("build"))
@@ -74,14 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         for _ in range(args.repeats):
             for name, cmd in cmds.items():
-                c0 = _cpu_s(router.pid)
+                c0 = group_cpu_seconds(router.pid)  # the router's process group
                 out = subprocess.run(
                     ["h2load", "-n", str(args.requests), *cmd],
                     capture_output=True,
                     text=True,
                     check=True,
                 ).stdout
-                cpu = _cpu_s(router.pid) - c0
+                cpu = group_cpu_seconds(router.pid) - c0
                 ok = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
                 results[name].append(1e6 * cpu / max(ok, 1))
                 rates[name].append(float(re.search(r"([\d.]+) req/s", out).group(1)))  # type: ignore[union-attr]
