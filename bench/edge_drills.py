@@ -179,8 +179,8 @@ async def drill_router_rolling_restart(
 
     return await _edge_drill(
         "Rolling restart of two routers behind Envoy (SIGTERM, drain, start again)",
-        "health NOT_SERVING -> Envoy's 0.5 s gRPC health check takes it out; retries on "
-        "refused/reset streams go to the other replica",
+        "health NOT_SERVING -> Envoy's 0.5 s health checks (gRPC; HTTP on the fast "
+        "lane) take it out; retries on refused/reset streams go to the other replica",
         faults,
         build,
         logs / "router-rolling",
