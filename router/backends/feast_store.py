@@ -227,6 +227,11 @@ class FeastFeatureStore:
         if client is not None:
             await client.aclose()
 
+    @property
+    def inline(self) -> bool:
+        """A synchronous store read on the event loop (SQLite): it cannot suspend."""
+        return self._inline and not self._async
+
     def view_info(self, name: str) -> ViewInfo:
         try:
             return self._infos[name]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +75,10 @@ class ViewPlan:
     features: tuple[str, ...]
     columns: tuple[int, ...]
     defaults: tuple[float, ...]
+    column_index: np.ndarray = field(
+        default_factory=lambda: np.empty(0, dtype=np.intp), compare=False, repr=False
+    )
+    """``columns`` as an index array, built once (not per request)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,10 @@ class ModelVersion:
     dq: DataQuality | None = None
     """Training profile checks (None: the version carries no profile)."""
     drift_reference: dict[str, Any] | None = None
+    default_row: np.ndarray = field(
+        default_factory=lambda: np.empty(0, dtype=np.float32), compare=False, repr=False
+    )
+    """``defaults`` as a float32 row, built once (not per request)."""
 
     @property
     def schema_ok(self) -> bool:
@@ -145,6 +153,7 @@ def _plan(meta: VersionMetadata, assembled_hash: str) -> ModelVersion:
                 features=tuple(f.name for _, f in cols),
                 columns=tuple(c for c, _ in cols),
                 defaults=tuple(f.default for _, f in cols),
+                column_index=_frozen(np.array([c for c, _ in cols], dtype=np.intp)),
             )
         )
     return ModelVersion(
@@ -162,7 +171,13 @@ def _plan(meta: VersionMetadata, assembled_hash: str) -> ModelVersion:
         feature_names=tuple(f.name for f in meta.features),
         dq=_data_quality(meta.features),
         drift_reference=meta.drift_reference,
+        default_row=_frozen(np.array([f.default for f in meta.features], dtype=np.float32)),
     )
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)  # shared by every request: never written
+    return a
 
 
 def _data_quality(features: tuple[FeatureSpec, ...]) -> DataQuality | None:

@@ -60,6 +60,12 @@ class FeatureReader(Protocol):
 
     async def read(self, reads: Sequence[ViewRead]) -> list[list[Row]]: ...
 
+    @property
+    def inline(self) -> bool:
+        """Reads finish without suspending (a local file read on the event loop):
+        no timeout can cut them short, so none is armed."""
+        ...
+
 
 class FeatureStoreUnavailable(Exception):
     """The store failed or did not answer within the budget (a fallback, not an error)."""
@@ -150,10 +156,13 @@ async def _read(
         if breaker is not None and not breaker.allow():
             return None
         try:
-            # asyncio.timeout, not wait_for: no task per read (an inline SQLite read
-            # never suspends, and a task would cost a loop cycle and ~20 us).
-            async with asyncio.timeout(max(timeout_s, 0.0)):
+            if store.inline:
                 fetched = await store.read(misses)
+            else:
+                # asyncio.timeout, not wait_for: no task per read (~20 us and a
+                # loop cycle saved).
+                async with asyncio.timeout(max(timeout_s, 0.0)):
+                    fetched = await store.read(misses)
         except (TimeoutError, FeatureStoreUnavailable):
             if breaker is not None:
                 breaker.record_failure()
@@ -192,7 +201,8 @@ async def assemble(
     """
     n = len(candidates)
     matrix = np.empty((n, version.n_features), dtype=np.float32)
-    matrix[:] = np.asarray(version.defaults, dtype=np.float32)
+    defaults = version.default_row
+    matrix[:] = defaults if defaults.size else np.asarray(version.defaults, dtype=np.float32)
     fill_request_features(version, candidates, matrix)
     reads, index, infos = plan_reads(version, candidates, store)
     freshness: list[list[ViewFreshness]] = [[] for _ in range(n)]
@@ -212,7 +222,7 @@ async def assemble(
 
     now = time.time()
     for v, plan in enumerate(version.views):
-        cols = np.asarray(plan.columns, dtype=np.intp)
+        cols = plan.column_index if plan.column_index.size else np.asarray(plan.columns, np.intp)
         ttl = infos[v].ttl_s
         if results is None:
             for i in range(n):

@@ -6,6 +6,7 @@ and published inside one immutable snapshot (``router.pipeline.snapshot``).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +219,7 @@ class Route:
     pool: str = "default"
 
 
+@functools.lru_cache(maxsize=4096)  # a few refs carry all traffic; bounded against junk
 def parse_model_ref(alias: str | None, version: str | None) -> ModelRef:
     """Parse ``model:alias`` or ``model@version``; INVALID_ARGUMENT otherwise."""
     if alias:
