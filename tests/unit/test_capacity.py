@@ -150,13 +150,13 @@ def test_plan_follows_the_measurements_file(tmp_path: Path) -> None:
 
 def test_repository_figures_give_the_documented_plan() -> None:
     inputs = capacity.Inputs.load()
-    assert capacity.router_capacity_rps(inputs) == pytest.approx(1000 / 0.82)
+    assert capacity.router_capacity_rps(inputs) == pytest.approx(1000 / 0.80)
     hpa = capacity.hpa_values(inputs)["router"]
     assert hpa == {
         "minReplicas": 3,
         "maxReplicas": 44,
-        "targetInflightPerPod": "3176m",
-        "maxInFlight": 61,
+        "targetInflightPerPod": "3233m",
+        "maxInFlight": 63,
     }
     ten_k = capacity.plan_region(inputs, 10_000)
     assert ten_k.tier("triton-gpu").floor == 2
