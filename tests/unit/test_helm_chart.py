@@ -554,6 +554,11 @@ def test_notes_list_pools_and_adapter_metrics() -> None:
     assert "inferline_inflight_requests" in text and "triton_queue_time_avg_us" in text
 
 
+def test_notes_name_the_fast_lane_when_on() -> None:
+    assert "Router fast lane:     inf-inferline-router:50052" in notes(None)
+    assert "fast lane" not in notes({"router": {"bridgePort": None}})
+
+
 def _leaves(tree: Any, prefix: str = "") -> list[str]:
     if isinstance(tree, dict) and tree:
         return [p for k, v in tree.items() for p in _leaves(v, f"{prefix}{k}.")]
