@@ -25,8 +25,8 @@ def _worker_settings(settings: Settings, i: int) -> Settings:
 
 
 def _supervise(settings: Settings) -> int:
-    if settings.server.port == 0:
-        print("server.workers > 1 needs a fixed server.port", file=sys.stderr)
+    if settings.server.port == 0 or settings.server.bridge_port == 0:
+        print("server.workers > 1 needs a fixed server.port (and bridge_port)", file=sys.stderr)
         return 2
     ctx = multiprocessing.get_context("spawn")
     procs = [
