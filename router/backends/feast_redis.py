@@ -19,13 +19,14 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from router.backends.feast_values import blob_float
+from router.backends.wire import FutureConnection, WireError
 from router.pipeline.features import FeatureStoreUnavailable, Row
 
 _MAX_IDLE = 32
@@ -37,7 +38,7 @@ ViewKeys = tuple[str, Sequence[EntityKeyT], KeyProto, tuple[str, ...]]
 """(view, entity keys, key -> Feast EntityKey, requested features)"""
 
 
-class RespError(Exception):
+class RespError(WireError):
     """Redis answered an error, or the reply could not be parsed."""
 
 
@@ -81,61 +82,34 @@ def parse_reply(buf: bytearray, at: int) -> tuple[Reply, int] | None:
     raise RespError(f"unexpected reply type {kind!r}")
 
 
-class _Conn(asyncio.Protocol):
-    """One connection; one batch of commands in flight, answered via a future."""
+class _Conn(FutureConnection[list[Reply]]):
+    """One connection to Redis; one pipelined batch of commands in flight."""
+
+    peer = "Redis"
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[list[Reply]] | None = None
+        super().__init__()
         self.expect = 0
-        self._buf = bytearray()
         self._replies: list[Reply] = []
-        self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._fail(ConnectionResetError("connection to Redis closed"))
-
-    def data_received(self, data: bytes) -> None:
-        if self.waiter is None:
-            self.close()
-            return
-        self._buf += data
+    def parse(self) -> None:
+        at = 0
         try:
-            at = 0
             while len(self._replies) < self.expect:
-                got = parse_reply(self._buf, at)
+                got = parse_reply(self.buf, at)
                 if got is None:
                     break
                 reply, at = got
                 self._replies.append(reply)
-            del self._buf[:at]
-        except (RespError, ValueError) as e:
-            self._fail(e)
-            self.close()
-            return
+        finally:
+            del self.buf[:at]
         if len(self._replies) == self.expect:
-            waiter, self.waiter = self.waiter, None
             replies, self._replies = self._replies, []
-            if not waiter.done():
-                waiter.set_result(replies)
+            self.resolve(replies)
 
-    def _fail(self, exc: Exception) -> None:
-        waiter, self.waiter = self.waiter, None
+    def fail(self, exc: Exception) -> None:
         self._replies = []
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-
-    def usable(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+        super().fail(exc)
 
 
 class RespClient:
@@ -158,12 +132,8 @@ class RespClient:
         return conn
 
     async def _exchange(self, conn: _Conn, payload: bytes, n: int) -> list[Reply]:
-        waiter: asyncio.Future[list[Reply]] = asyncio.get_running_loop().create_future()
-        conn.waiter = waiter
         conn.expect = n
-        assert conn.transport is not None
-        conn.transport.write(payload)
-        return await waiter
+        return await conn.send(payload)
 
     async def call(self, commands: Sequence[bytes]) -> list[Reply]:
         conn = None

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from typing import cast
 
 import numpy as np
 from opentelemetry import trace
 
+from router.backends.wire import FutureConnection, WireError
 from router.errors import Code, DeadlineExceeded, InferlineError, Unavailable
 
 _MAX_IDLE = 64
@@ -27,73 +27,43 @@ _MAX_HEADER = 16 * 1024
 _MAX_BODY = 16 * 1024 * 1024
 
 
-class _Conn(asyncio.Protocol):
-    """One kept-alive connection: at most one exchange in flight, answered through
-    a future (no stream reader/writer layers: ~25 us less CPU per call)."""
+Answer = tuple[int, dict[bytes, bytes], bytes]
+"""(HTTP status, lower-cased headers, body)"""
+
+
+class _Conn(FutureConnection[Answer]):
+    """One kept-alive connection to Triton's HTTP endpoint."""
+
+    peer = "Triton"
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[tuple[int, dict[bytes, bytes], bytes]] | None = None
-        self._buf = bytearray()
+        super().__init__()
         self._head: tuple[int, dict[bytes, bytes], int] | None = None  # status, headers, body at
-        self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._fail(ConnectionResetError("connection to Triton closed"))
-
-    def data_received(self, data: bytes) -> None:
-        if self.waiter is None:  # nothing asked: a stray byte means a broken exchange
-            self.close()
-            return
-        self._buf += data
-        try:
-            self._parse()
-        except (ProtocolError, ValueError) as e:
-            self._fail(e)
-            self.close()
-
-    def _parse(self) -> None:
+    def parse(self) -> None:
+        buf = self.buf
         if self._head is None:
-            end = self._buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(self._buf) > _MAX_HEADER:
+                if len(buf) > _MAX_HEADER:
                     raise ProtocolError("response header too large")
                 return
-            status, headers = _parse_head(bytes(self._buf[:end]))
+            status, headers = _parse_head(bytes(buf[:end]))
             length = int(headers.get(b"content-length", b"-1"))
             if length < 0 or length > _MAX_BODY:
                 raise ProtocolError("response without a usable Content-Length")
             self._head = (status, headers, end + 4)
         status, headers, at = self._head
         length = int(headers[b"content-length"])
-        if len(self._buf) < at + length:
+        if len(buf) < at + length:
             return
-        body = bytes(self._buf[at : at + length])
-        del self._buf[: at + length]
+        body = bytes(buf[at : at + length])
+        del buf[: at + length]
         self._head = None
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result((status, headers, body))
-
-    def _fail(self, exc: Exception) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-
-    def usable(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+        self.resolve((status, headers, body))
 
 
-class ProtocolError(Exception):
+class ProtocolError(WireError):
     """Triton's answer could not be parsed: the connection is dropped."""
 
 
@@ -209,9 +179,7 @@ class TritonHttpClient:
             else:
                 async with asyncio.timeout(timeout_s):  # a new connection: rare
                     conn = await self._acquire()
-            waiter = conn.waiter = loop.create_future()
-            assert conn.transport is not None
-            conn.transport.write(request)
+            waiter = conn.send(request)
             timer = loop.call_later(timeout_s, _expire, waiter)
             status, headers, body = await waiter
         except TimeoutError as e:
@@ -246,6 +214,6 @@ class TritonHttpClient:
             self._idle.pop().close()
 
 
-def _expire(waiter: asyncio.Future[tuple[int, dict[bytes, bytes], bytes]]) -> None:
+def _expire(waiter: asyncio.Future[Answer]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())

@@ -45,6 +45,7 @@ from inferline.v1 import inference_pb2
 from router.errors import InferlineError, InvalidArgument
 from router.observability.metrics import Metrics
 from router.settings import ServerSettings, TlsSettings
+from router.transport.interceptors import record_rpc
 from router.transport.servicer import InferenceServicer
 from router.transport.status import WireStatus, wire_status
 from router.transport.tls_reload import CertReloader, TlsMaterial
@@ -381,9 +382,4 @@ class FastLane:
             log.exception("rpc.unhandled_error", method=METHOD)
             return error_response(WireStatus("INTERNAL", "internal error"))
         finally:
-            duration = time.monotonic() - t0
-            log.info("rpc.done", method=METHOD, status=code, duration_ms=round(duration * 1000, 3))
-            if self._metrics is not None:
-                self._metrics.observe_rpc(
-                    METHOD, code, duration, structlog.contextvars.get_contextvars()
-                )
+            record_rpc(self._metrics, METHOD, code, time.monotonic() - t0)

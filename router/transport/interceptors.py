@@ -66,6 +66,13 @@ class _Status(grpc.Status):  # type: ignore[misc]
         self.trailing_metadata = trailing
 
 
+def record_rpc(metrics: Metrics | None, method: str, code: str, duration_s: float) -> None:
+    """The request's one log line and its metrics, whichever transport carried it."""
+    log.info("rpc.done", method=method, status=code, duration_ms=round(duration_s * 1000, 3))
+    if metrics is not None:
+        metrics.observe_rpc(method, code, duration_s, structlog.contextvars.get_contextvars())
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
@@ -100,17 +107,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("rpc.unhandled_error", method=method)
                 await context.abort(status, "internal error")
             finally:
-                duration = time.monotonic() - t0
-                log.info(
-                    "rpc.done",
-                    method=method,
-                    status=status.name,
-                    duration_ms=round(duration * 1000, 3),
-                )
-                if self._metrics is not None:
-                    self._metrics.observe_rpc(
-                        method, status.name, duration, structlog.contextvars.get_contextvars()
-                    )
+                record_rpc(self._metrics, method, status.name, time.monotonic() - t0)
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,

@@ -13,6 +13,20 @@ from router.backends.feast_store import FeastFeatureStore
 from router.pipeline.features import ViewRead
 
 
+def _reads(store: FeastFeatureStore) -> list[ViewRead]:
+    """Every view: all features for many ids (stale ids % 50 == 7, an unknown id),
+    and five features in reverse order for a subset."""
+    reads = []
+    for name in ("account_features", "user_features", "item_features"):
+        ids = [*range(1, 120), 7, 57, 10**7]
+        feats = tuple(sorted(store.view_info(name).features))
+        reads += [
+            ViewRead(name, [(i,) for i in ids], feats),
+            ViewRead(name, [(i,) for i in ids[::7]], feats[::-1][:5]),
+        ]
+    return reads
+
+
 async def test_direct_sqlite_read_matches_feast_online_read(demo_build: Path) -> None:
     fast = FeastFeatureStore(demo_build / "feast", inline_sync_reads=True)
     feast = FeastFeatureStore(
@@ -22,15 +36,7 @@ async def test_direct_sqlite_read_matches_feast_online_read(demo_build: Path) ->
     feast.start()
     assert fast._sqlite is not None and feast._sqlite is None
     try:
-        reads = []
-        for name in ("account_features", "user_features", "item_features"):
-            info = fast.view_info(name)
-            ids = [*range(1, 120), 7, 57, 10**7]  # stale ids (% 50 == 7), unknown id
-            feats = tuple(sorted(info.features))
-            reads += [
-                ViewRead(name, [(i,) for i in ids], feats),
-                ViewRead(name, [(i,) for i in ids[::7]], feats[::-1][:5]),
-            ]
+        reads = _reads(fast)
         got, want = await fast.read(reads), await feast.read(reads)
         assert got == want
         flat = [row for rows in got for row in rows]
@@ -59,15 +65,7 @@ async def test_direct_redis_read_matches_feast_online_read(
         feast.start()
         assert fast._redis is not None and feast._redis is None
         try:
-            reads = []
-            for name in ("account_features", "user_features", "item_features"):
-                info = fast.view_info(name)
-                ids = [*range(1, 120), 7, 57, 10**7]
-                feats = tuple(sorted(info.features))
-                reads += [
-                    ViewRead(name, [(i,) for i in ids], feats),
-                    ViewRead(name, [(i,) for i in ids[::7]], feats[::-1][:5]),
-                ]
+            reads = _reads(fast)
             got, want = await fast.read(reads), await feast.read(reads)
             assert got == want
             flat = [row for rows in got for row in rows]
