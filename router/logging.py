@@ -19,11 +19,48 @@ import contextlib
 import logging
 import sys
 import threading
+import time
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import IO, Any
 
+import orjson
 import structlog
 
 from router.settings import LogSettings
+
+_ORJSON_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def _fallback(obj: Any) -> str:
+    return repr(obj)
+
+
+def _dumps(obj: Any, **_kw: Any) -> str:
+    """orjson: ~10x cheaper than the stdlib encoder for a request's log line."""
+    return orjson.dumps(obj, default=_fallback, option=_ORJSON_OPTS).decode()
+
+
+class UtcStamper:
+    """``timestamp`` as ISO 8601 UTC with microseconds ("...T15:00:00.123456Z"),
+    the format of structlog's ``TimeStamper(fmt="iso", utc=True)``; the date and
+    time are formatted once per second, not per line (a third of its cost)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
 
 
 class _BufferedLogger:
@@ -79,19 +116,48 @@ class LogSink:
             self.flush()
 
 
+_rpc_log = structlog.get_logger("router.rpc")
+_rpc_line: Callable[[dict[str, Any]], None] | None = None
+
+
+def log_request_done(ctx: Mapping[str, Any], **fields: Any) -> None:
+    """The request's one ``rpc.done`` line: ``ctx`` (the request's bound
+    contextvars, already read by the caller for the metrics) plus ``fields``.
+
+    With JSON output at info level the line is rendered here directly: the same
+    keys and encoding as through structlog's processor chain, which cost ~7% of
+    the router's CPU per request for this one line (docs/benchmarks.md)."""
+    if _rpc_line is None:
+        _rpc_log.info("rpc.done", **fields)
+        return
+    _rpc_line({**ctx, **fields, "event": "rpc.done", "level": "info"})
+
+
 def configure_logging(settings: LogSettings) -> LogSink:
+    global _rpc_line
     level = getattr(logging, settings.level.upper())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_dumps)
         if settings.json_output
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     sink = LogSink(settings.flush_interval_ms / 1000)
+    stamper = UtcStamper()
+    if settings.json_output and level <= logging.INFO:
+        out = sink.logger()
+
+        def rpc_line(event: dict[str, Any]) -> None:
+            stamper(None, "info", event)
+            out.msg(_dumps(event))
+
+        _rpc_line = rpc_line
+    else:
+        _rpc_line = None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamper,
             structlog.processors.format_exc_info,
             renderer,
         ],

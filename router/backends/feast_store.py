@@ -119,6 +119,12 @@ class _SqliteRows:
                     self._keys.clear()  # bounded: hot keys come back at once
                 self._keys[(view, k)] = blob
             ser.append(blob)
+        wanted = self._wanted.get(features)
+        if wanted is None:
+            wanted = self._wanted[features] = frozenset(features)
+        parsed = ValueProto()
+        if len(ser) == 1:
+            return [self._read_one(view, ser[0], features, wanted, parsed)]
         shape = (view, len(ser))
         sql = self._sql.get(shape)
         if sql is None:
@@ -129,11 +135,7 @@ class _SqliteRows:
                 f"SELECT entity_key, feature_name, value, event_ts FROM {self._tables[view]} "
                 f"WHERE entity_key IN ({','.join('?' * len(ser))})"
             )
-        wanted = self._wanted.get(features)
-        if wanted is None:
-            wanted = self._wanted[features] = frozenset(features)
         found: dict[bytes, tuple[float, dict[str, float | None]]] = {}
-        parsed = ValueProto()
         for key, name, blob, ts in self._conn.execute(sql, ser):
             if name not in wanted:
                 continue
@@ -153,6 +155,36 @@ class _SqliteRows:
             else:
                 out.append((hit[0], values))
         return out
+
+    def _read_one(
+        self,
+        view: str,
+        key: bytes,
+        features: tuple[str, ...],
+        wanted: frozenset[str],
+        parsed: ValueProto,
+    ) -> Row:
+        """One entity (the common request): no key column, no per-key grouping."""
+        sql = self._sql.get((view, 0))
+        if sql is None:
+            sql = self._sql[(view, 0)] = (
+                f"SELECT feature_name, value, event_ts FROM {self._tables[view]} "
+                "WHERE entity_key = ?"
+            )
+        got: dict[str, float | None] = {}
+        at = None  # the first requested feature's row's timestamp, as in read()
+        for name, blob, ts in self._conn.execute(sql, (key,)):
+            if name in wanted:
+                if at is None:
+                    at = ts
+                got[name] = blob_float(blob, parsed)
+        if at is None:
+            return (None, None)
+        values = [got.get(f) for f in features]
+        if all(v is None for v in values):
+            return (None, None)
+        # As in read(): Feast's naive-UTC datetimes are stored as local-time epochs.
+        return (datetime.fromtimestamp(int(at)).replace(tzinfo=UTC).timestamp(), values)
 
     def close(self) -> None:
         self._conn.close()

@@ -57,6 +57,12 @@ def _in_process_values() -> Iterator[None]:
         _values.ValueClass = saved
 
 
+_Hot = tuple[Any, Any, str, str, dict[str, Any]]
+"""A request shape's resolved series: requests and latency children, the model
+and version labels, and its stage histograms by stage name."""
+_HOT_MAX = 4096
+
+
 class LabelBound:
     """Maps raw values to at most ``cap`` distinct label values (+ other/none).
 
@@ -123,6 +129,7 @@ class Metrics:
         # Label tuple -> child: prometheus_client's labels() validates and locks
         # on every call (~1 us); a dict hit is ~50 ns.
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._hot: dict[tuple[Any, ...], _Hot] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         with _in_process_values():
             self._define(self.registry)
@@ -210,22 +217,28 @@ class Metrics:
         ``freshness``: "view:STATUS" -> rows.
         """
         tenants, models = self._known()
-        tenant_l = self._tenant(tenant, tenants)
-        model_l = self._model(model, models)
-        if model_l in (NONE, OTHER) or version is None:
-            version_l = NONE
-        else:
-            version_l = self._version(f"{model_l}@{version}").partition("@")[2] or OTHER
-        short = self._method(method.rsplit("/", 1)[-1])
-        degraded_l = "true" if degraded else "false"
-        self._child(
-            self.requests, short, tenant_l, model_l, version_l, self._arm(arm), code, degraded_l
-        ).inc()
-        self._child(self.latency, short, model_l, code).observe(duration_s)
+        # The same caller, model and outcome resolve to the same series: resolve
+        # labels once per distinct request shape (label bounds never un-admit a
+        # value, and a table reload brings new ``known`` sets, hence new keys).
+        shape = (tenants, models, method, tenant, model, version, arm, code, degraded)
+        hot = self._hot.get(shape)
+        if hot is None:
+            hot = self._resolve(
+                tenants, models, method, tenant, model, version, arm, code, degraded
+            )
+            if len(self._hot) >= _HOT_MAX:
+                self._hot.clear()
+            self._hot[shape] = hot
+        requests, latency, model_l, version_l, stage_children = hot
+        requests.inc()
+        latency.observe(duration_s)
         if stages_us:
             for stage, us in stages_us.items():
-                stage_l = stage if stage in STAGES else OTHER
-                self._child(self.stages, stage_l, model_l).observe(us / 1e6)
+                child = stage_children.get(stage)
+                if child is None:
+                    stage_l = stage if stage in STAGES else OTHER
+                    child = stage_children[stage] = self._child(self.stages, stage_l, model_l)
+                child.observe(us / 1e6)
         if degraded:
             level = fallback_level or "PRIMARY"
             reasons = tuple(degraded_reasons) or ("unknown",)
@@ -242,6 +255,32 @@ class Metrics:
             for key, n in freshness.items():
                 view, _, status = key.partition(":")
                 self._child(self.freshness, self._view(view), status).inc(n)
+
+    def _resolve(
+        self,
+        tenants: frozenset[str],
+        models: frozenset[str],
+        method: str,
+        tenant: str | None,
+        model: str | None,
+        version: int | str | None,
+        arm: str | None,
+        code: str,
+        degraded: bool,
+    ) -> _Hot:
+        tenant_l = self._tenant(tenant, tenants)
+        model_l = self._model(model, models)
+        if model_l in (NONE, OTHER) or version is None:
+            version_l = NONE
+        else:
+            version_l = self._version(f"{model_l}@{version}").partition("@")[2] or OTHER
+        short = self._method(method.rsplit("/", 1)[-1])
+        degraded_l = "true" if degraded else "false"
+        requests = self._child(
+            self.requests, short, tenant_l, model_l, version_l, self._arm(arm), code, degraded_l
+        )
+        latency = self._child(self.latency, short, model_l, code)
+        return requests, latency, model_l, version_l, {}
 
     def observe_rpc(
         self, method: str, code: str, duration_s: float, ctx: Mapping[str, Any]

@@ -44,8 +44,15 @@ class LadderResult:
     reasons: list[str] = field(default_factory=list)
 
 
-def _row_key(model: str, row: np.ndarray) -> bytes:
-    return hashlib.blake2b(model.encode() + row.tobytes(), digest_size=16).digest()
+def _row_keys(model: str, batch: np.ndarray) -> list[bytes]:
+    """The score cache's key per input row (model + the row's float32 bytes)."""
+    prefix = model.encode()
+    raw = batch.tobytes()
+    width = len(raw) // len(batch) if len(batch) else 0
+    return [
+        hashlib.blake2b(prefix + raw[i : i + width], digest_size=16).digest()
+        for i in range(0, len(raw), width or 1)
+    ]
 
 
 class Ladder:
@@ -118,8 +125,8 @@ class Ladder:
             out = None
         if out is not None:
             if policy.cache_scores:
-                for row, s in zip(batch, out, strict=True):
-                    self._cache.put(_row_key(version.model, row), float(s), policy.cache_ttl_s)
+                for key, s in zip(_row_keys(version.model, batch), out.tolist(), strict=True):
+                    self._cache.put(key, s, policy.cache_ttl_s)
             return LadderResult(out, FallbackLevel.PRIMARY, version.version)
         if version.schema_ok:
             reasons.append("primary_unavailable")
@@ -135,7 +142,7 @@ class Ladder:
             reasons.append("last_known_good_unavailable")
 
         if policy.cache_scores:
-            cached = [self._cache.get(_row_key(version.model, row)) for row in batch]
+            cached = [self._cache.get(k) for k in _row_keys(version.model, batch)]
             if all(c is not None for c in cached):
                 scores = np.asarray(cached, dtype=np.float64)
                 return LadderResult(scores, FallbackLevel.CACHED_SCORE, version.version, reasons)

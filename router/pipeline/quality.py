@@ -34,11 +34,12 @@ def check(version: ModelVersion, matrix: np.ndarray) -> QualityReport:
     if dq is None:
         return report
     bad = (matrix < dq.lo) | (matrix > dq.hi)
-    off_set = [
-        (col, off)
-        for col, allowed in dq.categorical
-        if any(off := [v not in allowed for v in matrix[:, col].tolist()])
-    ]
+    off_set: list[tuple[int, list[bool]]] = []
+    if dq.categorical:
+        rows = matrix.tolist()  # one conversion, not a column slice per feature
+        for col, allowed in dq.categorical:
+            if any(off := [r[col] not in allowed for r in rows]):
+                off_set.append((col, off))
     if not off_set and not bad.any():
         return report
     kinds = np.where(bad, 1, 0)

@@ -22,6 +22,7 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from router.errors import InferlineError
+from router.logging import log_request_done
 from router.observability.metrics import Metrics
 from router.transport.status import wire_status
 
@@ -68,9 +69,10 @@ class _Status(grpc.Status):  # type: ignore[misc]
 
 def record_rpc(metrics: Metrics | None, method: str, code: str, duration_s: float) -> None:
     """The request's one log line and its metrics, whichever transport carried it."""
-    log.info("rpc.done", method=method, status=code, duration_ms=round(duration_s * 1000, 3))
+    ctx = structlog.contextvars.get_contextvars()
+    log_request_done(ctx, method=method, status=code, duration_ms=round(duration_s * 1000, 3))
     if metrics is not None:
-        metrics.observe_rpc(method, code, duration_s, structlog.contextvars.get_contextvars())
+        metrics.observe_rpc(method, code, duration_s, ctx)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):

@@ -7,8 +7,8 @@ business logic lives here.
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from collections.abc import Callable, Mapping
 
 import grpc
@@ -147,7 +147,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise InvalidArgument(
                 f"request_id and idempotency_key are limited to {_MAX_ID_LEN} characters"
             )
-        request_id = request.request_id or uuid.uuid4().hex
+        # 128 random bits as 32 hex digits, like uuid4().hex at a fifth of its cost:
+        # an id to correlate by, not a secret.
+        request_id = request.request_id or f"{random.getrandbits(128):032x}"
         tenant = caller_tenant(self._auth, metadata, peers)
         if self._pii is not None:  # before anything reads, logs or stores the body
             protect_request(self._pii, tenant, request)

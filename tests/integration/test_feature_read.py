@@ -15,7 +15,7 @@ from router.pipeline.features import ViewRead
 
 def _reads(store: FeastFeatureStore) -> list[ViewRead]:
     """Every view: all features for many ids (stale ids % 50 == 7, an unknown id),
-    and five features in reverse order for a subset."""
+    five features in reverse order for a subset, and single-entity reads."""
     reads = []
     for name in ("account_features", "user_features", "item_features"):
         ids = [*range(1, 120), 7, 57, 10**7]
@@ -23,6 +23,8 @@ def _reads(store: FeastFeatureStore) -> list[ViewRead]:
         reads += [
             ViewRead(name, [(i,) for i in ids], feats),
             ViewRead(name, [(i,) for i in ids[::7]], feats[::-1][:5]),
+            # One entity per read (the common request): its own query path.
+            *(ViewRead(name, [(i,)], feats[::-1]) for i in (1, 7, 10**7)),
         ]
     return reads
 

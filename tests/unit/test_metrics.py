@@ -199,3 +199,18 @@ def test_values_stay_in_process_when_multiprocess_mode_is_forced(
     assert _value(second, "inferline_shed_total", reason="overload") == 1
     assert _value(second, "inferline_stage_duration_seconds_count", stage="total") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_table_reload_relabels_repeated_request_shapes() -> None:
+    """Resolved labels are reused per request shape, but a reload (new known sets)
+    must take effect at once: a tenant dropped from the table becomes ``other``."""
+    known = [(frozenset({"demo", "payments"}), frozenset({"fraud"}))]
+    m = Metrics(lambda: known[0])
+    ctx = {"tenant": "payments", "model": "fraud", "version": 2, "stages_us": {"total": 10}}
+    for _ in range(3):
+        m.observe_rpc(PREDICT, "OK", 0.001, ctx)
+    known[0] = (frozenset({"demo"}), frozenset({"fraud"}))
+    m.observe_rpc(PREDICT, "OK", 0.001, ctx)
+    assert _value(m, "inferline_requests_total", tenant="payments", model="fraud") == 3
+    assert _value(m, "inferline_requests_total", tenant=OTHER, model="fraud") == 1
+    assert _value(m, "inferline_stage_duration_seconds_count", stage="total", model="fraud") == 4

@@ -1,0 +1,50 @@
+"""Log lines: the request line's direct rendering matches structlog's chain."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import structlog
+
+from router import logging as router_logging
+from router.settings import LogSettings
+
+
+def _lines(capfd: pytest.CaptureFixture[str], sink: router_logging.LogSink) -> list[dict[str, Any]]:
+    sink.flush()
+    err = capfd.readouterr().err
+    return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+def test_request_line_has_the_keys_and_values_of_a_structlog_line(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    sink = router_logging.configure_logging(LogSettings())
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        request_id="r1", tenant="demo", stages_us={"total": 5}, degraded_reasons=[]
+    )
+    ctx = structlog.contextvars.get_contextvars()
+    router_logging.log_request_done(ctx, method="/m", status="OK", duration_ms=0.25)
+    structlog.get_logger("router.rpc").info("rpc.done", method="/m", status="OK", duration_ms=0.25)
+    direct, chained = _lines(capfd, sink)
+    assert direct.pop("timestamp") <= chained.pop("timestamp")
+    assert direct == chained
+    assert direct["event"] == "rpc.done" and direct["stages_us"] == {"total": 5}
+
+
+def test_utc_stamper_writes_iso_utc_with_microseconds() -> None:
+    event = router_logging.UtcStamper()(None, "info", {})
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", event["timestamp"])
+
+
+def test_request_line_falls_back_to_structlog_below_info(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    sink = router_logging.configure_logging(LogSettings(level="warning"))
+    router_logging.log_request_done({}, method="/m", status="OK", duration_ms=0.1)
+    assert _lines(capfd, sink) == []
+    router_logging.configure_logging(LogSettings())
