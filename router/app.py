@@ -28,7 +28,7 @@ from router.errors import ConfigError, Unavailable
 from router.logging import configure_logging
 from router.observability.drift import DriftMonitor
 from router.observability.metrics import Metrics
-from router.observability.tracing import build_provider, tracer
+from router.observability.tracing import build_provider, request_spans, tracer
 from router.pipeline.admission import Admission
 from router.pipeline.breaker import BreakerRegistry, RetryBudget
 from router.pipeline.cache import TtlCache
@@ -88,12 +88,10 @@ class App:
         self.metrics_server: MetricsServer | None = None
         t = settings.tracing
         self.tracer_provider = build_provider(
-            exporter=t.exporter,
-            sample_ratio=t.sample_ratio,
-            otlp_endpoint=t.otlp_endpoint,
-            jsonl_path=t.jsonl_path,
+            exporter=t.exporter, otlp_endpoint=t.otlp_endpoint, jsonl_path=t.jsonl_path
         )
         self.tracer = tracer(self.tracer_provider)
+        self.request_spans = request_spans(self.tracer_provider, t.exporter, t.sample_ratio)
         self.drift = DriftMonitor(
             settings.quality.drift_window,
             settings.quality.drift_min_samples,
@@ -187,7 +185,7 @@ class App:
             auth=s.auth,
             default_deadline_s=s.limits.default_deadline_ms / 1000,
             idempotency=self.idempotency,
-            tracer=self.tracer,
+            spans=self.request_spans,
             pii=self.compliance.pii_guard(self._table),
         )
         passthrough = Passthrough(

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+import random
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
+from types import TracebackType
 from typing import IO
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -27,7 +30,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 PROPAGATOR = TraceContextTextMapPropagator()
@@ -43,6 +46,62 @@ def stage(tracer: trace.Tracer, name: str) -> AbstractContextManager[trace.Span]
     if trace.get_current_span().is_recording():
         return tracer.start_as_current_span(name)
     return _NO_SPAN
+
+
+class _Attached:
+    """A span made current for the block; the cheap twin of ``use_span`` for spans
+    that record nothing."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        otel_context.detach(self._token)
+
+
+class RequestSpans:
+    """The request's server span. Recorded spans come from the SDK; a request that
+    will not be recorded (most of them: sampling, or no exporter) gets a
+    non-recording span with fresh ids or the caller's trace id, made current
+    without the SDK's span machinery (~4% of the router's CPU per request).
+
+    ``recording``: an exporter is configured; ``root_ratio``: the fraction of new
+    traces (no ``traceparent``) recorded. A caller's sampled flag is honoured by
+    the provider's parent-based sampler (``build_provider``)."""
+
+    def __init__(self, tracer: trace.Tracer, *, recording: bool, root_ratio: float) -> None:
+        self._tracer = tracer
+        self._recording = recording
+        self._root_ratio = root_ratio
+
+    def start(self, name: str, carrier: Mapping[str, str]) -> AbstractContextManager[trace.Span]:
+        has_parent = "traceparent" in carrier
+        if self._recording and (has_parent or random.random() < self._root_ratio):
+            parent = PROPAGATOR.extract(carrier=carrier)
+            return self._tracer.start_as_current_span(
+                name, context=parent, kind=trace.SpanKind.SERVER
+            )
+        trace_id = 0
+        if has_parent:
+            ctx = trace.get_current_span(PROPAGATOR.extract(carrier=carrier)).get_span_context()
+            trace_id = ctx.trace_id if ctx.is_valid else 0
+        span = trace.NonRecordingSpan(
+            trace.SpanContext(
+                trace_id=trace_id or random.getrandbits(128) or 1,
+                span_id=random.getrandbits(64) or 1,
+                is_remote=False,
+                trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+            )
+        )
+        return _Attached(span)
 
 
 class JsonLinesExporter(SpanExporter):
@@ -73,12 +132,13 @@ class JsonLinesExporter(SpanExporter):
         self._file.close()
 
 
-def build_provider(
-    *, exporter: str, sample_ratio: float, otlp_endpoint: str, jsonl_path: Path | None
-) -> TracerProvider:
+def build_provider(*, exporter: str, otlp_endpoint: str, jsonl_path: Path | None) -> TracerProvider:
     # No exporter: record nothing, not even for callers' sampled traces (ids
-    # are still generated and propagated).
-    sampler = ALWAYS_OFF if exporter == "none" else ParentBased(TraceIdRatioBased(sample_ratio))
+    # are still generated and propagated). New traces are sampled by
+    # RequestSpans before a root span reaches the SDK (the request span is the
+    # only root span the router starts): roots that get here are recorded,
+    # children follow their parent's flag.
+    sampler = ALWAYS_OFF if exporter == "none" else ParentBased(ALWAYS_ON)
     provider = TracerProvider(
         resource=Resource.create({"service.name": "inferline-router"}), sampler=sampler
     )
@@ -96,3 +156,7 @@ def build_provider(
 
 def tracer(provider: TracerProvider) -> trace.Tracer:
     return provider.get_tracer("inferline.router")
+
+
+def request_spans(provider: TracerProvider, exporter: str, sample_ratio: float) -> RequestSpans:
+    return RequestSpans(tracer(provider), recording=exporter != "none", root_ratio=sample_ratio)

@@ -103,14 +103,15 @@ def _request_value(name: str, value: Scalar) -> float:
 
 
 def fill_request_features(
-    version: ModelVersion, candidates: Sequence[CandidateIn], matrix: np.ndarray
+    version: ModelVersion, candidates: Sequence[CandidateIn], rows: list[list[float]]
 ) -> None:
-    """Validate and copy the caller's request-time features into ``matrix``."""
+    """Validate and copy the caller's request-time features into ``rows``."""
     for i, cand in enumerate(candidates):
+        row = rows[i]
         for rf in version.request_features:
             if rf.name not in cand.features:
                 raise InvalidArgument(f"candidate {i} is missing request feature '{rf.name}'")
-            matrix[i, rf.column] = _request_value(rf.name, cand.features[rf.name])
+            row[rf.column] = _request_value(rf.name, cand.features[rf.name])
 
 
 def plan_reads(
@@ -200,52 +201,57 @@ async def assemble(
     ``cache`` (with ``cache_ttl_s`` > 0) serves recently read rows without a read.
     """
     n = len(candidates)
-    matrix = np.empty((n, version.n_features), dtype=np.float32)
-    defaults = version.default_row
-    matrix[:] = defaults if defaults.size else np.asarray(version.defaults, dtype=np.float32)
-    fill_request_features(version, candidates, matrix)
+    # Rows are filled as Python lists and become the float32 tensor in one
+    # conversion: a request has a few rows, and each numpy call on arrays this
+    # small costs more than the work it does (docs/benchmarks.md).
+    rows = [list(version.defaults) for _ in range(n)]
+    fill_request_features(version, candidates, rows)
     reads, index, infos = plan_reads(version, candidates, store)
-    freshness: list[list[ViewFreshness]] = [[] for _ in range(n)]
-    batch = FeatureBatch(matrix=matrix, freshness=[])
+    reasons: set[str] = set()
     if not reads:
-        batch.freshness = [() for _ in range(n)]
-        return batch
+        return FeatureBatch(np.array(rows, dtype=np.float32), [() for _ in range(n)], reasons)
+    freshness: list[list[ViewFreshness]] = [[] for _ in range(n)]
 
     if timeout_s <= 0:
         # The caller's deadline leaves no time for a read: answer on defaults.
         results = None
-        batch.reasons.add("feature_budget_exhausted")
+        reasons.add("feature_budget_exhausted")
     else:
         results = await _read(store, reads, timeout_s, breaker, cache, cache_ttl_s)
         if results is None:
-            batch.reasons.add("feature_store_unavailable")
+            reasons.add("feature_store_unavailable")
 
     now = time.time()
     for v, plan in enumerate(version.views):
-        cols = plan.column_index if plan.column_index.size else np.asarray(plan.columns, np.intp)
         ttl = infos[v].ttl_s
         if results is None:
             for i in range(n):
                 freshness[i].append(ViewFreshness(plan.view, Freshness.UNAVAILABLE, 0))
             continue
-        rows = results[v]
+        view_rows = results[v]
         for i in range(n):
-            ts, values = rows[index[v][i]]
+            ts, values = view_rows[index[v][i]]
             if ts is None or values is None:
                 freshness[i].append(ViewFreshness(plan.view, Freshness.MISSING, 0))
-                batch.reasons.add("features_missing")
+                reasons.add("features_missing")
                 continue
             age = now - ts
             if (ttl > 0 and age > ttl) or age < -max_clock_skew_s:
                 freshness[i].append(
                     ViewFreshness(plan.view, Freshness.STALE, max(int(age * 1000), 0))
                 )
-                batch.reasons.add("features_stale")
+                reasons.add("features_stale")
                 continue
-            row = [d if x is None else x for x, d in zip(values, plan.defaults, strict=True)]
-            if any(x is None for x in values):
-                batch.reasons.add("features_null")
-            matrix[i, cols] = row
+            row = rows[i]
+            null = False
+            for c, x, d in zip(plan.columns, values, plan.defaults, strict=True):
+                if x is None:
+                    null = True
+                    row[c] = d
+                else:
+                    row[c] = x
+            if null:
+                reasons.add("features_null")
             freshness[i].append(ViewFreshness(plan.view, Freshness.FRESH, max(int(age * 1000), 0)))
-    batch.freshness = [tuple(f) for f in freshness]
-    return batch
+    matrix = np.array(rows, dtype=np.float32)
+    return FeatureBatch(matrix, [tuple(f) for f in freshness], reasons)

@@ -27,21 +27,29 @@ class QualityReport:
     imputed: bool = False
 
 
+def _out_of_range(rows: list[list[float]], lo: tuple[float, ...], hi: tuple[float, ...]) -> bool:
+    """Any value outside [lo, hi] (NaN is not: as numpy's comparisons)."""
+    for row in rows:
+        for x, low, high in zip(row, lo, hi, strict=True):
+            if x < low or x > high:
+                return True
+    return False
+
+
 def check(version: ModelVersion, matrix: np.ndarray) -> QualityReport:
     """Validate (and repair in place) ``matrix``; raise for rejected features."""
     report = QualityReport()
     dq = version.dq
     if dq is None:
         return report
-    bad = (matrix < dq.lo) | (matrix > dq.hi)
+    rows = matrix.tolist()  # one conversion for both checks
     off_set: list[tuple[int, list[bool]]] = []
-    if dq.categorical:
-        rows = matrix.tolist()  # one conversion, not a column slice per feature
-        for col, allowed in dq.categorical:
-            if any(off := [r[col] not in allowed for r in rows]):
-                off_set.append((col, off))
-    if not off_set and not bad.any():
+    for col, allowed in dq.categorical:
+        if any(off := [r[col] not in allowed for r in rows]):
+            off_set.append((col, off))
+    if not off_set and not _out_of_range(rows, dq.lo_list, dq.hi_list):
         return report
+    bad = (matrix < dq.lo) | (matrix > dq.hi)
     kinds = np.where(bad, 1, 0)
     for col, off in off_set:
         mask = np.asarray(off)

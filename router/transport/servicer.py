@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 
 import grpc
 import structlog
-from opentelemetry.trace import Span, SpanKind, Tracer
+from opentelemetry.trace import Span
 
 from inferline.v1 import inference_pb2, inference_pb2_grpc
 from router.errors import InvalidArgument
-from router.observability.tracing import PROPAGATOR
+from router.observability.tracing import RequestSpans
 from router.pipeline.idempotency import Idempotency
 from router.pipeline.predict import Predictor
 from router.pipeline.types import CandidateIn, PredictCommand, PredictResult, Scalar
@@ -95,10 +95,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         auth: AuthSettings,
         default_deadline_s: float,
         idempotency: Idempotency,
-        tracer: Tracer,
+        spans: RequestSpans,
         pii: PiiGuard | None = None,
     ) -> None:
-        self._tracer = tracer
+        self._spans = spans
         self._pii = pii
         self._predictor = predictor
         self._idempotency = idempotency
@@ -127,10 +127,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         ``time_remaining``: the caller's deadline in seconds, None when unset."""
         # Continue the caller's trace (W3C traceparent) or start one; its id is
         # echoed in the response and the log line even when not sampled.
-        parent = PROPAGATOR.extract(carrier=metadata)
-        with self._tracer.start_as_current_span(
-            "inferline.Predict", context=parent, kind=SpanKind.SERVER
-        ) as span:
+        with self._spans.start("inferline.Predict", metadata) as span:
             trace_id = f"{span.get_span_context().trace_id:032x}"
             return await self._predict(request, metadata, peers, time_remaining, span, trace_id)
 
