@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -47,7 +48,56 @@ from bench.edge_bench import CpuWatch, _pgids, endpoints, machine_info, median_d
 from bench.h2load import grpc_frame, parse_h2load, triton_counts
 
 TARGETS = {"p50_ms": 1.0, "p99_ms": 3.0, "router_cpu_ms": 0.5, "throughput_ratio": 0.40}
-BEGIN, END = "<!-- overhead:begin -->", "<!-- overhead:end -->"
+
+
+class Cores:
+    """``--pin``: the router on a core of its own, as a pod with whole CPUs under
+    Kubernetes' static CPU manager gets. On the full path the router's process
+    group runs on the last core and everything else (Envoy, its services,
+    Triton, this client and the h2load it starts) on the others; the
+    direct-Triton path gets every core. Without ``--pin`` nothing is pinned."""
+
+    def __init__(self, full: Any, enabled: bool) -> None:
+        self.enabled = enabled
+        n = os.cpu_count() or 1
+        self._all = set(range(n))
+        self._router = {n - 1}
+        self._rest = set(range(n - 1)) or self._all
+        groups = _pgids(full)
+        self._router_pgids = set(groups["router"])
+        self._other_pgids = {g for k, gs in groups.items() if k != "router" for g in gs}
+
+    def _apply(self, pgids: set[int], cpus: set[int]) -> None:
+        from scripts.stack import processes
+
+        pids = [p.pid for p in processes() if p.pgid in pgids]
+        for pid in pids:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+                    os.sched_setaffinity(int(tid), cpus)
+
+    def _self(self, cpus: set[int]) -> None:
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(ProcessLookupError, OSError):
+                os.sched_setaffinity(int(tid), cpus)
+
+    def path(self, name: str) -> None:
+        """Arrange the cores for ``name`` ("full" or "triton") before measuring it."""
+        if not self.enabled:
+            return
+        if name == "full":
+            self._apply(self._router_pgids, self._router)
+            self._apply(self._other_pgids, self._rest)
+            self._self(self._rest)
+        else:
+            self._apply(self._router_pgids | self._other_pgids, self._all)
+            self._self(self._all)
+
+
+def markers(pin: bool) -> tuple[str, str]:
+    """The docs block's markers: a pinned run has its own block."""
+    name = "overhead-pinned" if pin else "overhead"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
 def bench_tenants(base: dict[str, Any]) -> dict[str, Any]:
@@ -64,18 +114,20 @@ def bench_tenants(base: dict[str, Any]) -> dict[str, Any]:
     return cfg | {"version": "bench-overhead-7"}
 
 
-async def latency(full: Any, pki: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def latency(full: Any, pki: Any, args: argparse.Namespace, cores: Cores) -> dict[str, Any]:
     eps = [e for e in endpoints(full, pki) if e.name in ("edge", "triton")]
     names = ["full", "triton"]
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     async with contextlib.AsyncExitStack() as stack:
         calls = dict(zip(names, [await e.connect(stack, 5.0) for e in eps], strict=True))
         for n in names:
+            cores.path(n)
             await lg.closed_loop(calls[n], 1, duration_s=args.warmup)
         for _ in range(args.repeats):
             acc = {n: lg.Samples() for n in names}
             for order in lg.block_order(names, args.blocks):
                 for n in order:
+                    cores.path(n)
                     watch = CpuWatch(_pgids(full))
                     s = await lg.closed_loop(calls[n], 1, duration_s=args.duration / args.blocks)
                     cpu = watch.stop()
@@ -103,7 +155,7 @@ def _h2load(url: str, body: Path, headers: list[str], args: argparse.Namespace) 
     return [*cmd, url]
 
 
-def throughput(full: Any, pki: Any, args: argparse.Namespace) -> dict[str, Any]:
+def throughput(full: Any, pki: Any, args: argparse.Namespace, cores: Cores) -> dict[str, Any]:
     triton = full.base.triton
     token = pki.sign_jwt("demo", "bench-overhead", ttl_s=3600)
     metrics = lambda: triton.http_get("/metrics", metrics=True, timeout=5).decode()  # noqa: E731
@@ -127,6 +179,7 @@ def throughput(full: Any, pki: Any, args: argparse.Namespace) -> dict[str, Any]:
         }
         for order in lg.block_order(["full", "triton"], args.repeats):
             for name in order:
+                cores.path(name)
                 before = triton_counts(metrics(), "fraud")
                 watch = CpuWatch(pgids)
                 proc = subprocess.run(cmds[name], capture_output=True, text=True, check=False)
@@ -179,8 +232,12 @@ def markdown(r: dict[str, Any]) -> str:
     lat, tp = r["latency"], r["throughput"]
     lane = "gRPC port (`--grpc-lane`)" if r["plan"]["grpc_lane"] else "HTTP/1.1 fast lane"
     lane += f", {r['plan'].get('online_store', 'sqlite')} online store"
+    pin = bool(r["plan"].get("pin"))
+    if pin:
+        lane += "; full path with the router on a core of its own (`--pin`)"
+    begin, end = markers(pin)
     rows = [
-        BEGIN,
+        begin,
         f"### Overhead targets: Envoy (mTLS) + router ({lane}) + feature read vs direct Triton",
         "",
         f"Machine: {m['label']}: {m['cpus']} vCPU, {m['mem_gib']} GiB, {m['os']}, Python "
@@ -241,14 +298,15 @@ def markdown(r: dict[str, Any]) -> str:
         rows.append(
             f"| {names[k]} | {v:.2f}{unit} | {cmp} {goal}{unit} | {'yes' if ok else '**no**'} |"
         )
-    return "\n".join([*rows, END])
+    return "\n".join([*rows, end])
 
 
-def write_md(path: Path, block: str) -> None:
+def write_md(path: Path, block: str, pin: bool) -> None:
+    begin, end = markers(pin)
     text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
@@ -279,12 +337,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     result: dict[str, Any] = {"machine": machine_info(args.machine)}
     keys = ("repeats", "blocks", "duration", "warmup", "clients", "streams", "h2_duration",
-            "h2_warmup", "grpc_lane", "online_store")  # fmt: skip
+            "h2_warmup", "grpc_lane", "online_store", "pin")  # fmt: skip
     result["plan"] = {k: getattr(args, k) for k in keys}
     result["command"] = "python -m bench.overhead " + " ".join(sys.argv[1:])
     with full:
-        result["latency"] = asyncio.run(latency(full, pki, args))
-        result["throughput"] = throughput(full, pki, args)
+        cores = Cores(full, args.pin)
+        try:
+            result["latency"] = asyncio.run(latency(full, pki, args, cores))
+            result["throughput"] = throughput(full, pki, args, cores)
+        finally:
+            cores.path("triton")  # every core again
     result["checks"] = {k: list(v) for k, v in checks(result).items()}
     return result
 
@@ -303,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render", type=Path, help="only render this JSON result")
     p.add_argument("--grpc-lane", action="store_true", help="Predict on the router's gRPC port")
     p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
+    p.add_argument(
+        "--pin", action="store_true", help="full path: the router on a core of its own (Cores)"
+    )
     g = p.add_argument_group("latency (concurrency 1)")
     g.add_argument("--repeats", type=int, default=3)
     g.add_argument("--blocks", type=int, default=4)
@@ -324,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     block = markdown(result)
     print(block)
     if args.md:
-        write_md(args.md, block)
+        write_md(args.md, block, bool(result["plan"].get("pin")))
     return 0
 
 

@@ -19,7 +19,7 @@ alert thresholds): < 0.1 stable, 0.1-0.25 ``WARN``, > 0.25 ``ALERT``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -135,6 +135,10 @@ class VersionDrift:
         return dict(zip(self.names, values.tolist(), strict=True))
 
 
+def _observe(vd: VersionDrift, matrix: np.ndarray, scores: np.ndarray) -> None:
+    vd.observe(np.column_stack((matrix, scores)))
+
+
 class DriftMonitor:
     """Drift windows of every registered (model, version).
 
@@ -167,8 +171,19 @@ class DriftMonitor:
         for key in set(self._versions) - keys:
             del self._versions[key]
 
-    def observe(self, model: str, version: int, matrix: np.ndarray, scores: np.ndarray) -> None:
-        """Add one request's rows (features [rows, f] and their scores [rows])."""
+    def observe(
+        self,
+        model: str,
+        version: int,
+        matrix: np.ndarray,
+        scores: np.ndarray,
+        *,
+        defer: Callable[..., object] | None = None,
+    ) -> None:
+        """Add one request's rows (features [rows, f] and their scores [rows]).
+
+        ``defer`` (e.g. ``loop.call_soon``) runs the window update later, off the
+        request's latency; the arrays must not change after this call."""
         vd = self._versions.get((model, version))
         if vd is None:
             return
@@ -176,7 +191,10 @@ class DriftMonitor:
             self._tick += 1
             if self._tick % self.every:
                 return
-        vd.observe(np.column_stack((matrix, scores)))
+        if defer is None:
+            vd.observe(np.column_stack((matrix, scores)))
+        else:
+            defer(_observe, vd, matrix, scores)
 
     def snapshot(self) -> dict[tuple[str, int], dict[str, float]]:
         """PSI per feature (and score) for versions with enough observations."""

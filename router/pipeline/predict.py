@@ -8,6 +8,7 @@ degrades the answer instead of eating the inference time.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
@@ -243,7 +244,15 @@ class Predictor:
                 span.set_attribute("inferline.fallback_level", result.level.name)
                 span.set_attribute("inferline.served_version", result.version)
         if result.level in (FallbackLevel.PRIMARY, FallbackLevel.LAST_KNOWN_GOOD):
-            self._drift.observe(route.model, result.version, batch.matrix, result.scores)
+            # After the answer is written (call_soon): the window update is
+            # bookkeeping, not part of the caller's latency.
+            self._drift.observe(
+                route.model,
+                result.version,
+                batch.matrix,
+                result.scores,
+                defer=asyncio.get_running_loop().call_soon,
+            )
             shadow = snap.shadows.get(route.model)
             if self._shadow is not None and shadow is not None and route.alias == shadow.alias:
                 self._shadow.submit(

@@ -35,6 +35,7 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import cast
 
 import httptools
@@ -229,15 +230,21 @@ class _Connection(asyncio.Protocol):
             req = self._queue.popleft()
             self.busy = True
             try:
-                response = await self._lane.answer(req, self.peers)
+                response, done = await self._lane.answer(req, self.peers)
             finally:
                 self.busy = False
             transport = self._transport
             if transport is None or transport.is_closing():
+                if done is not None:
+                    done()
                 return
             if self._lane.closing and not req.close:  # say so: the peer will not reuse it
                 response = response.replace(b"\r\n", b"\r\nconnection: close\r\n", 1)
             transport.write(response)
+            # The request's log line and metrics once the answer is on its way:
+            # they are off the caller's latency (~50 us at concurrency 1).
+            if done is not None:
+                done()
             if req.close or self._lane.closing:
                 transport.close()
                 return
@@ -348,19 +355,26 @@ class FastLane:
             if conn._transport is not None:
                 conn._transport.abort()
 
-    async def answer(self, req: _Request, peers: Callable[[], frozenset[str]]) -> bytes:
+    async def answer(
+        self, req: _Request, peers: Callable[[], frozenset[str]]
+    ) -> tuple[bytes, Callable[[], None] | None]:
+        """The response, and what to record once it is written (None: nothing)."""
         path = req.url.partition(b"?")[0]
         if req.method == b"POST" and path == PREDICT_PATH:
-            return await self._predict(req, peers)
+            t0 = time.monotonic()
+            response, code = await self._predict(req, peers)
+            return response, partial(record_rpc, self._metrics, METHOD, code, time.monotonic() - t0)
         if req.method == b"GET" and path == HEALTH_PATH:
             status = b"200 OK" if self.serving else b"503 Service Unavailable"
-            return b"HTTP/1.1 %s\r\ncontent-length: 0\r\n\r\n" % status
-        return error_response(WireStatus("UNIMPLEMENTED", "unknown method"))
+            return b"HTTP/1.1 %s\r\ncontent-length: 0\r\n\r\n" % status, None
+        return error_response(WireStatus("UNIMPLEMENTED", "unknown method")), None
 
-    async def _predict(self, req: _Request, peers: Callable[[], frozenset[str]]) -> bytes:
+    async def _predict(
+        self, req: _Request, peers: Callable[[], frozenset[str]]
+    ) -> tuple[bytes, str]:
+        """The response and its gRPC status name."""
         structlog.contextvars.clear_contextvars()
         t0 = time.monotonic()
-        code = "OK"
         try:
             if req.headers.get("content-type") != CONTENT_TYPE_STR:
                 raise InvalidArgument("content-type must be application/x-protobuf")
@@ -370,16 +384,13 @@ class FastLane:
                 raise InvalidArgument("request body is not a valid protobuf message") from e
             timeout = grpc_timeout(req.headers.get("grpc-timeout"))
             resp = await self._servicer.handle(request, req.headers, peers, timeout)
-            return _response(b"200 OK", resp.SerializeToString())
+            return _response(b"200 OK", resp.SerializeToString()), "OK"
         except InferlineError as e:
-            code = e.code.name
-            return error_response(wire_status(e))
+            return error_response(wire_status(e)), e.code.name
         except asyncio.CancelledError:
-            code = "CANCELLED"
+            # No answer will be written: record now (the caller went away).
+            record_rpc(self._metrics, METHOD, "CANCELLED", time.monotonic() - t0)
             raise
         except Exception:
-            code = "INTERNAL"
             log.exception("rpc.unhandled_error", method=METHOD)
-            return error_response(WireStatus("INTERNAL", "internal error"))
-        finally:
-            record_rpc(self._metrics, METHOD, code, time.monotonic() - t0)
+            return error_response(WireStatus("INTERNAL", "internal error")), "INTERNAL"

@@ -219,3 +219,26 @@ async def test_stop_lets_in_flight_finish(lane: Any) -> None:
     assert status == 200 and headers.get("connection") == "close"
     assert inference_pb2.PredictResponse.FromString(body).request_id == "slow"
     writer.close()
+
+
+async def test_every_answer_is_recorded_after_it_is_written() -> None:
+    """The request's metrics (and log line) are recorded once its answer is on
+    the wire, pipelined requests included, errors with their gRPC code."""
+    from router.observability.metrics import Metrics
+
+    metrics = Metrics(lambda: (frozenset(), frozenset()))
+    settings = ServerSettings(port=0, bridge_port=0)
+    lane = FastLane(settings, TlsSettings(), _Servicer(), metrics, None)  # type: ignore[arg-type]
+    await lane.start(0)
+    lane.serving = True
+    try:
+        got = await _exchange(lane, _predict("a"), _predict("not-found"), _predict("b"))
+        assert [status for status, _, _ in got] == [200, 404, 200]
+        assert [h.get("x-inferline-grpc-status") for _, h, _ in got] == [None, "5", None]
+        await asyncio.sleep(0)
+        text = metrics.render().decode()
+        ok = [ln for ln in text.splitlines() if ln.startswith("inferline_requests_total")]
+        assert any('code="OK"' in ln and ln.endswith(" 2.0") for ln in ok), ok
+        assert any('code="NOT_FOUND"' in ln and ln.endswith(" 1.0") for ln in ok), ok
+    finally:
+        await lane.stop(0.5)
