@@ -8,7 +8,11 @@ clients, default 1) on the HTTP/1.1 fast lane and on the gRPC port, ``--repeats`
 times each, and reads the router's CPU from ``/proc``. This is the loop used to profile and cut
 the router (docs/benchmarks.md, "What else was cut"); no Envoy, no TLS.
 
+``--against REV`` measures a code change instead: this tree's router and one
+started from a git worktree of REV, on one Triton, in alternating runs.
+
     python -m bench.router_cpu --build build
+    python -m bench.router_cpu --build build --against 818c0d6 --repeats 7 --requests 4000
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", nargs="*", default=[], help="extra router settings, KEY=VALUE")
     p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
     p.add_argument("--concurrency", type=int, default=1, help="h2load clients (1 stream each)")
+    p.add_argument(
+        "--against",
+        metavar="REV",
+        help="fast lane only: this router vs one started from git revision REV, side by side",
+    )
     args = p.parse_args(argv)
+    if args.against:
+        return against(args)
     env = {"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"}
     env |= dict(kv.split("=", 1) for kv in args.env)
     logs = args.build.resolve() / "logs" / time.strftime("router-cpu-%H%M%S")
@@ -91,6 +103,79 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in results.items():
         rps = statistics.median(rates[name])
         print(f"| {name} | {rps:,.0f} rps | {statistics.median(v):.0f} us |")
+    return 0
+
+
+def against(args: argparse.Namespace) -> int:
+    """This tree's router and REV's, on one Triton, in alternating h2load runs of
+    the fast lane: the ratio of their CPU per request survives the VM's drift
+    between runs, which comparing two separate runs does not (~10%)."""
+    from scripts.stack import ROOT, RouterProcess, Stack, group_cpu_seconds
+
+    env = {"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"}
+    env |= dict(kv.split("=", 1) for kv in args.env)
+    logs = args.build.resolve() / "logs" / time.strftime("router-cpu-ab-%H%M%S")
+    stack = Stack(
+        args.build,
+        logs,
+        routing_table=ROOT / "scripts" / "demo_routing.yaml",
+        router_env=env,
+        online_store=args.online_store,
+    )
+    with tempfile.TemporaryDirectory() as d, stack:
+        tree = Path(d) / "rev"
+        git = ["git", "-C", str(ROOT)]
+        subprocess.run([*git, "worktree", "add", "--detach", str(tree), args.against], check=True)
+        try:
+            assert stack.router is not None and stack.triton is not None
+            old_env = {  # as Stack.start configures its router
+                "INFERLINE_TRITON__URL": stack.triton.grpc_url,
+                "INFERLINE_TRITON__HTTP_URL": stack.triton.http_url,
+                "INFERLINE_FEATURES__REPO_PATH": str(stack.feast_repo),
+                "INFERLINE_MODELS__REPOSITORY": str(args.build.resolve() / "model_repository"),
+                "INFERLINE_ROUTING__TABLE_PATH": str(stack.routing_table),
+                **env,
+            }
+            boot = (
+                f"import sys; sys.path.insert(0, {str(tree)!r}); import runpy; "
+                "runpy.run_module('router', run_name='__main__')"
+            )
+            (logs / args.against).mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-c", boot]
+            with RouterProcess(old_env, logs / args.against, command=command) as old:
+                raw = Path(d) / "req.bin"
+                raw.write_bytes(router_request("fraud:prod", 42))
+                routers = {"this tree": stack.router, args.against: old}
+                cpu: dict[str, list[float]] = {k: [] for k in routers}
+
+                def run(router: RouterProcess, n: int) -> float:
+                    c0 = group_cpu_seconds(router.pid)
+                    out = subprocess.run(
+                        ["h2load", "-n", str(n), "-c", str(args.concurrency), "-m", "1",
+                         "-H", "x-inferline-tenant: demo", "--h1", "-d", str(raw),
+                         "-H", "content-type: application/x-protobuf",
+                         f"http://{router.bridge_address}{ROUTER_METHOD}"],
+                        capture_output=True, text=True, check=True,
+                    ).stdout  # fmt: skip
+                    ok = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
+                    return 1e6 * (group_cpu_seconds(router.pid) - c0) / max(ok, 1)
+
+                for r in routers.values():
+                    run(r, 1500)  # warm-up
+                for i in range(args.repeats):
+                    names = list(routers) if i % 2 == 0 else list(routers)[::-1]
+                    for name in names:
+                        cpu[name].append(run(routers[name], args.requests))
+                        print(f"{name}: {cpu[name][-1]:.0f} us router CPU / request")
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)
+    new, ref = (statistics.median(v) for v in cpu.values())
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {args.online_store}; concurrency "
+        f"{args.concurrency}; {args.repeats} alternating runs of {args.requests}"
+    )
+    print(f"| this tree | {args.against} | ratio |\n| --- | --- | --- |")
+    print(f"| {new:.0f} us | {ref:.0f} us | {new / ref:.2f} |")
     return 0
 
 
