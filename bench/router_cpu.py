@@ -25,13 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.h2load import grpc_frame
 from bench.loadgen import ROUTER_METHOD, router_request
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scripts.stack import ROOT, Stack, group_cpu_seconds
+    from scripts.stack import group_cpu_seconds
 
     p = argparse.ArgumentParser(prog="python -m bench.router_cpu", description=__doc__)
     p.add_argument("--build", type=Path, default=Path("build"))
@@ -48,16 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.against:
         return against(args)
-    env = {"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"}
-    env |= dict(kv.split("=", 1) for kv in args.env)
-    logs = args.build.resolve() / "logs" / time.strftime("router-cpu-%H%M%S")
-    stack = Stack(
-        args.build,
-        logs,
-        routing_table=ROOT / "scripts" / "demo_routing.yaml",
-        router_env=env,
-        online_store=args.online_store,
-    )
+    stack, _ = _stack(args, "router-cpu")
     results: dict[str, list[float]] = {"fast lane (HTTP/1.1)": [], "gRPC port": []}
     rates: dict[str, list[float]] = {k: [] for k in results}
     with stack, tempfile.TemporaryDirectory() as d:
@@ -67,12 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         raw.write_bytes(body)
         framed.write_bytes(grpc_frame(body))
         router = stack.router
-        common = ["-c", str(args.concurrency), "-m", "1", "-H", "x-inferline-tenant: demo"]
+        common = _common(args.concurrency)
         cmds = {
-            "fast lane (HTTP/1.1)": [
-                *common, "--h1", "-d", str(raw), "-H", "content-type: application/x-protobuf",
-                f"http://{router.bridge_address}{ROUTER_METHOD}",
-            ],
+            "fast lane (HTTP/1.1)": _fast_lane(router, raw, args.concurrency),
             "gRPC port": [
                 *common, "-d", str(framed), "-H", "content-type: application/grpc",
                 "-H", "te: trailers", f"http://{router.address}{ROUTER_METHOD}",
@@ -106,22 +95,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def against(args: argparse.Namespace) -> int:
-    """This tree's router and REV's, on one Triton, in alternating h2load runs of
-    the fast lane: the ratio of their CPU per request survives the VM's drift
-    between runs, which comparing two separate runs does not (~10%)."""
-    from scripts.stack import ROOT, RouterProcess, Stack, group_cpu_seconds
+def _stack(args: argparse.Namespace, name: str) -> tuple[Any, dict[str, str]]:
+    """Triton + one router as the benchmark runs them, and the router's settings."""
+    from scripts.stack import ROOT, Stack
 
     env = {"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"}
     env |= dict(kv.split("=", 1) for kv in args.env)
-    logs = args.build.resolve() / "logs" / time.strftime("router-cpu-ab-%H%M%S")
     stack = Stack(
         args.build,
-        logs,
+        args.build.resolve() / "logs" / time.strftime(f"{name}-%H%M%S"),
         routing_table=ROOT / "scripts" / "demo_routing.yaml",
         router_env=env,
         online_store=args.online_store,
     )
+    return stack, env
+
+
+def _common(concurrency: int) -> list[str]:
+    return ["-c", str(concurrency), "-m", "1", "-H", "x-inferline-tenant: demo"]
+
+
+def _fast_lane(router: Any, body: Path, concurrency: int) -> list[str]:
+    """h2load's arguments for the serialized request on the router's HTTP/1.1 lane."""
+    return [
+        *_common(concurrency), "--h1", "-d", str(body),
+        "-H", "content-type: application/x-protobuf",
+        f"http://{router.bridge_address}{ROUTER_METHOD}",
+    ]  # fmt: skip
+
+
+def against(args: argparse.Namespace) -> int:
+    """This tree's router and REV's, on one Triton, in alternating h2load runs of
+    the fast lane: the ratio of their CPU per request survives the VM's drift
+    between runs, which comparing two separate runs does not (~10%)."""
+    from scripts.stack import ROOT, RouterProcess, group_cpu_seconds
+
+    stack, env = _stack(args, "router-cpu-ab")
+    logs = stack.log_dir
     with tempfile.TemporaryDirectory() as d, stack:
         tree = Path(d) / "rev"
         git = ["git", "-C", str(ROOT)]
@@ -151,12 +161,11 @@ def against(args: argparse.Namespace) -> int:
                 def run(router: RouterProcess, n: int) -> float:
                     c0 = group_cpu_seconds(router.pid)
                     out = subprocess.run(
-                        ["h2load", "-n", str(n), "-c", str(args.concurrency), "-m", "1",
-                         "-H", "x-inferline-tenant: demo", "--h1", "-d", str(raw),
-                         "-H", "content-type: application/x-protobuf",
-                         f"http://{router.bridge_address}{ROUTER_METHOD}"],
-                        capture_output=True, text=True, check=True,
-                    ).stdout  # fmt: skip
+                        ["h2load", "-n", str(n), *_fast_lane(router, raw, args.concurrency)],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
                     ok = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
                     return 1e6 * (group_cpu_seconds(router.pid) - c0) / max(ok, 1)
 
