@@ -71,7 +71,7 @@ class RequestSpans:
     """The request's server span. Recorded spans come from the SDK; a request that
     will not be recorded (most of them: sampling, or no exporter) gets a
     non-recording span with fresh ids or the caller's trace id, made current
-    without the SDK's span machinery (~4% of the router's CPU per request).
+    without the SDK's span machinery (~2% of the router's CPU per request).
 
     ``recording``: an exporter is configured; ``root_ratio``: the fraction of new
     traces (no ``traceparent``) recorded. A caller's sampled flag is honoured by
