@@ -9,7 +9,9 @@ times each, and reads the router's CPU from ``/proc``. This is the loop used to 
 the router (docs/benchmarks.md, "What else was cut"); no Envoy, no TLS.
 
 ``--against REV`` measures a code change instead: this tree's router and one
-started from a git worktree of REV, on one Triton, in alternating runs.
+started from a git worktree of REV, on one Triton, in alternating runs; a
+directory instead of REV runs the router package under it (``bench.compiled_tree``
+builds one compiled by mypyc).
 
     python -m bench.router_cpu --build build
     python -m bench.router_cpu --build build --against 818c0d6 --repeats 7 --requests 4000
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,8 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=1, help="h2load clients (1 stream each)")
     p.add_argument(
         "--against",
-        metavar="REV",
-        help="fast lane only: this router vs one started from git revision REV, side by side",
+        metavar="REV|DIR",
+        help="fast lane only: this router vs one started from git revision REV (or from "
+        "the router package under DIR, e.g. bench.compiled_tree's), side by side",
+    )
+    p.add_argument(
+        "--perf",
+        action="store_true",
+        help="after the runs, sample the router with `perf record` over one more fast-lane "
+        "run and print its CPU by shared object (interpreter, kernel, sqlite, ...)",
     )
     args = p.parse_args(argv)
     if args.against:
@@ -84,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name}: {ok} ok, {rates[name][-1]:,.0f} rps, "
                     f"{results[name][-1]:.0f} us router CPU / request"
                 )
+        if args.perf:
+            print(
+                perf_by_object(
+                    router.pid,
+                    ["h2load", "-n", str(args.requests), *cmds["fast lane (HTTP/1.1)"]],
+                    Path(d) / "perf.data",
+                )
+            )
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {args.online_store}; "
         f"concurrency {args.concurrency}; medians of {args.repeats}"
@@ -124,6 +142,31 @@ def _fast_lane(router: Any, body: Path, concurrency: int) -> list[str]:
     ]  # fmt: skip
 
 
+def perf_by_object(pid: int, load: list[str], data: Path, top: int = 12) -> str:
+    """Where the router's CPU goes below Python: ``perf record`` (software clock,
+    so it works in VMs without hardware counters) on ``pid`` while ``load``
+    runs, reported as a share per shared object."""
+    rec = subprocess.Popen(
+        ["perf", "record", "-F", "4999", "-p", str(pid), "-o", str(data)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # perf attached before the load starts
+    subprocess.run(load, capture_output=True, check=True)
+    rec.send_signal(signal.SIGINT)
+    rec.wait(timeout=60)
+    report = subprocess.run(
+        ["perf", "report", "-i", str(data), "--sort", "dso", "--stdio", "-g", "none"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line.split(None, 1) for line in report.splitlines() if line.strip()[:1].isdigit()]
+    lines = ["| shared object | router CPU |", "| --- | --- |"]
+    lines += [f"| {name.strip()} | {share} |" for share, name in rows[:top]]
+    return "\n".join(lines)
+
+
 def against(args: argparse.Namespace) -> int:
     """This tree's router and REV's, on one Triton, in alternating h2load runs of
     the fast lane: the ratio of their CPU per request survives the VM's drift
@@ -133,9 +176,13 @@ def against(args: argparse.Namespace) -> int:
     stack, env = _stack(args, "router-cpu-ab")
     logs = stack.log_dir
     with tempfile.TemporaryDirectory() as d, stack:
-        tree = Path(d) / "rev"
+        given = Path(args.against)
+        tree = given.resolve() if given.is_dir() else Path(d) / "rev"
         git = ["git", "-C", str(ROOT)]
-        subprocess.run([*git, "worktree", "add", "--detach", str(tree), args.against], check=True)
+        if not given.is_dir():
+            subprocess.run(
+                [*git, "worktree", "add", "--detach", str(tree), args.against], check=True
+            )
         try:
             assert stack.router is not None and stack.triton is not None
             old_env = {  # as Stack.start configures its router
@@ -150,9 +197,9 @@ def against(args: argparse.Namespace) -> int:
                 f"import sys; sys.path.insert(0, {str(tree)!r}); import runpy; "
                 "runpy.run_module('router', run_name='__main__')"
             )
-            (logs / args.against).mkdir(parents=True, exist_ok=True)
+            (logs / tree.name).mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-c", boot]
-            with RouterProcess(old_env, logs / args.against, command=command) as old:
+            with RouterProcess(old_env, logs / tree.name, command=command) as old:
                 raw = Path(d) / "req.bin"
                 raw.write_bytes(router_request("fraud:prod", 42))
                 routers = {"this tree": stack.router, args.against: old}
@@ -177,7 +224,8 @@ def against(args: argparse.Namespace) -> int:
                         cpu[name].append(run(routers[name], args.requests))
                         print(f"{name}: {cpu[name][-1]:.0f} us router CPU / request")
         finally:
-            subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)
+            if not given.is_dir():
+                subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)
     new, ref = (statistics.median(v) for v in cpu.values())
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {args.online_store}; concurrency "

@@ -202,7 +202,7 @@ class FeastFeatureStore:
         direct_redis_reads: bool = True,
     ) -> None:
         self._repo_path = repo_path
-        self._inline = inline_sync_reads
+        self._inline_reads = inline_sync_reads
         self._direct = direct_sqlite_reads
         self._direct_redis = direct_redis_reads
         self._redis: RedisRows | None = None
@@ -232,9 +232,10 @@ class FeastFeatureStore:
                 ttl_s=fv.ttl.total_seconds() if fv.ttl else 0.0,
                 features=frozenset(f.name for f in fv.features),
             )
-        if not self._async and not self._inline:
+        if not self._async and not self._inline_reads:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-read")
-        if self._direct and self._inline and type(self._online).__name__ == "SqliteOnlineStore":
+        sqlite = type(self._online).__name__ == "SqliteOnlineStore"
+        if self._direct and self._inline_reads and sqlite:
             self._sqlite = _SqliteRows(store, self._online, self._views)
         if self._direct_redis and self._async:
             from feast.infra.online_stores.redis import _versioned_fv_name
@@ -262,7 +263,7 @@ class FeastFeatureStore:
     @property
     def inline(self) -> bool:
         """A synchronous store read on the event loop (SQLite): it cannot suspend."""
-        return self._inline and not self._async
+        return self._inline_reads and not self._async
 
     def view_info(self, name: str) -> ViewInfo:
         try:
@@ -332,7 +333,7 @@ class FeastFeatureStore:
                 if len(reads) == 1:
                     return [await self._read_one_async(reads[0])]
                 return list(await asyncio.gather(*(self._read_one_async(r) for r in reads)))
-            if self._inline:
+            if self._inline_reads:
                 return self._read_sync(reads)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, self._read_sync, reads)

@@ -371,12 +371,12 @@ class HttpEndpoint:
     host: str
     port: int
     _server: Any
-    _thread: threading.Thread
+    _worker: threading.Thread
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=5)
+        self._worker.join(timeout=5)
 
 
 def start_http_server(metrics: Metrics, host: str = "127.0.0.1", port: int = 0) -> HttpEndpoint:

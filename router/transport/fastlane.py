@@ -36,7 +36,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import httptools
 import structlog
@@ -331,7 +331,9 @@ class FastLane:
             reuse_port=True,
             backlog=1024,
         )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        # uvloop's Server.sockets is a list (typeshed: a tuple): read it untyped.
+        server: Any = self._server
+        self.port = int(server.sockets[0].getsockname()[1])
         return self.port
 
     async def stop(self, grace_s: float) -> None:
