@@ -63,6 +63,7 @@ class App:
             inline_sync_reads=settings.features.inline_sync_reads,
             direct_sqlite_reads=settings.features.direct_sqlite_reads,
             direct_redis_reads=settings.features.direct_redis_reads,
+            busy_timeout_s=settings.features.timeout_ms / 1000,
         )
         self.triton = TritonPools(
             settings.triton.url, settings.triton.http_url, settings.triton.startup_timeout_s
@@ -131,6 +132,11 @@ class App:
         self.log_sink = configure_logging(s.log)
         self._log_flush = asyncio.create_task(self.log_sink.run())
         self.features.start()
+        mode = self.features.sqlite_journal_mode
+        if mode is not None and mode != "wal":
+            # Rollback-journal mode: a materialization's commit locks readers out
+            # (the read then fails after features.timeout_ms and degrades).
+            log.warning("feature_store.sqlite_not_wal", journal_mode=mode)
         if s.registry.enabled:
             self.release = Release(
                 s,

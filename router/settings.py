@@ -64,8 +64,10 @@ class FeatureSettings(_Section):
     inline_sync_reads: bool = True
     """Run a synchronous online store's read (SQLite, a local file) on the event
     loop instead of a worker thread: the thread hop costs ~0.1 ms of CPU, more
-    than the read itself. The read then cannot be cut short by timeout_ms; use a
-    network store (Redis, async) where that matters."""
+    than the read itself. The read then cannot be cut short by timeout_ms, except
+    a wait for a writer's lock, which gives up after timeout_ms (keep the store in
+    WAL mode, as build_demo writes it, and readers never wait); use a network
+    store (Redis, async) where that matters."""
     direct_sqlite_reads: bool = True
     """With the SQLite online store and inline reads, query its table directly
     (same table, keys and timestamps as Feast's ``online_read``, only the

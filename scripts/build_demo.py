@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sqlite3
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -85,6 +86,21 @@ def verify_online(store: Any, tables: dict[str, pd.DataFrame]) -> None:
             raise RuntimeError(f"{spec.name}: {spec.join_key}={missing} should be missing")
 
 
+def use_wal(db: Path) -> None:
+    """Put the SQLite online store in WAL mode (persistent, in the file): the
+    router reads it on its event loop, and in the default rollback-journal mode
+    every later materialization's commit would lock those reads out. In WAL
+    mode readers see the last committed snapshot while a writer works, and
+    Feast's writes need no change."""
+    conn = sqlite3.connect(db)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    finally:
+        conn.close()
+    if str(mode).lower() != "wal":
+        raise RuntimeError(f"{db}: journal_mode is {mode!r}, not WAL")
+
+
 def build_features(out: Path, online_store: str, redis_url: str | None) -> Path:
     from feast import FeatureStore
 
@@ -100,6 +116,8 @@ def build_features(out: Path, online_store: str, redis_url: str | None) -> Path:
     store = FeatureStore(repo_path=str(repo))
     store.apply([*ENTITIES, *FEATURE_VIEWS])
     store.materialize(start_date=now - timedelta(days=30), end_date=now + timedelta(minutes=1))
+    if online_store == "sqlite":
+        use_wal(repo / "data" / "online_store.db")
     verify_online(store, tables)
     summary = {
         v.name: {

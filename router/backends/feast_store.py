@@ -83,7 +83,13 @@ class _SqliteRows:
     path was Feast's read (docs/benchmarks.md).
     """
 
-    def __init__(self, store: FeatureStore, online: Any, views: dict[str, FeatureView]) -> None:
+    def __init__(
+        self,
+        store: FeatureStore,
+        online: Any,
+        views: dict[str, FeatureView],
+        busy_timeout_s: float,
+    ) -> None:
         from feast.infra.key_encoding_utils import serialize_entity_key
         from feast.infra.online_stores.sqlite import _table_id
 
@@ -96,7 +102,13 @@ class _SqliteRows:
             for name, fv in views.items()
         }
         path = online._get_db_path(config)
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        # The read runs on the event loop: a writer's lock must not hold it for
+        # sqlite3's default 5 s. Past ``busy_timeout_s`` the read fails (the
+        # request degrades); in WAL mode readers never wait for a writer at all.
+        self._conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=busy_timeout_s
+        )
+        self.journal_mode = str(self._conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
         self._sql: dict[tuple[str, int], str] = {}
         # Serialized entity keys (Feast's serializer builds protos: ~10 us a key).
         self._keys: dict[tuple[str, tuple[int | str, ...]], bytes] = {}
@@ -200,8 +212,10 @@ class FeastFeatureStore:
         inline_sync_reads: bool = True,
         direct_sqlite_reads: bool = True,
         direct_redis_reads: bool = True,
+        busy_timeout_s: float = 0.008,
     ) -> None:
         self._repo_path = repo_path
+        self._busy_timeout_s = busy_timeout_s
         self._inline_reads = inline_sync_reads
         self._direct = direct_sqlite_reads
         self._direct_redis = direct_redis_reads
@@ -236,7 +250,7 @@ class FeastFeatureStore:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-read")
         sqlite = type(self._online).__name__ == "SqliteOnlineStore"
         if self._direct and self._inline_reads and sqlite:
-            self._sqlite = _SqliteRows(store, self._online, self._views)
+            self._sqlite = _SqliteRows(store, self._online, self._views, self._busy_timeout_s)
         if self._direct_redis and self._async:
             from feast.infra.online_stores.redis import _versioned_fv_name
 
@@ -264,6 +278,12 @@ class FeastFeatureStore:
     def inline(self) -> bool:
         """A synchronous store read on the event loop (SQLite): it cannot suspend."""
         return self._inline_reads and not self._async
+
+    @property
+    def sqlite_journal_mode(self) -> str | None:
+        """The SQLite online store's journal mode on the direct read path ("wal"
+        is the one where a materialization never blocks a read); None otherwise."""
+        return self._sqlite.journal_mode if self._sqlite is not None else None
 
     def view_info(self, name: str) -> ViewInfo:
         try:

@@ -170,7 +170,6 @@ class TritonHttpClient:
                 payload,
             )
         )
-        loop = asyncio.get_running_loop()
         conn: _Conn | None = None
         timer: asyncio.TimerHandle | None = None
         try:
@@ -180,7 +179,8 @@ class TritonHttpClient:
                 async with asyncio.timeout(timeout_s):  # a new connection: rare
                     conn = await self._acquire()
             waiter = conn.send(request)
-            timer = loop.call_later(timeout_s, _expire, waiter)
+            assert conn.loop is not None  # set with the connection
+            timer = conn.loop.call_later(timeout_s, _expire, waiter)
             status, headers, body = await waiter
         except TimeoutError as e:
             if conn is not None:

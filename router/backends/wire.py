@@ -25,6 +25,7 @@ class FutureConnection(asyncio.Protocol, Generic[T], metaclass=abc.ABCMeta):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.waiter: asyncio.Future[T] | None = None
         self.buf = bytearray()
         self.closed = False
@@ -32,6 +33,9 @@ class FutureConnection(asyncio.Protocol, Generic[T], metaclass=abc.ABCMeta):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses but have its API.
         self.transport = cast(asyncio.Transport, transport)
+        # The connection's loop, once: on Python 3.11 every
+        # asyncio.get_running_loop() is a getpid() system call (fork check).
+        self.loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -54,10 +58,11 @@ class FutureConnection(asyncio.Protocol, Generic[T], metaclass=abc.ABCMeta):
 
     def send(self, payload: bytes) -> asyncio.Future[T]:
         """Write one exchange and return the future its answer resolves."""
-        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        transport, loop = self.transport, self.loop
+        assert transport is not None and loop is not None
+        waiter: asyncio.Future[T] = loop.create_future()
         self.waiter = waiter
-        assert self.transport is not None
-        self.transport.write(payload)
+        transport.write(payload)
         return waiter
 
     def resolve(self, answer: T) -> None:

@@ -153,6 +153,9 @@ class _Connection(asyncio.Protocol):
         self._body_bytes = 0
         self._queue: deque[_Request] = deque()
         self._task: asyncio.Task[None] | None = None
+        # Once per connection (the server builds it on its loop): on Python 3.11
+        # every asyncio.get_running_loop() is a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         self._peers: frozenset[str] | None = None
         self.busy = False
 
@@ -204,7 +207,7 @@ class _Connection(asyncio.Protocol):
         self._header_bytes = self._body_bytes = 0
         self._queue.append(req)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._serve())
+            self._task = self._loop.create_task(self._serve())
 
     def _count(self, n: int) -> None:
         self._header_bytes += n

@@ -5,6 +5,8 @@ in any feature order."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,81 @@ async def test_direct_redis_read_matches_feast_online_read(
         finally:
             await fast.close()
             await feast.close()
+
+
+def _store_copy(demo_build: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the demo's Feast repo (tests below write to it)."""
+    import shutil
+
+    repo = tmp_path / "feast"
+    shutil.copytree(demo_build / "feast", repo)
+    return repo, repo / "data" / "online_store.db"
+
+
+def _shift_event_times(conn: sqlite3.Connection, seconds: int) -> None:
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for t in tables:
+        conn.execute(f'UPDATE "{t}" SET event_ts = event_ts + ?', (seconds,))
+
+
+async def test_a_materialization_in_progress_never_blocks_a_read(
+    demo_build: Path, tmp_path: Path
+) -> None:
+    """build_demo leaves the store in WAL mode: while a writer holds an exclusive
+    write transaction (a materialization's commit), inline reads on the event
+    loop answer at once from the last committed snapshot, and see the new rows
+    as soon as the writer commits."""
+    repo, db = _store_copy(demo_build, tmp_path)
+    store = FeastFeatureStore(repo, busy_timeout_s=2.0)
+    store.start()
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert store.sqlite_journal_mode == "wal"
+        read = [ViewRead("account_features", [(1,)], ("txn_count_7d", "avg_amount_30d"))]
+        [[(before_ts, values)]] = await store.read(read)
+        assert before_ts is not None and values is not None
+        writer.execute("BEGIN EXCLUSIVE")
+        _shift_event_times(writer, 3600)
+        t0 = time.monotonic()
+        [[during]] = await store.read(read)
+        waited = time.monotonic() - t0
+        assert during == (before_ts, values)  # the committed snapshot
+        assert waited < 0.5  # not the 2 s busy timeout: no lock wait at all
+        writer.execute("COMMIT")
+        [[(after_ts, after_values)]] = await store.read(read)
+        assert after_ts == before_ts + 3600 and after_values == values
+    finally:
+        writer.close()
+        await store.close()
+
+
+async def test_a_locked_rollback_journal_store_fails_fast_instead_of_stalling(
+    demo_build: Path, tmp_path: Path
+) -> None:
+    """A store left in rollback-journal mode: a writer's exclusive lock shuts
+    readers out. The inline read gives up after its busy timeout (the feature
+    budget in the router, not sqlite3's default 5 s of a stalled event loop)
+    with the typed store failure the pipeline degrades on."""
+    from router.pipeline.features import FeatureStoreUnavailable
+
+    repo, db = _store_copy(demo_build, tmp_path)
+    conv = sqlite3.connect(db)
+    assert conv.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    conv.close()
+    store = FeastFeatureStore(repo, busy_timeout_s=0.05)
+    store.start()
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert store.sqlite_journal_mode == "delete"
+        read = [ViewRead("account_features", [(1,)], ("txn_count_7d",))]
+        [[row]] = await store.read(read)
+        writer.execute("BEGIN EXCLUSIVE")
+        t0 = time.monotonic()
+        with pytest.raises(FeatureStoreUnavailable):
+            await store.read(read)
+        assert time.monotonic() - t0 < 1.0
+        writer.execute("ROLLBACK")
+        assert await store.read(read) == [[row]]  # and reads recover with the lock
+    finally:
+        writer.close()
+        await store.close()
