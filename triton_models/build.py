@@ -44,6 +44,8 @@ from router.pipeline.schema import feature_schema_hash
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+MODEL_HELPERS: dict[str, tuple[str, ...]] = {"fraud": ("xgb_dense.py",)}
+"""Modules copied next to a Python-backend model's ``model.py`` besides batched.py."""
 TRAIN_ROWS = 20_000
 MAX_BATCH_SIZE = 64
 # Picked by the p95 budget from the sweep (bench/sweep.py, docs/benchmarks-batching.md):
@@ -373,6 +375,8 @@ def _write_version(
     if python_backend:
         shutil.copyfile(HERE / model / "model.py", vdir / "model.py")
         shutil.copyfile(HERE / "batched.py", vdir / "batched.py")
+        for helper in MODEL_HELPERS.get(model, ()):
+            shutil.copyfile(HERE / helper, vdir / helper)
     (vdir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
