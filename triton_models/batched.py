@@ -50,6 +50,7 @@ class BatchedModel(abc.ABC):
         self.input_name: str = config["input"][0]["name"]
         self.output_name: str = config["output"][0]["name"]
         self.n_features = int(config["input"][0]["dims"][0])
+        self.parameters: dict[str, dict[str, str]] = config.get("parameters", {})
         self.load(os.path.join(args["model_repository"], args["model_version"]))
         # Warm up: the first real request should not pay for lazy initialisation.
         self.score(np.zeros((1, self.n_features), dtype=np.float32))

@@ -31,10 +31,12 @@ class DensePredictor:
     """``predict(x: float32[N, F]) -> float32[N]``: P(positive) per row, as
     ``booster.inplace_predict(x, predict_type="value")`` returns it."""
 
-    def __init__(self, booster: Any, n_features: int) -> None:
+    def __init__(self, booster: Any, n_features: int, *, direct: bool = True) -> None:
         self._booster = booster
         self._n_features = n_features
         self.direct = False
+        if not direct:  # asked for inplace_predict
+            return
         try:
             from xgboost.core import _LIB  # the library xgboost itself loaded
 

@@ -71,3 +71,10 @@ def test_falls_back_to_inplace_predict_when_parity_fails(
     assert not pred.direct
     x = np.random.default_rng(2).normal(size=(4, N_FEATURES)).astype(np.float32)
     assert np.array_equal(pred(x), booster.inplace_predict(x, predict_type="value"))
+
+
+def test_direct_false_keeps_inplace_predict(booster: xgb.Booster) -> None:
+    pred = DensePredictor(booster, N_FEATURES, direct=False)
+    assert not pred.direct
+    x = np.random.default_rng(5).normal(size=(3, N_FEATURES)).astype(np.float32)
+    assert np.array_equal(pred(x), booster.inplace_predict(x, predict_type="value"))

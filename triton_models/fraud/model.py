@@ -31,8 +31,14 @@ class TritonPythonModel(BatchedModel):
         self.booster.load_model(os.path.join(version_dir, "xgboost.json"))
         # One thread: on small hosts extra OpenMP threads spin and starve gRPC.
         self.booster.set_param({"nthread": int(os.environ.get("OMP_NUM_THREADS", "1"))})
-        self.predict = DensePredictor(self.booster, self.booster.num_features())
-        if not self.predict.direct:
+        # config.pbtxt parameter "xgboost_predict": "direct" (default) or
+        # "inplace" (Booster.inplace_predict: the escape hatch, and the baseline
+        # of bench.xgb_ab).
+        mode = self.parameters.get("xgboost_predict", {}).get("string_value", "direct")
+        self.predict = DensePredictor(
+            self.booster, self.booster.num_features(), direct=mode != "inplace"
+        )
+        if mode != "inplace" and not self.predict.direct:
             print(
                 "fraud: XGBoost's dense C entry point unusable, using inplace_predict",
                 file=sys.stderr,
