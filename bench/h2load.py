@@ -138,11 +138,15 @@ _METRIC = re.compile(r"^nv_inference_request_(success|failure)\{([^}]*)\} (\S+)$
 
 
 def triton_counts(metrics_text: str, model: str) -> dict[str, float]:
-    """Triton's request success/failure totals for one model (all versions)."""
-    out = {"success": 0.0, "failure": 0.0}
+    """Triton's request totals for one model (all versions): successes, failures,
+    and the failures with reason CANCELED kept apart as ``canceled`` (h2load
+    resets the streams still in flight when a ``--duration`` run ends, at most
+    its concurrency; Triton counts them as failed requests)."""
+    out = {"success": 0.0, "failure": 0.0, "canceled": 0.0}
     for kind, labels, value in _METRIC.findall(metrics_text):
         if f'model="{model}"' in labels:
-            out[kind] += float(value)
+            key = "canceled" if kind == "failure" and 'reason="CANCELED"' in labels else kind
+            out[key] += float(value)
     return out
 
 
@@ -181,7 +185,7 @@ def run_target(
     if before is not None:
         after = triton_counts(metrics(), model)
         out["triton_delta"] = delta = {k: after[k] - before[k] for k in after}
-        n = delta["success"] + delta["failure"]
+        n = delta["success"] + delta["failure"] + delta["canceled"]
     if target.cpu_pgids and n > 0:
         out["server_cpu_ms_per_req"] = {k: 1e3 * v / n for k, v in cpu.items()}
     return out

@@ -257,6 +257,7 @@ def test_triton_counts_sums_versions_of_one_model() -> None:
         'nv_inference_request_success{model="fraud",version="1"} 10\n'
         'nv_inference_request_success{model="fraud",version="2"} 5\n'
         'nv_inference_request_failure{model="fraud",version="1",reason="OTHER"} 2\n'
+        'nv_inference_request_failure{model="fraud",version="2",reason="CANCELED"} 3\n'
         'nv_inference_request_success{model="ranker",version="1"} 99\n'
     )
-    assert triton_counts(text, "fraud") == {"success": 15.0, "failure": 2.0}
+    assert triton_counts(text, "fraud") == {"success": 15.0, "failure": 2.0, "canceled": 3.0}
