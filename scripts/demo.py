@@ -217,6 +217,10 @@ async def run(full: FullStack, pki: DevPKI, n: int) -> None:
         print(f"   fraud via Envoy (mTLS) + router  {fmt(r)}")
         print(f"   fraud direct Triton              {fmt(d)}")
         print(f"   stack overhead                   p50={np.median(r) - np.median(d):.2f} ms")
+        print(
+            "     (includes tenant demo's cluster-wide quota check in the rate-limit service;"
+            "\n      without it: `python -m bench.overhead`, docs/benchmarks.md)"
+        )
         print(f"   ranker via Envoy + router (20 candidates)  {fmt(k)}")
 
 
