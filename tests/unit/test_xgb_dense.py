@@ -66,6 +66,8 @@ def test_an_xgboost_error_surfaces_as_runtime_error(booster: xgb.Booster) -> Non
 def test_falls_back_to_inplace_predict_when_parity_fails(
     booster: xgb.Booster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Injected fault: a real XGBoost cannot be made to disagree with itself on
+    # demand, so the direct call is replaced by one returning wrong scores.
     monkeypatch.setattr(DensePredictor, "_call", lambda self, x: np.zeros(len(x), dtype=np.float32))
     pred = DensePredictor(booster, N_FEATURES)
     assert not pred.direct
