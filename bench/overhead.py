@@ -46,6 +46,7 @@ import yaml
 import bench.loadgen as lg
 from bench.edge_bench import CpuWatch, _pgids, endpoints, machine_info, median_deltas
 from bench.h2load import grpc_frame, parse_h2load, triton_counts
+from scripts.allocator import resolve
 
 TARGETS = {"p50_ms": 1.0, "p99_ms": 3.0, "router_cpu_ms": 0.5, "throughput_ratio": 0.40}
 
@@ -232,6 +233,8 @@ def markdown(r: dict[str, Any]) -> str:
     lat, tp = r["latency"], r["throughput"]
     lane = "gRPC port (`--grpc-lane`)" if r["plan"]["grpc_lane"] else "HTTP/1.1 fast lane"
     lane += f", {r['plan'].get('online_store', 'sqlite')} online store"
+    if alloc := r["plan"].get("router_allocator"):
+        lane += f", router on the {resolve(alloc)} allocator"
     pin = bool(r["plan"].get("pin"))
     if pin:
         lane += "; full path with the router on a core of its own (`--pin`)"
@@ -334,10 +337,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fast_lane=not args.grpc_lane,
         online_store=args.online_store,
         router_env={"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"},
+        router_allocator=args.router_allocator,
     )
     result: dict[str, Any] = {"machine": machine_info(args.machine)}
     keys = ("repeats", "blocks", "duration", "warmup", "clients", "streams", "h2_duration",
-            "h2_warmup", "grpc_lane", "online_store", "pin")  # fmt: skip
+            "h2_warmup", "grpc_lane", "online_store", "pin", "router_allocator")  # fmt: skip
     result["plan"] = {k: getattr(args, k) for k in keys}
     result["command"] = "python -m bench.overhead " + " ".join(sys.argv[1:])
     with full:
@@ -367,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
     p.add_argument(
         "--pin", action="store_true", help="full path: the router on a core of its own (Cores)"
+    )
+    p.add_argument(
+        "--router-allocator",
+        choices=("auto", "jemalloc", "hugepages", "system"),
+        default="auto",
+        help="the router's memory allocator (scripts/allocator.py)",
     )
     g = p.add_argument_group("latency (concurrency 1)")
     g.add_argument("--repeats", type=int, default=3)

@@ -11,10 +11,14 @@ the router (docs/benchmarks.md, "What else was cut"); no Envoy, no TLS.
 ``--against REV`` measures a code change instead: this tree's router and one
 started from a git worktree of REV, on one Triton, in alternating runs; a
 directory instead of REV runs the router package under it (``bench.compiled_tree``
-builds one compiled by mypyc).
+builds one compiled by mypyc). ``--against .`` with ``--allocator`` and
+``--against-allocator`` compares memory allocators (scripts/allocator.py) on the
+same code; run it both ways round, as the two routers' slots differ slightly.
 
     python -m bench.router_cpu --build build
     python -m bench.router_cpu --build build --against 818c0d6 --repeats 7 --requests 4000
+    python -m bench.router_cpu --build build --against . --against-allocator system
+    python -m bench.router_cpu --build build --against . --allocator system --against-allocator auto
 """
 
 from __future__ import annotations
@@ -49,6 +53,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REV|DIR",
         help="fast lane only: this router vs one started from git revision REV (or from "
         "the router package under DIR, e.g. bench.compiled_tree's), side by side",
+    )
+    p.add_argument(
+        "--against-env",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the --against router only (with --against . it compares a "
+        "process setting on the same code)",
+    )
+    p.add_argument(
+        "--allocator",
+        choices=("auto", "jemalloc", "hugepages", "system"),
+        default="auto",
+        help="this tree's router's allocator (scripts/allocator.py)",
+    )
+    p.add_argument(
+        "--against-allocator",
+        choices=("auto", "jemalloc", "hugepages", "system"),
+        default="auto",
+        help="the --against router's allocator",
     )
     p.add_argument(
         "--perf",
@@ -113,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (VmRSS), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _stack(args: argparse.Namespace, name: str) -> tuple[Any, dict[str, str]]:
     """Triton + one router as the benchmark runs them, and the router's settings."""
     from scripts.stack import ROOT, Stack
@@ -125,6 +157,7 @@ def _stack(args: argparse.Namespace, name: str) -> tuple[Any, dict[str, str]]:
         routing_table=ROOT / "scripts" / "demo_routing.yaml",
         router_env=env,
         online_store=args.online_store,
+        router_allocator=args.allocator,
     )
     return stack, env
 
@@ -192,6 +225,7 @@ def against(args: argparse.Namespace) -> int:
                 "INFERLINE_MODELS__REPOSITORY": str(args.build.resolve() / "model_repository"),
                 "INFERLINE_ROUTING__TABLE_PATH": str(stack.routing_table),
                 **env,
+                **dict(kv.split("=", 1) for kv in args.against_env),
             }
             boot = (
                 f"import sys; sys.path.insert(0, {str(tree)!r}); import runpy; "
@@ -199,7 +233,9 @@ def against(args: argparse.Namespace) -> int:
             )
             (logs / tree.name).mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-c", boot]
-            with RouterProcess(old_env, logs / tree.name, command=command) as old:
+            with RouterProcess(
+                old_env, logs / tree.name, command=command, allocator=args.against_allocator
+            ) as old:
                 raw = Path(d) / "req.bin"
                 raw.write_bytes(router_request("fraud:prod", 42))
                 routers = {"this tree": stack.router, args.against: old}
@@ -223,15 +259,22 @@ def against(args: argparse.Namespace) -> int:
                     for name in names:
                         cpu[name].append(run(routers[name], args.requests))
                         print(f"{name}: {cpu[name][-1]:.0f} us router CPU / request")
+                rss = {name: rss_mib(r.pid) for name, r in routers.items()}
         finally:
             if not given.is_dir():
                 subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)
     new, ref = (statistics.median(v) for v in cpu.values())
     print(
+        "resident memory after the runs: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items())
+    )
+    print(
         f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {args.online_store}; concurrency "
         f"{args.concurrency}; {args.repeats} alternating runs of {args.requests}"
     )
-    print(f"| this tree | {args.against} | ratio |\n| --- | --- | --- |")
+    print(
+        f"| this tree ({args.allocator} allocator) | {args.against} "
+        f"({args.against_allocator} allocator) | ratio |\n| --- | --- | --- |"
+    )
     print(f"| {new:.0f} us | {ref:.0f} us | {new / ref:.2f} |")
     return 0
 

@@ -28,6 +28,7 @@ from router.errors import ConfigError, Unavailable
 from router.logging import configure_logging
 from router.observability.drift import DriftMonitor
 from router.observability.metrics import Metrics
+from router.observability.runtime import malloc_library
 from router.observability.tracing import build_provider, request_spans, tracer
 from router.pipeline.admission import Admission
 from router.pipeline.breaker import BreakerRegistry, RetryBudget
@@ -237,6 +238,7 @@ class App:
             bridge_port=self.server.bridge_port,
             region=s.region.name,
             routing_version=self.snapshots.current.table.version,
+            allocator=malloc_library(),
         )
         return port
 

@@ -36,6 +36,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inferline_edge.certs import ROUTER_DNS, DevPKI
+from scripts.allocator import Allocator
 from scripts.stack import (
     ROOT,
     OnlineStore,
@@ -511,8 +512,9 @@ class TlsRouterProcess(RouterProcess):
         *,
         port: int | None = None,
         bridge_port: int | None = None,
+        allocator: Allocator = "auto",
     ) -> None:
-        super().__init__({**router_tls_env(pki), **env}, log_dir)
+        super().__init__({**router_tls_env(pki), **env}, log_dir, allocator=allocator)
         self.pki, self._port, self._bridge_port = pki, port, bridge_port
 
     def command(self) -> list[str]:
@@ -553,6 +555,8 @@ class FullStack:
     fast_lane: bool = True
     """Predict from Envoy to the routers over the HTTP/1.1 fast lane (the default
     deployment); False keeps every call on the routers' gRPC port."""
+    router_allocator: Allocator = "auto"
+    """The routers' memory allocator (scripts/allocator.py)."""
     base: Stack | None = dataclasses.field(default=None, init=False)
     edge: EdgeStack | None = dataclasses.field(default=None, init=False)
     router: TlsRouterProcess | None = dataclasses.field(default=None, init=False)
@@ -596,7 +600,14 @@ class FullStack:
             }
             self.routers = [
                 es.enter_context(
-                    TlsRouterProcess(env, self.log_dir, self.pki, port=port, bridge_port=bridge)
+                    TlsRouterProcess(
+                        env,
+                        self.log_dir,
+                        self.pki,
+                        port=port,
+                        bridge_port=bridge,
+                        allocator=self.router_allocator,
+                    )
                 )
                 for port, bridge in zip(ports, bridges, strict=True)
             ]

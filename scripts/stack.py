@@ -35,6 +35,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scripts import tritonpaths
+from scripts.allocator import Allocator, allocator_env
 
 ROOT = Path(__file__).resolve().parent.parent
 STUB_NAME = "triton_python_backend_stub"
@@ -323,11 +324,15 @@ class TritonServer(Supervisor):
         load_models: Sequence[str] = (),
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        allocator: Allocator = "system",
     ) -> None:
         """``model_control_mode="explicit"``: Triton loads only ``load_models`` at
         start and then whatever its repository API is asked to (the registry's
-        mode: versions load before they are routed to and stay warm)."""
+        mode: versions load before they are routed to and stay warm).
+        ``allocator``: scripts/allocator.py (its Python-backend stubs inherit it);
+        ``system`` by default, as the chart's ``triton.allocator`` (a vendor image)."""
         super().__init__(log_dir, env=env)
+        self.allocator = allocator
         self.model_repository = Path(model_repository).resolve()
         self.model_control_mode = model_control_mode
         self.load_models = list(load_models)
@@ -363,7 +368,7 @@ class TritonServer(Supervisor):
         ]  # fmt: skip
 
     def base_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(os.environ) | allocator_env(self.allocator)
         env["OMP_NUM_THREADS"] = "1"
         env["INFERLINE_EXTRA_SITE_PACKAGES"] = os.pathsep.join(tritonpaths.venv_site_packages())
         return env
@@ -435,8 +440,9 @@ class RouterProcess(Supervisor):
     """``python -m router`` (or any gRPC server given as ``command``).
 
     Ready = grpc.health.v1 Check(``health_service``) returns SERVING. The child
-    sees the parent's environment minus every INFERLINE_* variable, plus ``env``
-    and INFERLINE_SERVER__HOST/PORT (the port picked here).
+    sees the parent's environment minus every INFERLINE_* variable, plus the
+    ``allocator``'s variables (scripts/allocator.py), ``env`` and
+    INFERLINE_SERVER__HOST/PORT (the port picked here).
     """
 
     name = "router"
@@ -450,11 +456,13 @@ class RouterProcess(Supervisor):
         *,
         command: Sequence[str] | None = None,
         health_service: str = ROUTER_HEALTH_SERVICE,
+        allocator: Allocator = "auto",
     ) -> None:
         # The bind address and port are ours to choose: drop any the caller passed.
         super().__init__(log_dir, env={k: v for k, v in env.items() if k not in _ROUTER_BIND_VARS})
         self._command = list(command or [sys.executable, "-m", "router"])
         self.health_service = health_service
+        self.allocator = allocator
 
     @property
     def address(self) -> str:
@@ -474,6 +482,7 @@ class RouterProcess(Supervisor):
 
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFERLINE_")}
+        env |= allocator_env(self.allocator)
         env["PYTHONUNBUFFERED"] = "1"
         env["INFERLINE_SERVER__HOST"] = "127.0.0.1"
         env["INFERLINE_SERVER__PORT"] = str(self.ports[0])
@@ -534,6 +543,8 @@ class Stack:
     loads and unloads versions through its repository API."""
     triton_load_models: Sequence[str] = ()
     with_router: bool = True
+    router_allocator: Allocator = "auto"
+    """The router's memory allocator (scripts/allocator.py); Triton keeps ``system``."""
     redis: RedisServer | None = dataclasses.field(default=None, init=False)
     triton: TritonServer | None = dataclasses.field(default=None, init=False)
     router: RouterProcess | None = dataclasses.field(default=None, init=False)
@@ -584,7 +595,9 @@ class Stack:
                     "INFERLINE_ROUTING__TABLE_PATH": str(self.routing_table),
                     **self.router_env,
                 }
-                self.router = stack.enter_context(RouterProcess(env, self.log_dir))
+                self.router = stack.enter_context(
+                    RouterProcess(env, self.log_dir, allocator=self.router_allocator)
+                )
             self._stack = stack.pop_all()
         return self
 

@@ -23,6 +23,8 @@ import pytest
 import redis
 import tritonclient.grpc as triton_grpc
 
+from router.observability.runtime import malloc_library
+from scripts.allocator import find_jemalloc
 from scripts.stack import (
     ROOT,
     RedisServer,
@@ -179,6 +181,35 @@ def test_router_process_health_env_and_log(tmp_path: Path) -> None:
         "'INFERLINE_TRITON__URL']" in log
     )
     assert "INFERLINE_STRAY" not in log  # the parent's INFERLINE_* never reach the child
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(kv.decode().split("=", 1) for kv in raw if b"=" in kv)
+
+
+@pytest.mark.parametrize("mode", ["auto", "system"])
+def test_launcher_starts_triton_its_stubs_and_the_router_on_the_allocator(
+    mode: str, model_repo: Path, tmp_path: Path
+) -> None:
+    jemalloc = mode == "auto" and find_jemalloc() is not None  # make venv installs it as root
+    # Triton defaults to "system" (the chart's triton.allocator), the router to "auto".
+    assert TritonServer(model_repo, tmp_path).allocator == "system"
+    assert RouterProcess({}, tmp_path).allocator == "auto"
+    health = [sys.executable, "-c", HEALTH_SERVER]
+    with (
+        TritonServer(model_repo, tmp_path / "t", allocator=mode) as triton,  # type: ignore[arg-type]
+        RouterProcess({}, tmp_path / "r", command=health, allocator=mode) as router,  # type: ignore[arg-type]
+    ):
+        pids = [triton.pid, *triton.stub_pids(), router.pid]
+        assert len(pids) == 3
+        for pid in pids:
+            assert malloc_library(Path(f"/proc/{pid}/maps")) == (
+                "jemalloc" if jemalloc else "glibc"
+            )
+        env = _environ(router.pid)
+    assert env["PYTHONMALLOC"] == ("malloc" if jemalloc else "")
+    assert env["GLIBC_TUNABLES"] == ("glibc.malloc.hugetlb=1" if mode == "auto" else "")
 
 
 def test_early_exit_reports_log_tail(tmp_path: Path) -> None:

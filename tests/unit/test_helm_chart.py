@@ -601,3 +601,41 @@ def test_image_pull_secrets_reach_every_pod() -> None:
     assert len(pods) == 4  # router, edge, rate-limit service, Triton CPU pool
     assert all(p["imagePullSecrets"] == [{"name": "regcred"}] for p in pods)
     assert all("imagePullSecrets" not in t["spec"] for _, t in pod_templates(rendered("default")))
+
+
+def _env(doc: Doc) -> dict[str, Any]:
+    c = doc["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in c.get("env", [])}
+
+
+def test_allocator_env_per_component() -> None:
+    """router.allocator / triton.allocator: the variables scripts/allocator.py sets."""
+    from scripts.allocator import allocator_env
+
+    lib = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+    router = _env(named(rendered("default"), "Deployment", f"{FULL}-router"))
+    # Any existing file stands in for the library: the chart uses jemallocPath.
+    jemalloc = allocator_env("jemalloc", candidates=[CHART / "Chart.yaml"]) | {"LD_PRELOAD": lib}
+    assert {k: router[k] for k in jemalloc} == jemalloc
+    triton = _env(named(rendered("default"), "Deployment", f"{FULL}-triton-cpu"))
+    assert not {"LD_PRELOAD", "PYTHONMALLOC", "GLIBC_TUNABLES"} & set(triton)  # system
+
+    docs = render(
+        {
+            "router": {"allocator": "system", "extraEnv": [{"name": "X", "value": "1"}]},
+            "triton": {"allocator": "hugepages"},
+            "jemallocPath": "/opt/lib/libjemalloc.so.2",
+        }
+    )
+    router = _env(named(docs, "Deployment", f"{FULL}-router"))
+    assert router == {"X": "1"}
+    triton = _env(named(docs, "Deployment", f"{FULL}-triton-cpu"))
+    assert triton["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and "LD_PRELOAD" not in triton
+    docs = render(
+        {"triton": {"allocator": "jemalloc"}, "jemallocPath": "/opt/lib/libjemalloc.so.2"}
+    )
+    assert _env(named(docs, "Deployment", f"{FULL}-triton-cpu"))["LD_PRELOAD"] == (
+        "/opt/lib/libjemalloc.so.2"
+    )
+    with pytest.raises(Exception, match="allocator"):
+        render({"router": {"allocator": "tcmalloc"}})

@@ -320,3 +320,21 @@ it reads (version metadata, the Feast registry); Triton pools copy the models.
   mountPath: {{ .Values.modelRepository.mountPath }}
   readOnly: true
 {{- end -}}
+
+{{/*
+Environment for a container's memory allocator (scripts/allocator.py is the same
+table for the development stack). Usage: include "inferline.allocatorEnv"
+(dict "mode" $r.allocator "jemalloc" .Values.jemallocPath). jemalloc: preloaded
+with transparent huge pages, Python allocating through it; the glibc tunable keeps
+huge pages if the image lacks the library (the loader then only warns).
+*/}}
+{{- define "inferline.allocatorEnv" -}}
+{{- if eq .mode "jemalloc" }}
+- {name: LD_PRELOAD, value: {{ .jemalloc | quote }}}
+- {name: MALLOC_CONF, value: "thp:always,metadata_thp:always"}
+- {name: PYTHONMALLOC, value: "malloc"}
+- {name: GLIBC_TUNABLES, value: "glibc.malloc.hugetlb=1"}
+{{- else if eq .mode "hugepages" }}
+- {name: GLIBC_TUNABLES, value: "glibc.malloc.hugetlb=1"}
+{{- end }}
+{{- end -}}
