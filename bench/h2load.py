@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,27 @@ def parse_h2load(text: str) -> H2LoadResult:
         finished_ms=_ms(fin["t"], fin["u"]),
         latency_ms=lat,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuRun:
+    """One h2load run against a server: what it answered and the CPU it spent."""
+
+    result: H2LoadResult
+    cpu_us_per_request: float
+    """The server's process-group CPU (``/proc``) per request h2load counted as
+    succeeded."""
+
+
+def run_for_cpu(pgid: int, args: Sequence[str]) -> CpuRun:
+    """``h2load ARGS`` against the server whose process group is ``pgid``."""
+    from scripts.stack import group_cpu_seconds
+
+    c0 = group_cpu_seconds(pgid)
+    out = subprocess.run(["h2load", *args], capture_output=True, text=True, check=True).stdout
+    cpu_s = group_cpu_seconds(pgid) - c0
+    r = parse_h2load(out)
+    return CpuRun(r, 1e6 * cpu_s / max(r.succeeded, 1))
 
 
 def h2load_command(

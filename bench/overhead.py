@@ -46,7 +46,7 @@ import yaml
 import bench.loadgen as lg
 from bench.edge_bench import CpuWatch, _pgids, endpoints, machine_info, median_deltas
 from bench.h2load import grpc_frame, parse_h2load, triton_counts
-from scripts.allocator import resolve
+from scripts.allocator import MODES, resolve
 
 TARGETS = {"p50_ms": 1.0, "p99_ms": 3.0, "router_cpu_ms": 0.5, "throughput_ratio": 0.40}
 
@@ -234,7 +234,7 @@ def markdown(r: dict[str, Any]) -> str:
     lane = "gRPC port (`--grpc-lane`)" if r["plan"]["grpc_lane"] else "HTTP/1.1 fast lane"
     lane += f", {r['plan'].get('online_store', 'sqlite')} online store"
     if alloc := r["plan"].get("router_allocator"):
-        lane += f", router on the {resolve(alloc)} allocator"
+        lane += f", router on the {alloc} allocator"
     pin = bool(r["plan"].get("pin"))
     if pin:
         lane += "; full path with the router on a core of its own (`--pin`)"
@@ -343,6 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("repeats", "blocks", "duration", "warmup", "clients", "streams", "h2_duration",
             "h2_warmup", "grpc_lane", "online_store", "pin", "router_allocator")  # fmt: skip
     result["plan"] = {k: getattr(args, k) for k in keys}
+    result["plan"]["router_allocator"] = resolve(args.router_allocator)  # as on this machine
     result["command"] = "python -m bench.overhead " + " ".join(sys.argv[1:])
     with full:
         cores = Cores(full, args.pin)
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--router-allocator",
-        choices=("auto", "jemalloc", "hugepages", "system"),
+        choices=MODES,
         default="auto",
         help="the router's memory allocator (scripts/allocator.py)",
     )

@@ -24,7 +24,6 @@ same code; run it both ways round, as the two routers' slots differ slightly.
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import statistics
 import subprocess
@@ -34,12 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.h2load import grpc_frame
+from bench.h2load import grpc_frame, run_for_cpu
 from bench.loadgen import ROUTER_METHOD, router_request
+from scripts.allocator import MODES
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scripts.stack import group_cpu_seconds
 
     p = argparse.ArgumentParser(prog="python -m bench.router_cpu", description=__doc__)
     p.add_argument("--build", type=Path, default=Path("build"))
@@ -64,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--allocator",
-        choices=("auto", "jemalloc", "hugepages", "system"),
+        choices=MODES,
         default="auto",
         help="this tree's router's allocator (scripts/allocator.py)",
     )
     p.add_argument(
         "--against-allocator",
-        choices=("auto", "jemalloc", "hugepages", "system"),
+        choices=MODES,
         default="auto",
         help="the --against router's allocator",
     )
@@ -103,17 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         for _ in range(args.repeats):
             for name, cmd in cmds.items():
-                c0 = group_cpu_seconds(router.pid)  # the router's process group
-                out = subprocess.run(
-                    ["h2load", "-n", str(args.requests), *cmd],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                cpu = group_cpu_seconds(router.pid) - c0
-                ok = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
-                results[name].append(1e6 * cpu / max(ok, 1))
-                rates[name].append(float(re.search(r"([\d.]+) req/s", out).group(1)))  # type: ignore[union-attr]
+                run = run_for_cpu(router.pid, ["-n", str(args.requests), *cmd])
+                ok = run.result.succeeded
+                results[name].append(run.cpu_us_per_request)
+                rates[name].append(run.result.req_per_s)
                 print(
                     f"{name}: {ok} ok, {rates[name][-1]:,.0f} rps, "
                     f"{results[name][-1]:.0f} us router CPU / request"
@@ -204,7 +196,7 @@ def against(args: argparse.Namespace) -> int:
     """This tree's router and REV's, on one Triton, in alternating h2load runs of
     the fast lane: the ratio of their CPU per request survives the VM's drift
     between runs, which comparing two separate runs does not (~10%)."""
-    from scripts.stack import ROOT, RouterProcess, group_cpu_seconds
+    from scripts.stack import ROOT, RouterProcess
 
     stack, env = _stack(args, "router-cpu-ab")
     logs = stack.log_dir
@@ -242,15 +234,8 @@ def against(args: argparse.Namespace) -> int:
                 cpu: dict[str, list[float]] = {k: [] for k in routers}
 
                 def run(router: RouterProcess, n: int) -> float:
-                    c0 = group_cpu_seconds(router.pid)
-                    out = subprocess.run(
-                        ["h2load", "-n", str(n), *_fast_lane(router, raw, args.concurrency)],
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    ).stdout
-                    ok = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
-                    return 1e6 * (group_cpu_seconds(router.pid) - c0) / max(ok, 1)
+                    h2 = ["-n", str(n), *_fast_lane(router, raw, args.concurrency)]
+                    return run_for_cpu(router.pid, h2).cpu_us_per_request
 
                 for r in routers.values():
                     run(r, 1500)  # warm-up

@@ -13,19 +13,16 @@ from ``/proc`` for each server's process group (tritonserver and its stubs).
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.h2load import grpc_frame
+from bench.h2load import grpc_frame, run_for_cpu
 from bench.loadgen import TRITON_METHOD, triton_request
-
-MODES = ("auto", "jemalloc", "hugepages", "system")
+from scripts.allocator import MODES
 
 
 def fraud_request(seed: int = 1) -> bytes:
@@ -34,7 +31,7 @@ def fraud_request(seed: int = 1) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scripts.stack import TritonServer, group_cpu_seconds
+    from scripts.stack import TritonServer
 
     p = argparse.ArgumentParser(prog="python -m bench.triton_cpu", description=__doc__)
     p.add_argument("--build", type=Path, default=Path("build"))
@@ -59,17 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             cpu: dict[str, list[float]] = {n: [] for n in names}
 
             def run(t: TritonServer, n: int) -> float:
-                c0 = group_cpu_seconds(t.pid)
-                cmd = ["h2load", "-n", str(n), "-c", "1", "-m", "1", f"--data={body}"]
-                cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
-                out = subprocess.run(
-                    [*cmd, f"http://{t.grpc_url}{TRITON_METHOD}"],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                ok = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
-                return 1e6 * (group_cpu_seconds(t.pid) - c0) / max(ok, 1)
+                h2 = ["-n", str(n), "-c", "1", "-m", "1", f"--data={body}"]
+                h2 += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+                h2 += [f"http://{t.grpc_url}{TRITON_METHOD}"]
+                return run_for_cpu(t.pid, h2).cpu_us_per_request
 
             for t in servers.values():
                 run(t, 1500)  # warm-up

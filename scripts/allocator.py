@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 Allocator = Literal["auto", "jemalloc", "hugepages", "system"]
+MODES: tuple[Allocator, ...] = get_args(Allocator)
 
 # Debian's libjemalloc2 (a dependency of redis-server; `make venv` installs it).
 JEMALLOC_PATHS: tuple[Path, ...] = (

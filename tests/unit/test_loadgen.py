@@ -261,3 +261,37 @@ def test_triton_counts_sums_versions_of_one_model() -> None:
         'nv_inference_request_success{model="ranker",version="1"} 99\n'
     )
     assert triton_counts(text, "fraud") == {"success": 15.0, "failure": 2.0, "canceled": 3.0}
+
+
+def test_run_for_cpu_counts_the_servers_cpu_per_answered_request() -> None:
+    """A real h2load against an HTTP/1.1 server in this process's group."""
+    import http.server
+    import os
+    import threading
+
+    from bench.h2load import run_for_cpu
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        run = run_for_cpu(os.getpgid(0), ["-n", "300", "-c", "1", "--h1", url])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run.result.succeeded == 300 and run.result.failed == 0
+    assert run.result.req_per_s > 0
+    assert 0 < run.cpu_us_per_request < 1e6  # the handler thread's CPU, per request
