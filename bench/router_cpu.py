@@ -39,7 +39,6 @@ from scripts.allocator import MODES
 
 
 def main(argv: list[str] | None = None) -> int:
-
     p = argparse.ArgumentParser(prog="python -m bench.router_cpu", description=__doc__)
     p.add_argument("--build", type=Path, default=Path("build"))
     p.add_argument("--requests", type=int, default=8000)

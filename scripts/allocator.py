@@ -5,10 +5,10 @@ tunables, ``PYTHONMALLOC``), so it is the launcher's job: this module for the
 development stack, tests and benchmarks; the Helm chart's ``allocator`` values
 for clusters (same variables). Measured on the 2 vCPU dev VM
 (docs/benchmarks.md, "Allocator and huge pages"): jemalloc with transparent
-huge pages cuts the router's CPU per request by ~10% at concurrency 1 and
-Triton's (server + Python-backend stub) by ~5%. Most of the gain is fewer TLB
-misses: on this nested-virtualised VM every request starts with cold caches
-and TLB, and a miss costs a two-level page walk.
+huge pages cuts the router's CPU per request by ~8-11%; Triton's (server +
+Python-backend stub) moved 2%, within noise, so Triton stays on ``system``.
+Most of the gain is fewer TLB misses: on this nested-virtualised VM every
+request starts with cold caches and TLB, and a miss costs a two-level page walk.
 
 Modes:
 

@@ -3,7 +3,7 @@
 The allocator is chosen by whoever launches the router (``LD_PRELOAD`` and
 friends: the Helm chart's ``router.allocator``, scripts/allocator.py in
 development). A preload that fails only prints a loader warning and the router
-runs on glibc malloc, ~10% more CPU per request, so the start-up log says
+runs on glibc malloc, ~8-11% more CPU per request, so the start-up log says
 which one actually got loaded.
 """
 
