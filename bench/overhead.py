@@ -20,7 +20,9 @@ authentication). Every request on either path is one Triton inference, so
 Triton's own success counter checks that h2load's HTTP 200s were gRPC OKs.
 
 With ``--grpc-lane`` Envoy sends Predict to the router's gRPC port instead of
-its HTTP/1.1 fast lane: the before/after comparison.
+its HTTP/1.1 fast lane: the before/after comparison. ``--perf`` adds one more
+concurrency-1 full-path run under ``perf record`` on the router: where its CPU
+goes per shared object and kernel symbol, and per thread (bench.perf_profile).
 
     python -m bench.overhead --json build/bench/overhead.json --md docs/benchmarks.md
 """
@@ -44,6 +46,7 @@ from typing import Any
 import yaml
 
 import bench.loadgen as lg
+from bench import perf_profile
 from bench.edge_bench import CpuWatch, _pgids, endpoints, machine_info, median_deltas
 from bench.h2load import grpc_frame, parse_h2load, triton_counts
 from scripts.allocator import MODES, resolve
@@ -213,6 +216,35 @@ def throughput(full: Any, pki: Any, args: argparse.Namespace, cores: Cores) -> d
     }
 
 
+async def profile(full: Any, pki: Any, args: argparse.Namespace, cores: Cores) -> dict[str, Any]:
+    """``--perf``: after the measured phases, one more full-path closed loop at
+    concurrency 1 with ``perf record`` on the router (bench.perf_profile): its
+    samples per shared object and per kernel symbol, and its CPU per thread."""
+    pid = full.router.pid
+    (edge,) = [e for e in endpoints(full, pki) if e.name == "edge"]
+    async with contextlib.AsyncExitStack() as stack:
+        call = await edge.connect(stack, 5.0)
+        cores.path("full")
+        await lg.closed_loop(call, 1, duration_s=args.warmup)
+        with tempfile.TemporaryDirectory() as d:
+            data = Path(d) / "perf.data"
+            with perf_profile.recording(pid, data):
+                before, t0 = perf_profile.thread_cpu(pid), time.monotonic()
+                s = await lg.closed_loop(call, 1, duration_s=args.duration)
+                wall, after = time.monotonic() - t0, perf_profile.thread_cpu(pid)
+            objects = perf_profile.shares(data)
+            kernel = perf_profile.shares(data, sort="sym", dso=perf_profile.KERNEL)
+    n = max(lg.summarize(s)["ok"], 1)
+    threads = perf_profile.thread_delta(pid, before, after)
+    return {
+        "requests": n,
+        "wall_s": wall,
+        "threads_us_per_req": {k: 1e6 * v / n for k, v in threads.items() if v > 0},
+        "objects": [[x.percent, x.name] for x in objects[:12]],
+        "kernel": [[x.percent, x.name] for x in kernel[:8]],
+    }
+
+
 def checks(r: dict[str, Any]) -> dict[str, tuple[float, float, bool]]:
     lat, tp = r["latency"], r["throughput"]
     full = lat["targets"]["full"]["median"]
@@ -301,7 +333,26 @@ def markdown(r: dict[str, Any]) -> str:
         rows.append(
             f"| {names[k]} | {v:.2f}{unit} | {cmp} {goal}{unit} | {'yes' if ok else '**no**'} |"
         )
+    if prof := r.get("perf"):
+        rows += perf_markdown(prof)
     return "\n".join([*rows, end])
+
+
+def perf_markdown(prof: dict[str, Any]) -> list[str]:
+    """The ``--perf`` phase as tables: where the router's CPU went."""
+    threads = ", ".join(f"{k} {v:.0f} us" for k, v in prof["threads_us_per_req"].items())
+    rows = [
+        "",
+        f"Router under `perf record` (`--perf`: {prof['requests']:,} more full-path requests "
+        f"at concurrency 1 after the runs above); its CPU per request by thread: {threads}.",
+        "",
+        "| shared object | router samples |",
+        "| --- | --- |",
+    ]
+    rows += [f"| {name} | {pct:.1f}% |" for pct, name in prof["objects"]]
+    rows += ["", "| kernel symbol | router samples |", "| --- | --- |"]
+    rows += [f"| `{name}` | {pct:.1f}% |" for pct, name in prof["kernel"]]
+    return rows
 
 
 def write_md(path: Path, block: str, pin: bool) -> None:
@@ -341,7 +392,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     result: dict[str, Any] = {"machine": machine_info(args.machine)}
     keys = ("repeats", "blocks", "duration", "warmup", "clients", "streams", "h2_duration",
-            "h2_warmup", "grpc_lane", "online_store", "pin", "router_allocator")  # fmt: skip
+            "h2_warmup", "grpc_lane", "online_store", "pin", "router_allocator",
+            "perf")  # fmt: skip
     result["plan"] = {k: getattr(args, k) for k in keys}
     result["plan"]["router_allocator"] = resolve(args.router_allocator)  # as on this machine
     result["command"] = "python -m bench.overhead " + " ".join(sys.argv[1:])
@@ -350,6 +402,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             result["latency"] = asyncio.run(latency(full, pki, args, cores))
             result["throughput"] = throughput(full, pki, args, cores)
+            if args.perf:
+                result["perf"] = asyncio.run(profile(full, pki, args, cores))
         finally:
             cores.path("triton")  # every core again
     result["checks"] = {k: list(v) for k, v in checks(result).items()}
@@ -378,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=MODES,
         default="auto",
         help="the router's memory allocator (scripts/allocator.py)",
+    )
+    p.add_argument(
+        "--perf",
+        action="store_true",
+        help="then profile the router with perf over one more concurrency-1 full-path run",
     )
     g = p.add_argument_group("latency (concurrency 1)")
     g.add_argument("--repeats", type=int, default=3)

@@ -24,7 +24,6 @@ same code; run it both ways round, as the two routers' slots differ slightly.
 from __future__ import annotations
 
 import argparse
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import perf_profile
 from bench.h2load import grpc_frame, run_for_cpu
 from bench.loadgen import ROUTER_METHOD, router_request
 from scripts.allocator import MODES
@@ -167,28 +167,11 @@ def _fast_lane(router: Any, body: Path, concurrency: int) -> list[str]:
 
 
 def perf_by_object(pid: int, load: list[str], data: Path, top: int = 12) -> str:
-    """Where the router's CPU goes below Python: ``perf record`` (software clock,
-    so it works in VMs without hardware counters) on ``pid`` while ``load``
-    runs, reported as a share per shared object."""
-    rec = subprocess.Popen(
-        ["perf", "record", "-F", "4999", "-p", str(pid), "-o", str(data)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(0.5)  # perf attached before the load starts
-    subprocess.run(load, capture_output=True, check=True)
-    rec.send_signal(signal.SIGINT)
-    rec.wait(timeout=60)
-    report = subprocess.run(
-        ["perf", "report", "-i", str(data), "--sort", "dso", "--stdio", "-g", "none"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rows = [line.split(None, 1) for line in report.splitlines() if line.strip()[:1].isdigit()]
-    lines = ["| shared object | router CPU |", "| --- | --- |"]
-    lines += [f"| {name.strip()} | {share} |" for share, name in rows[:top]]
-    return "\n".join(lines)
+    """``perf record`` on the router while ``load`` runs, as a share per shared
+    object (bench.perf_profile)."""
+    with perf_profile.recording(pid, data):
+        subprocess.run(load, capture_output=True, check=True)
+    return perf_profile.table(perf_profile.shares(data), ("shared object", "router CPU"), top=top)
 
 
 def against(args: argparse.Namespace) -> int:
