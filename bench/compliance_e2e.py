@@ -25,7 +25,8 @@ import yaml
 from bench.loadgen import percentiles_ms
 from bench.pii_canary import Planted, make_request, prepare
 from inferline.v1 import inference_pb2_grpc
-from scripts.stack import ROOT, Stack, group_cpu_seconds
+from scripts.stack import ROOT, Stack
+from scripts.supervisor import group_cpu_seconds
 
 TENANT_HEADER = "x-inferline-tenant"
 

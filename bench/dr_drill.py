@@ -45,7 +45,8 @@ from bench.cert_rotation import write_md_section
 from inferline.v1 import inference_pb2_grpc
 from router.ops import dr
 from scripts.demo import fraud_request
-from scripts.stack import ROOT, RouterProcess, Stack, Supervisor, free_ports
+from scripts.stack import ROOT, RouterProcess, Stack
+from scripts.supervisor import Supervisor, free_ports
 
 FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 

@@ -174,7 +174,7 @@ class CpuWatch:
     meanwhile: the context any tail-latency figure measured here needs."""
 
     def __init__(self, pgids: dict[str, list[int]]) -> None:
-        from scripts.stack import processes
+        from scripts.supervisor import processes
 
         self._procs, self._pgids = processes, pgids
         self._t0, self._c0, self._b0 = time.monotonic(), time.process_time(), _busy_s()

@@ -113,7 +113,7 @@ class CpuRun:
 
 def run_for_cpu(pgid: int, args: Sequence[str]) -> CpuRun:
     """``h2load ARGS`` against the server whose process group is ``pgid``."""
-    from scripts.stack import group_cpu_seconds
+    from scripts.supervisor import group_cpu_seconds
 
     c0 = group_cpu_seconds(pgid)
     out = subprocess.run(["h2load", *args], capture_output=True, text=True, check=True).stdout
@@ -175,7 +175,7 @@ def triton_counts(metrics_text: str, model: str) -> dict[str, float]:
 def run_target(
     target: Target, args: argparse.Namespace, metrics: Any, model: str
 ) -> dict[str, Any]:
-    from scripts.stack import group_cpu_seconds
+    from scripts.supervisor import group_cpu_seconds
 
     with tempfile.TemporaryDirectory() as d:
         body = Path(d) / "request.grpc"
@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="s, with --duration")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from scripts.stack import Stack, StackError, stack_from_args
+    from scripts.stack import Stack, stack_from_args
+    from scripts.supervisor import StackError
 
     router, triton, pgids = args.router, args.triton, {}
     stack: Stack | None = None

@@ -214,7 +214,7 @@ class _CpuMeter:
     """Client process CPU (all threads) and server process-group CPU over a block."""
 
     def __init__(self, pgids: dict[str, int]) -> None:
-        from scripts.stack import group_cpu_seconds
+        from scripts.supervisor import group_cpu_seconds
 
         self._read = group_cpu_seconds
         self._pgids = pgids
@@ -529,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.requests is not None and args.rps is not None:
         sys.exit("--requests is closed-loop only; use --duration with --rps")
-    from scripts.stack import Stack, StackError, stack_from_args
+    from scripts.stack import Stack, stack_from_args
+    from scripts.supervisor import StackError
 
     with contextlib.ExitStack() as es:
         router, triton, pgids = args.router, args.triton, {}

@@ -72,7 +72,7 @@ class Cores:
         self._other_pgids = {g for k, gs in groups.items() if k != "router" for g in gs}
 
     def _apply(self, pgids: set[int], cpus: set[int]) -> None:
-        from scripts.stack import processes
+        from scripts.supervisor import processes
 
         pids = [p.pid for p in processes() if p.pgid in pgids]
         for pid in pids:

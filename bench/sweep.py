@@ -223,7 +223,7 @@ def measure(
     """One point at ``concurrency``: a warm-up run (~``warmup_s``) that also
     measures the rate, then a run sized to last ~``duration_s``. Latency from
     h2load's per-request log, CPU and outcomes from Triton."""
-    from scripts.stack import group_cpu_seconds
+    from scripts.supervisor import group_cpu_seconds
 
     log = workdir / f"c{concurrency}.log"
 

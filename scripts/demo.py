@@ -23,7 +23,8 @@ from inferline.v1 import inference_pb2 as pb
 from inferline.v1 import inference_pb2_grpc
 from inferline_edge.certs import EDGE_DNS, DevPKI
 from scripts.edge_stack import FullStack
-from scripts.stack import ROOT, StackError
+from scripts.stack import ROOT
+from scripts.supervisor import StackError
 
 # Behind the edge the tenant is the client certificate's SPIFFE id: no header.
 TENANT: tuple[tuple[str, str], ...] = ()

@@ -25,17 +25,8 @@ import tritonclient.grpc as triton_grpc
 
 from router.observability.runtime import malloc_library
 from scripts.allocator import find_jemalloc
-from scripts.stack import (
-    ROOT,
-    RedisServer,
-    RouterProcess,
-    Stack,
-    StackError,
-    TritonServer,
-    free_ports,
-    group_pids,
-    processes,
-)
+from scripts.stack import ROOT, RedisServer, RouterProcess, Stack, TritonServer
+from scripts.supervisor import StackError, free_ports, group_pids, processes
 
 DOUBLE_CONFIG = """
 name: "double"

@@ -180,3 +180,18 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def configmap_data(docs: tuple[Doc, ...] | list[Doc], name: str, key: str) -> str:
     value: str = named(docs, "ConfigMap", name)["data"][key]
     return value
+
+
+def network_policy_for(docs: tuple[Doc, ...], labels: dict[str, str]) -> Doc:
+    policies = [
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if selects(p["spec"]["podSelector"]["matchLabels"], labels)
+    ]
+    assert len(policies) == 1, labels
+    return policies[0]
+
+
+def template_labels(docs: tuple[Doc, ...], kind: str, name: str) -> dict[str, str]:
+    labels: dict[str, str] = named(docs, kind, name)["spec"]["template"]["metadata"]["labels"]
+    return labels
