@@ -23,31 +23,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import datetime as dt
 import logging
 import math
 import signal
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 import redis.asyncio as aioredis
 import uvloop
-from envoy_data_plane.envoy.config.core.v3 import HeaderValue
-from envoy_data_plane.envoy.service.ratelimit.v3 import (
-    RateLimitRequest,
-    RateLimitResponse,
-    RateLimitResponseCode,
-    RateLimitResponseDescriptorStatus,
-    RateLimitResponseRateLimit,
-    RateLimitResponseRateLimitUnit,
-)
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from redis.exceptions import RedisError
 
 import inferline_edge.tenants as tenants
+from inferline_edge import rls_wire
 
 log = logging.getLogger("inferline_edge.ratelimit")
 SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
@@ -138,17 +129,16 @@ class QuotaService:
         raw = await self._script(keys=[key], args=[limit, hits, WINDOW_S])
         return WindowState(bool(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])), limit
 
-    async def should_rate_limit(
-        self, req: RateLimitRequest, context: grpc.aio.ServicerContext
-    ) -> RateLimitResponse:
+    async def should_rate_limit(self, req: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``req``/the answer: rls_wire.RateLimitRequest / RateLimitResponse."""
         hits = req.hits_addend or 1
-        statuses: list[RateLimitResponseDescriptorStatus] = []
+        resp = rls_wire.RateLimitResponse()
         over: tuple[str, int, WindowState] | None = None
         for desc in req.descriptors:
-            entries = {e.key: e.value for e in desc.entries}
-            tenant = entries.get("tenant")
+            status = resp.statuses.add()
+            tenant = next((e.value for e in desc.entries if e.key == "tenant"), None)
             if req.domain != self.domain or tenant is None or self.quota_of(tenant) <= 0:
-                statuses.append(RateLimitResponseDescriptorStatus(code=RateLimitResponseCode.OK))
+                status.code = rls_wire.CODE_OK
                 continue
             try:
                 state, limit = await self.check(tenant, hits)
@@ -156,46 +146,36 @@ class QuotaService:
                 # Envoy applies failure_mode_deny to this error (fail open by default).
                 log.warning("redis unavailable: %s", e)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"quota store unavailable: {e}")
-            code = RateLimitResponseCode.OK if state.admitted else RateLimitResponseCode.OVER_LIMIT
-            reset_s = WINDOW_S - state.elapsed_ms / 1000
-            statuses.append(
-                RateLimitResponseDescriptorStatus(
-                    code=code,
-                    current_limit=RateLimitResponseRateLimit(
-                        name=f"tenant-{tenant}",
-                        requests_per_unit=limit,
-                        unit=RateLimitResponseRateLimitUnit.MINUTE,
-                    ),
-                    limit_remaining=max(0, limit - math.ceil(state.estimate())),
-                    duration_until_reset=dt.timedelta(seconds=reset_s),
-                )
-            )
+            status.code = rls_wire.CODE_OK if state.admitted else rls_wire.CODE_OVER_LIMIT
+            status.current_limit.name = f"tenant-{tenant}"
+            status.current_limit.requests_per_unit = limit
+            status.current_limit.unit = rls_wire.UNIT_MINUTE
+            status.limit_remaining = max(0, limit - math.ceil(state.estimate()))
+            reset_ms = max(0, WINDOW_S * 1000 - state.elapsed_ms)
+            status.duration_until_reset.seconds = reset_ms // 1000
+            status.duration_until_reset.nanos = reset_ms % 1000 * 1_000_000
             if not state.admitted and over is None:
                 over = (tenant, limit, state)
         if over is None:
-            return RateLimitResponse(overall_code=RateLimitResponseCode.OK, statuses=statuses)
+            resp.overall_code = rls_wire.CODE_OK
+            return resp
         tenant, limit, state = over
         retry = max(1, math.ceil(state.retry_after_s(limit)))
         message = f"tenant {tenant}: quota of {limit} requests per minute exceeded"
-        headers = [
-            HeaderValue(key="retry-after", value=str(retry)),
-            HeaderValue(
-                key="grpc-status-details-bin",
-                value=quota_failure_details(tenant, limit, retry, message),
-            ),
-        ]
-        return RateLimitResponse(
-            overall_code=RateLimitResponseCode.OVER_LIMIT,
-            statuses=statuses,
-            response_headers_to_add=headers,
-            raw_body=message.encode(),
+        resp.overall_code = rls_wire.CODE_OVER_LIMIT
+        resp.response_headers_to_add.add(key="retry-after", value=str(retry))
+        resp.response_headers_to_add.add(
+            key="grpc-status-details-bin",
+            value=quota_failure_details(tenant, limit, retry, message),
         )
+        resp.raw_body = message.encode()
+        return resp
 
     def handler(self) -> grpc.GenericRpcHandler:
         method = grpc.unary_unary_rpc_method_handler(
             self.should_rate_limit,
-            request_deserializer=RateLimitRequest.parse,
-            response_serializer=bytes,
+            request_deserializer=rls_wire.RateLimitRequest.FromString,
+            response_serializer=rls_wire.RateLimitResponse.SerializeToString,
         )
         return grpc.method_handlers_generic_handler(SERVICE, {"ShouldRateLimit": method})
 
