@@ -136,7 +136,7 @@ class QuotaService:
         over: tuple[str, int, WindowState] | None = None
         for desc in req.descriptors:
             status = resp.statuses.add()
-            tenant = next((e.value for e in desc.entries if e.key == "tenant"), None)
+            tenant = {e.key: e.value for e in desc.entries}.get("tenant")
             if req.domain != self.domain or tenant is None or self.quota_of(tenant) <= 0:
                 status.code = rls_wire.CODE_OK
                 continue
