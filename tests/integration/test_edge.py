@@ -476,7 +476,14 @@ async def test_ratelimit_service_protocol(edge: Edge) -> None:
         assert big.overall_code == RateLimitResponseCode.OVER_LIMIT
         assert big.statuses[0].current_limit is not None
         assert big.statuses[0].current_limit.requests_per_unit == limit
+        assert big.statuses[0].current_limit.name == "tenant-metered"
+        reset = big.statuses[0].duration_until_reset
+        assert reset is not None and 0 <= reset.total_seconds() <= 60
         assert any(h.key == "grpc-status-details-bin" for h in big.response_headers_to_add)
+        retry = [int(h.value) for h in big.response_headers_to_add if h.key == "retry-after"]
+        assert len(retry) == 1 and 1 <= retry[0] <= 60
+        message = f"tenant metered: quota of {limit} requests per minute exceeded"
+        assert big.raw_body == message.encode()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
