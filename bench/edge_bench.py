@@ -32,8 +32,10 @@ import importlib.metadata
 import json
 import os
 import platform
+import ssl
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -216,9 +218,35 @@ class Endpoint:
     metadata: tuple[tuple[str, str], ...] = ()
     tls: tuple[bytes, bytes, bytes] | None = None  # CA, client key, client cert
     server_name: str = ""
+    fast_lane: bool = False  # HTTP/1.1 as Envoy's bridge sends Predict, not gRPC
 
     async def connect(self, stack: contextlib.AsyncExitStack, timeout_s: float) -> lg.Call:
         """Open a channel, then check one real answer: never benchmark an error path."""
+        call = await (
+            self._fast_lane(stack, timeout_s) if self.fast_lane else self._grpc(stack, timeout_s)
+        )
+        target = lg.Target(self.name, self.address, self.method, self.request)
+        print(f"check {self.name:10} {self.address}: {lg.check_response(target, await call())}")
+        return call
+
+    async def _fast_lane(self, stack: contextlib.AsyncExitStack, timeout_s: float) -> lg.Call:
+        assert self.tls is not None
+        d = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        for name, pem in zip(("ca.pem", "key.pem", "cert.pem"), self.tls, strict=True):
+            (d / name).write_bytes(pem)
+        ctx = ssl.create_default_context(cafile=d / "ca.pem")
+        ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+        host, port = self.address.rsplit(":", 1)
+        pool = FastLanePool(host, int(port), ctx, self.server_name)
+        stack.push_async_callback(pool.close)
+        head = [f"POST {self.method} HTTP/1.1", f"host: {self.server_name}"]
+        head += ["content-type: application/x-protobuf", f"content-length: {len(self.request)}"]
+        head += [f"grpc-timeout: {max(1, int(timeout_s * 1000))}m"]
+        head += [f"{k}: {v}" for k, v in self.metadata]
+        request = ("\r\n".join(head) + "\r\n\r\n").encode() + self.request
+        return lambda: pool.call(request, timeout_s)
+
+    async def _grpc(self, stack: contextlib.AsyncExitStack, timeout_s: float) -> lg.Call:
         ch = grpc.aio.insecure_channel(self.address)
         if self.tls is not None:
             opts = [("grpc.ssl_target_name_override", self.server_name)]
@@ -228,11 +256,57 @@ class Endpoint:
         await stack.enter_async_context(ch)
         await asyncio.wait_for(ch.channel_ready(), timeout=10)
         mc, req, md = ch.unary_unary(self.method), self.request, self.metadata  # bytes only
-        call: lg.Call = lambda: mc(req, metadata=md, timeout=timeout_s)  # noqa: E731
+        return lambda: mc(req, metadata=md, timeout=timeout_s)
 
-        target = lg.Target(self.name, self.address, self.method, self.request)
-        print(f"check {self.name:10} {self.address}: {lg.check_response(target, await call())}")
-        return call
+
+_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+class FastLanePool:
+    """Kept-alive HTTP/1.1 connections over mTLS to the router's fast lane, one
+    request at a time on each (as Envoy's pool to it): a connection per
+    concurrent caller, reused."""
+
+    def __init__(self, host: str, port: int, ctx: ssl.SSLContext, server_name: str) -> None:
+        self._where, self._ctx, self._sni = (host, port), ctx, server_name
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._all: list[asyncio.StreamWriter] = []
+
+    async def call(self, request: bytes, timeout_s: float) -> bytes:
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(
+                *self._where, ssl=self._ctx, server_hostname=self._sni
+            )
+            self._all.append(writer)
+        async with asyncio.timeout(timeout_s):
+            writer.write(request)
+            status = await reader.readline()
+            length, grpc_status = 0, None
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                key, _, value = line.partition(b":")
+                key = key.strip().lower()
+                if key == b"content-length":
+                    length = int(value)
+                elif key == b"x-inferline-grpc-status":
+                    grpc_status = int(value)
+            body = await reader.readexactly(length)
+        self._idle.append((reader, writer))
+        if grpc_status is not None or not status.startswith(b"HTTP/1.1 200"):
+            raise lg.CallError(_STATUS_NAMES.get(grpc_status or 2, "UNKNOWN"))
+        return body
+
+    async def close(self) -> None:
+        for writer in self._all:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+
+
+# The quota filter's counters, on the router clusters' stats: Predict goes to
+# the fast-lane cluster, the other methods to the gRPC one.
+RATELIMIT_STATS = r"cluster\.router(_fast)?\.ratelimit\."
 
 
 def endpoints(full: Any, pki: Any) -> list[Endpoint]:
@@ -253,11 +327,20 @@ def endpoints(full: Any, pki: Any) -> list[Endpoint]:
     infer = lg.triton_request(
         "fraud", row, version="1", input_name="input__0", output_name="output__0"
     )
-    edge, router = full.edge.mtls_address, full.router.address
+    edge = full.edge.mtls_address
     return [
         Endpoint("edge", edge, lg.ROUTER_METHOD, req, (), tls(demo), EDGE_DNS),
         Endpoint("edge+quota", edge, lg.ROUTER_METHOD, req, (), tls(pay), EDGE_DNS),
-        Endpoint("router", router, lg.ROUTER_METHOD, req, fwd, tls(pki.edge_client), ROUTER_DNS),
+        Endpoint(
+            "router",
+            full.router.bridge_address,
+            lg.ROUTER_METHOD,
+            req,
+            fwd,
+            tls(pki.edge_client),
+            ROUTER_DNS,
+            fast_lane=True,
+        ),
         Endpoint("triton", full.base.triton.grpc_url, lg.TRITON_METHOD, infer),
     ]
 
@@ -268,7 +351,7 @@ async def run_overhead(full: Any, pki: Any, args: argparse.Namespace) -> dict[st
     levels: dict[str, Any] = {}
     async with contextlib.AsyncExitStack() as stack:
         calls = {e.name: await e.connect(stack, args.timeout) for e in eps}
-        rl0 = full.edge.envoy.stats("cluster.router.ratelimit")
+        rl0 = full.edge.envoy.stats(RATELIMIT_STATS)
         for conc in args.concurrency:
             for n in names:
                 await lg.closed_loop(calls[n], conc, duration_s=args.warmup)
@@ -297,7 +380,7 @@ async def run_overhead(full: Any, pki: Any, args: argparse.Namespace) -> dict[st
                 },
             }
             print(f"concurrency {conc}: {json.dumps(levels[f'c{conc}']['deltas'])}", flush=True)
-        rl1 = full.edge.envoy.stats("cluster.router.ratelimit")  # the quota filter's stats
+        rl1 = full.edge.envoy.stats(RATELIMIT_STATS)
     rl = {k: v - rl0.get(k, 0) for k, v in rl1.items() if v != rl0.get(k, 0)}
     keys = ("concurrency", "duration", "blocks", "repeats", "warmup", "timeout")
     return {

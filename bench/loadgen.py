@@ -226,12 +226,23 @@ class _CpuMeter:
         s.server_cpu_s = {k: self._read(p) - self._s0[k] for k, p in self._pgids.items()}
 
 
+class CallError(Exception):
+    """A non-gRPC call's error status (e.g. the router's HTTP/1.1 fast lane), by
+    gRPC status name, counted like an ``AioRpcError``."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 async def _timed(call: Call, s: Samples, due: float | None = None) -> None:
     start = time.monotonic()
     try:
         await call()
     except grpc.aio.AioRpcError as e:
         s.errors[e.code().name] += 1
+    except CallError as e:
+        s.errors[e.code] += 1
     else:
         end = time.monotonic()
         s.latencies_s.append(end - start)

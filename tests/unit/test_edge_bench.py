@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import os
 import time
@@ -310,3 +311,67 @@ def test_cli_defaults_match_the_issue() -> None:
     assert (a.a_rps, a.a_burst, a.a_factor, a.b_rps) == (50, 10, 3, 50)
     assert a.concurrency == [1, 8] and a.repeats == 3 and a.quota is True
     assert 10 <= a.phase <= 15
+
+
+async def test_fast_lane_pool_speaks_mtls_http1_and_counts_grpc_statuses(tmp_path: Path) -> None:
+    """The router path's client against a real TLS server answering as the fast
+    lane does: a body on 200, an empty body and the gRPC status in a header on
+    an error; connections kept alive and reused, one request at a time each."""
+    import ssl
+
+    from bench.loadgen import closed_loop
+
+    pki = DevPKI.create(tmp_path / "pki", tenants=[("demo", "cli")], days=1)
+    seen: list[bytes] = []
+    conns = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal conns
+        conns += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await answer(reader, writer)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+            seen.append(head)
+            if body == b"over":
+                writer.write(
+                    b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\n"
+                    b"x-inferline-grpc-status: 8\r\n\r\n"
+                )
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nyes")
+            await writer.drain()
+
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki.ca.cert)
+    server_ctx.load_cert_chain(pki.router.cert, pki.router.key)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    tls = (
+        pki.ca.cert.read_bytes(),
+        pki.edge_client.key.read_bytes(),
+        pki.edge_client.cert.read_bytes(),
+    )
+
+    def endpoint(body: bytes) -> eb.Endpoint:
+        return eb.Endpoint(
+            "router", f"127.0.0.1:{port}", "/inferline.v1.InferenceService/Predict", body,
+            (("x-inferline-tenant", "demo"),), tls, "router.inferline.local", fast_lane=True,
+        )  # fmt: skip
+
+    async with server, contextlib.AsyncExitStack() as stack:
+        ok = await endpoint(b"ok")._fast_lane(stack, 5.0)
+        assert await ok() == b"yes"
+        s = await closed_loop(ok, 4, requests=40)
+        assert len(s.latencies_s) == 40 and not s.errors
+        over = await endpoint(b"over")._fast_lane(stack, 5.0)
+        s = await closed_loop(over, 1, requests=3)
+        assert s.errors == {"RESOURCE_EXHAUSTED": 3} and not s.latencies_s
+    # Envoy's bridge shape: the serialized request, its metadata, a grpc-timeout.
+    assert seen[0].startswith(b"POST /inferline.v1.InferenceService/Predict HTTP/1.1\r\n")
+    assert b"content-type: application/x-protobuf\r\n" in seen[0]
+    assert b"x-inferline-tenant: demo\r\n" in seen[0] and b"grpc-timeout: 5000m\r\n" in seen[0]
+    assert 1 + 4 + 1 >= conns >= 2  # one per concurrent caller at most, reused
