@@ -47,8 +47,9 @@ class Tenant(_Strict):
     """Allowed ``sub`` claims of JWTs carrying ``tenant: <this id>`` (globs); empty
     means this tenant may not use the JWT listener."""
     rate_limit: RateLimit
-    quota_per_minute: Annotated[int, Field(ge=0)] = 0
-    """Cluster-wide requests per sliding minute (rate-limit service); 0 = unlimited."""
+    quota_per_minute: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    """Cluster-wide requests per sliding minute (rate-limit service); 0 = unlimited.
+    At most 2^32 - 1: Envoy's rate-limit API carries it as a uint32."""
 
     @field_validator("identities", "jwt_subjects")
     @classmethod

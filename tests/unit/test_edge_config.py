@@ -39,6 +39,7 @@ def test_repo_tenants_file_is_valid_and_matches_routing_table() -> None:
         _cfg(rate_limit={"requests_per_second": 0, "burst": 1}),
         _cfg(rate_limit={"requests_per_second": 1, "burst": 0}),
         _cfg(quota_per_minute=-1),
+        _cfg(quota_per_minute=2**32),  # not a uint32: Envoy's rate-limit API cannot say it
         _cfg(unknown_key=1),
         {"tenants": {"Bad Id": _cfg()["tenants"]["acme"]}},
         {"tenants": {}, "extra": 1},
