@@ -48,6 +48,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 import bench.loadgen as lg
+from router.transport.fastlane import CONTENT_TYPE_STR, STATUS_HEADER
 
 BIG_BUCKET = {"requests_per_second": 100_000, "burst": 100_000}
 BIG_QUOTA = 100_000_000  # per minute: called on every request, never reached
@@ -240,7 +241,7 @@ class Endpoint:
         pool = FastLanePool(host, int(port), ctx, self.server_name)
         stack.push_async_callback(pool.close)
         head = [f"POST {self.method} HTTP/1.1", f"host: {self.server_name}"]
-        head += ["content-type: application/x-protobuf", f"content-length: {len(self.request)}"]
+        head += [f"content-type: {CONTENT_TYPE_STR}", f"content-length: {len(self.request)}"]
         head += [f"grpc-timeout: {max(1, int(timeout_s * 1000))}m"]
         head += [f"{k}: {v}" for k, v in self.metadata]
         request = ("\r\n".join(head) + "\r\n\r\n").encode() + self.request
@@ -260,6 +261,7 @@ class Endpoint:
 
 
 _STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+_STATUS_HEADER = STATUS_HEADER.encode()
 
 
 class FastLanePool:
@@ -289,7 +291,7 @@ class FastLanePool:
                 key = key.strip().lower()
                 if key == b"content-length":
                     length = int(value)
-                elif key == b"x-inferline-grpc-status":
+                elif key == _STATUS_HEADER:
                     grpc_status = int(value)
             body = await reader.readexactly(length)
         self._idle.append((reader, writer))

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-_TICK = os.sysconf("SC_CLK_TCK")
+from scripts.supervisor import stat_cpu_seconds
+
 KERNEL = "[kernel.kallsyms]"
 
 
@@ -85,8 +86,7 @@ def thread_cpu(pid: int) -> dict[tuple[int, str], float]:
         with contextlib.suppress(OSError):
             stat = (task / tid / "stat").read_text()
             name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            fields = stat.rsplit(")", 1)[1].split()
-            out[(int(tid), name)] = (int(fields[11]) + int(fields[12])) / _TICK
+            out[(int(tid), name)] = stat_cpu_seconds(stat)
     return out
 
 

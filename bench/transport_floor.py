@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scripts.supervisor import cpu_seconds
+
 _GRPC = """
 import asyncio, grpc, uvloop
 async def handler(req, ctx):
@@ -63,11 +65,6 @@ uvloop.run(main())
 """
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(kind: str, requests: int, concurrency: int, body: Path) -> dict[str, float]:
     code = _GRPC if kind == "grpc.aio" else _H1
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -82,9 +79,9 @@ def measure(kind: str, requests: int, concurrency: int, body: Path) -> dict[str,
         else:
             cmd += ["--h1"]
         subprocess.run([*cmd[:2], "500", *cmd[3:], url], capture_output=True, check=True)
-        c0 = _cpu_s(proc.pid)
+        c0 = cpu_seconds(proc.pid)
         out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
-        cpu = _cpu_s(proc.pid) - c0
+        cpu = cpu_seconds(proc.pid) - c0
     finally:
         proc.terminate()
         proc.wait(5)

@@ -398,7 +398,6 @@ def splice(doc: str, generated: str) -> str:
 def measure_redis(ops: int = 40_000, repeats: int = 3) -> dict[str, float]:
     """Server CPU (utime+stime of redis-server, /proc) per HMGET of a Feast-shaped hash
     (31 fields) unpipelined and 16 deep, and per quota-script EVALSHA; median of repeats."""
-    import os
     import socket
     import statistics
     import subprocess
@@ -407,6 +406,7 @@ def measure_redis(ops: int = 40_000, repeats: int = 3) -> dict[str, float]:
     import redis
 
     from inferline_edge.ratelimit import _SLIDING_WINDOW
+    from scripts.supervisor import cpu_seconds
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -425,11 +425,9 @@ def measure_redis(ops: int = 40_000, repeats: int = 3) -> dict[str, float]:
         ],
         stdout=subprocess.DEVNULL,
     )
-    tick = os.sysconf("SC_CLK_TCK")
 
     def cpu() -> float:
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
+        return cpu_seconds(proc.pid)
 
     try:
         r = redis.Redis(port=port)

@@ -56,9 +56,28 @@ class ProcInfo(NamedTuple):
     exe: str  # basename of argv[0] (``comm`` is cut at 15 characters)
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def stat_fields(stat: str) -> list[str]:
+    """The fields of a ``/proc/<pid>[/task/<tid>]/stat`` line after the command
+    name (which may hold spaces and parentheses): [0] is the state."""
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def stat_cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds in a ``/proc/.../stat`` line."""
+    f = stat_fields(stat)
+    return (int(f[11]) + int(f[12])) / _TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU used so far by one process (all its threads)."""
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
+
+
 def processes() -> Iterator[ProcInfo]:
     """Live (non-zombie) processes, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -67,9 +86,9 @@ def processes() -> Iterator[ProcInfo]:
             argv0 = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0", 1)[0]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        f = raw[raw.rfind(")") + 2 :].split()  # f[0] is the state
+        f = stat_fields(raw)
         if f[0] != "Z":
-            cpu = (int(f[11]) + int(f[12])) / ticks
+            cpu = stat_cpu_seconds(raw)
             exe = os.path.basename(argv0.decode(errors="replace"))
             yield ProcInfo(int(entry), int(f[1]), int(f[2]), cpu, exe)
 

@@ -135,3 +135,16 @@ def test_a_real_perf_recording_attributes_a_busy_python_loop(tmp_path: Path) -> 
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_stat_lines_with_odd_command_names_parse() -> None:
+    """The command name may hold spaces and ')': fields count from the last ')'."""
+    from scripts.supervisor import stat_cpu_seconds, stat_fields
+
+    tick = os.sysconf("SC_CLK_TCK")
+    rest = "S 1 2 3 0 -1 4194560 100 0 0 0 {u} {s} 0 0 20 0 3 0 100 1000 10"
+    line = f"4242 (py thon) (x)) {rest.format(u=3 * tick, s=tick)}"
+    assert stat_fields(line)[0] == "S"
+    assert stat_cpu_seconds(line) == pytest.approx(4.0)
+    own = Path(f"/proc/{os.getpid()}/stat").read_text()
+    assert stat_cpu_seconds(own) >= 0.0 and stat_fields(own)[0] in "RS"
