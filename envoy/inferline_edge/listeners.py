@@ -117,6 +117,16 @@ end
 """
 
 
+# Verified tokens kept per Envoy worker (Envoy's LRU, keyed by the whole token;
+# tokens over 4 KiB are never kept). A hit skips only the ES256 signature check,
+# ~90 us of Envoy CPU per request on the 2-vCPU dev VM (docs/benchmarks.md,
+# "Envoy's share"): iss, aud, exp and nbf are still checked on every request,
+# with the provider's clock skew. The JWKS is inline in this listener, so a key
+# rotation replaces the filter and its cache with it. Sized for the live tokens
+# of every JWT caller (one per service account per token lifetime), not for
+# requests; an evicted token is verified again, never refused.
+JWT_CACHE_SIZE = 1024
+
 _ACCESS_LOG = {
     "name": "envoy.access_loggers.stdout",
     "typed_config": {
@@ -165,6 +175,7 @@ def _hcm(name: str, *, jwt: bool, jwks: str, edge: EdgeConfig, topo: Topology) -
                             "forward_payload_header": JWT_PAYLOAD_HEADER,
                             "payload_in_metadata": JWT_METADATA_KEY,
                             "clock_skew_seconds": 30,
+                            "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE},
                         }
                     },
                     "rules": [

@@ -254,6 +254,31 @@ async def test_jwt_path(edge: Edge) -> None:
     assert no_jwt_tenant.code == grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_jwt_cache_skips_only_the_signature_check(edge: Edge) -> None:
+    """Envoy keeps verified tokens (listeners.JWT_CACHE_SIZE): a token seen before
+    is answered from the cache, and a cached token still expires on time. This
+    one expired 28 s ago, inside the 30 s clock skew, so it is accepted (and
+    cached); 3 s later it is past the skew and refused although it is cached."""
+    assert edge.stack.envoy is not None
+    hits = "http.public_jwt.jwt_authn.jwt_cache_hit"
+    c = edge.jwt_client()
+    token = edge.pki.sign_jwt("quiet", "svc-cache", ttl_s=-28)
+    header = (("authorization", f"Bearer {token}"),)
+    try:
+        before = edge.stack.envoy.stats(hits).get(hits, 0)
+        first = await c.call(header)
+        again = await c.call(header)
+        after = edge.stack.envoy.stats(hits).get(hits, 0)
+        await asyncio.sleep(3.2)
+        late = await c.call(header)
+    finally:
+        await c.close()
+    assert first.code == grpc.StatusCode.OK, first
+    assert again.code == grpc.StatusCode.OK, again
+    assert after - before >= 1  # the second call came from the cache
+    assert late.code == grpc.StatusCode.UNAUTHENTICATED, late
+
+
 async def _paced(client: EdgeClient, rate: float, duration_s: float) -> tuple[list[Result], float]:
     """Fire ``rate`` requests per second for ``duration_s`` without waiting for
     answers (an open loop, like real independent callers); return results and the

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+import inferline_edge.listeners as listeners
 import inferline_edge.resources as resources
 import inferline_edge.tenants as tenants
 from inferline_edge.certs import DevPKI
@@ -129,6 +130,12 @@ def test_public_listeners_follow_edge_practice(built: dict[str, dict[str, Any]])
             # SANITIZE is the enum's zero value: proto3 JSON leaves it out
             assert hcm.get("forwardClientCertDetails", "SANITIZE") == "SANITIZE"
             assert "envoy.filters.http.jwt_authn" in names
+            jwt = next(f for f in hcm["httpFilters"] if f["name"] == "envoy.filters.http.jwt_authn")
+            provider = jwt["typedConfig"]["providers"]["inferline"]
+            # Verified tokens are cached (signature check skipped on a hit; the
+            # time, issuer and audience checks still run with this skew).
+            assert provider["jwtCacheConfig"] == {"jwtCacheSize": listeners.JWT_CACHE_SIZE}
+            assert provider["clockSkewSeconds"] == 30
 
 
 def test_upstream_is_mtls_and_pins_router_identity(built: dict[str, dict[str, Any]]) -> None:
