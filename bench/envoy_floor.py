@@ -261,6 +261,7 @@ def rotations(names: tuple[str, ...], repeats: int) -> Iterator[list[str]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    machine = machine_info(args.machine)  # the load average at the start
     with tempfile.TemporaryDirectory(prefix="envoy-floor-") as d:
         work = Path(d)
         pki = DevPKI.create(work / "pki", days=1)
@@ -295,7 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for load, by in runs.items()
     }
     return {
-        "machine": machine_info(args.machine),
+        "machine": machine,
         "command": "python -m bench.envoy_floor " + " ".join(sys.argv[1:]),
         "plan": {
             "repeats": args.repeats,
