@@ -11,8 +11,9 @@ request read from ``/proc``:
 - ``proxy``: forwards over TLS HTTP/1.1 (as to the routers' fast lane) to a
   second Envoy that answers at once.
 - ``proxy_wait``: the same, the upstream answering after ``--upstream-delay-ms``
-  (the router and Triton take ~1.5 ms): the front Envoy goes idle between the
-  request and the answer, and on this VM idling and being woken cost CPU.
+  (the router and Triton take ~1.5 ms; Envoy's fault-filter delay comes out at
+  ~4 ms on the dev VM, see the mean latency): the front Envoy goes idle between
+  the request and the answer, and on this VM idling and being woken cost CPU.
 - ``lua``: ``proxy_wait`` plus the edge's two Lua filters (tenant and status).
 - ``jwt_nocache``: ``proxy_wait`` plus ``jwt_authn`` with an ES256 token, no cache.
 - ``jwt``: ``proxy_wait`` plus the edge's ``jwt_authn`` filter as shipped
@@ -32,8 +33,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from inferline_edge.certs import DevPKI
 from inferline_edge.common import BRIDGE_LUA_FILTER, http_filter, typed
 from inferline_edge.listeners import LUA_BRIDGE_LOCAL_REPLY, LUA_TENANT_FILTER, jwt_filter
 from scripts.edge_procs import envoy_binary
-from scripts.supervisor import cpu_seconds, free_ports
+from scripts.supervisor import Supervisor, cpu_seconds
 
 VARIANTS = ("direct", "proxy", "proxy_wait", "lua", "jwt_nocache", "jwt")
 LOADS = {"c1": (1, 1), "c32": (4, 8)}  # h2load clients x streams per client
@@ -54,23 +55,22 @@ _ROUTER = http_filter(
 )
 
 
-def _tls(kind: str, pki: DevPKI, alpn: str) -> dict[str, Any]:
-    pair = pki.edge_server
-    ctx = {
-        "alpn_protocols": [alpn],
-        "tls_certificates": [
+def _tls(kind: str, alpn: str, pki: DevPKI | None = None) -> dict[str, Any]:
+    """A TLS transport socket; a server side (``pki``) presents the edge's certificate."""
+    ctx: dict[str, Any] = {"alpn_protocols": [alpn]}
+    if pki is not None:
+        pair = pki.edge_server
+        ctx["tls_certificates"] = [
             {
                 "certificate_chain": {"filename": str(pair.cert)},
                 "private_key": {"filename": str(pair.key)},
             }
-        ],
-    }
-    body: dict[str, Any] = {"common_tls_context": ctx}
-    if kind == "UpstreamTlsContext":
-        body = {"common_tls_context": {"alpn_protocols": [alpn]}}
+        ]
     return {
         "name": "envoy.transport_sockets.tls",
-        "typed_config": typed(f"envoy.extensions.transport_sockets.tls.v3.{kind}", body),
+        "typed_config": typed(
+            f"envoy.extensions.transport_sockets.tls.v3.{kind}", {"common_tls_context": ctx}
+        ),
     }
 
 
@@ -128,12 +128,12 @@ def backend_config(port: int, pki: DevPKI, delay_ms: float) -> dict[str, Any]:
             )
         )
     answer = {"direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
-    tls = _tls("DownstreamTlsContext", pki, "http/1.1")
+    tls = _tls("DownstreamTlsContext", "http/1.1", pki)
     listener = _listener(port, filters, answer, tls=tls, codec="HTTP1")
     return {"static_resources": {"listeners": [listener]}}
 
 
-def front_config(variant: str, port: int, upstream: int | None, pki: DevPKI) -> dict[str, Any]:
+def front_config(variant: str, port: int, *, upstream: int | None, pki: DevPKI) -> dict[str, Any]:
     filters: list[dict[str, Any]] = []
     if variant == "lua":
         for name, code in (
@@ -164,7 +164,7 @@ def front_config(variant: str, port: int, upstream: int | None, pki: DevPKI) -> 
                 "name": "up",
                 "type": "STATIC",
                 "connect_timeout": "1s",
-                "transport_socket": _tls("UpstreamTlsContext", pki, "http/1.1"),
+                "transport_socket": _tls("UpstreamTlsContext", "http/1.1"),
                 "load_assignment": {
                     "cluster_name": "up",
                     "endpoints": [
@@ -186,50 +186,34 @@ def front_config(variant: str, port: int, upstream: int | None, pki: DevPKI) -> 
                 },
             }
         ]
-    tls = _tls("DownstreamTlsContext", pki, "h2")
+    tls = _tls("DownstreamTlsContext", "h2", pki)
     static["listeners"] = [_listener(port, filters, action, tls=tls, codec="HTTP2")]
     return {"static_resources": static}
 
 
-@contextlib.contextmanager
-def envoys(
-    configs: dict[str, tuple[int, dict[str, Any]]], workdir: Path
-) -> Iterator[dict[str, int]]:
-    """Start one Envoy (one worker) per config; yield name -> pid once all listen."""
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for name, (_, cfg) in configs.items():
-            path = workdir / f"{name}.json"
-            path.write_text(json.dumps(cfg))
-            log = (workdir / f"{name}.log").open("wb")
-            argv = [envoy_binary(), "-c", str(path), "--concurrency", "1", "--disable-hot-restart"]
-            procs[name] = subprocess.Popen(
-                [*argv, "--log-level", "warning"], stdout=log, stderr=log, start_new_session=True
-            )
-        end = time.monotonic() + 30
-        for name, (port, _) in configs.items():
-            while True:
-                if procs[name].poll() is not None:
-                    raise RuntimeError(
-                        f"envoy {name} exited: {(workdir / f'{name}.log').read_text()[-2000:]}"
-                    )
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", port), 0.2),
-                ):
-                    break
-                if time.monotonic() > end:
-                    raise TimeoutError(f"envoy {name} not listening on {port}")
-                time.sleep(0.05)
-        yield {name: p.pid for name, p in procs.items()}
-    finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+class FloorEnvoy(Supervisor):
+    """One standalone Envoy, one worker, on a static configuration built for the
+    port the supervisor picked (a lost port race is retried with a new one)."""
+
+    def __init__(self, log_dir: Path, name: str, config: Callable[[int], dict[str, Any]]) -> None:
+        self.name = f"envoy-{name}"
+        super().__init__(log_dir)
+        self._config = config
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    def command(self) -> list[str]:
+        path = self.log_path.with_suffix(".json")
+        path.write_text(json.dumps(self._config(self.port)))
+        argv = [envoy_binary(), "-c", str(path), "--concurrency", "1"]
+        return [*argv, "--disable-hot-restart", "--log-level", "warning"]
+
+    def probe(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            return True
+        return False
 
 
 def h2load_cmd(port: int, token: str, clients: int, streams: int, n: int) -> list[str]:
@@ -266,26 +250,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(d)
         pki = DevPKI.create(work / "pki", days=1)
         token = pki.sign_jwt("demo", "bench-envoy-floor", ttl_s=3600)
-        ports = free_ports(len(VARIANTS) + 2)
-        up_now, up_wait = ports[-2:]
-        configs = {
-            "upstream": (up_now, backend_config(up_now, pki, 0)),
-            "upstream_wait": (up_wait, backend_config(up_wait, pki, args.upstream_delay_ms)),
-        }
-        for v, port in zip(VARIANTS, ports, strict=False):
-            upstream = None if v == "direct" else up_now if v == "proxy" else up_wait
-            configs[v] = (port, front_config(v, port, upstream, pki))
         runs: dict[str, dict[str, list[dict[str, float]]]] = {
             k: {v: [] for v in VARIANTS} for k in LOADS
         }
-        with envoys(configs, work) as pids:
+        with contextlib.ExitStack() as stack:
+
+            def start(name: str, config: Callable[[int], dict[str, Any]]) -> FloorEnvoy:
+                return stack.enter_context(FloorEnvoy(work, name, config))
+
+            now = start("upstream", lambda port: backend_config(port, pki, 0))
+            wait = start(
+                "upstream_wait", lambda port: backend_config(port, pki, args.upstream_delay_ms)
+            )
+            fronts = {}
+            for v in VARIANTS:
+                up = None if v == "direct" else now.port if v == "proxy" else wait.port
+                fronts[v] = start(v, partial(front_config, v, upstream=up, pki=pki))
             for load, (c, m) in LOADS.items():
                 n = args.requests if load == "c1" else args.requests * 4
-                for v in VARIANTS:  # warm-up: connections, caches, the JWT cache
-                    measure(h2load_cmd(configs[v][0], token, c, m, 500), pids[v])
+                for e in fronts.values():  # warm-up: connections, caches, the JWT cache
+                    measure(h2load_cmd(e.port, token, c, m, 500), e.pid)
                 for order in rotations(VARIANTS, args.repeats):
                     for v in order:
-                        r = measure(h2load_cmd(configs[v][0], token, c, m, n), pids[v])
+                        r = measure(h2load_cmd(fronts[v].port, token, c, m, n), fronts[v].pid)
                         runs[load][v].append(r)
                         print(
                             f"{load} {v:12} {json.dumps({k: round(x, 1) for k, x in r.items()})}",

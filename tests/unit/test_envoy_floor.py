@@ -41,20 +41,20 @@ def test_every_config_is_valid_envoy(pki: DevPKI, tmp_path: Path) -> None:
     _validate(ef.backend_config(10001, pki, 1.0), tmp_path / "backend.json")
     for v in ef.VARIANTS:
         upstream = None if v == "direct" else 10001
-        _validate(ef.front_config(v, 10000, upstream, pki), tmp_path / f"{v}.json")
+        _validate(ef.front_config(v, 10000, upstream=upstream, pki=pki), tmp_path / f"{v}.json")
 
 
 def test_variants_add_only_what_they_name(pki: DevPKI) -> None:
     router = "envoy.filters.http.router"
-    assert _filters(ef.front_config("proxy_wait", 1, 2, pki)) == [router]
+    assert _filters(ef.front_config("proxy_wait", 1, upstream=2, pki=pki)) == [router]
     assert _filters(ef.backend_config(2, pki, 1.0)) == ["envoy.filters.http.fault", router]
     assert _filters(ef.backend_config(2, pki, 0)) == [router]
-    assert len(_filters(ef.front_config("lua", 1, 2, pki))) == 3
-    direct = ef.front_config("direct", 1, None, pki)["static_resources"]
+    assert len(_filters(ef.front_config("lua", 1, upstream=2, pki=pki))) == 3
+    direct = ef.front_config("direct", 1, upstream=None, pki=pki)["static_resources"]
     assert "clusters" not in direct
 
     def provider(v: str) -> dict[str, Any]:
-        jwt = ef.front_config(v, 1, 2, pki)["static_resources"]["listeners"][0]
+        jwt = ef.front_config(v, 1, upstream=2, pki=pki)["static_resources"]["listeners"][0]
         hcm = jwt["filter_chains"][0]["filters"][0]["typed_config"]
         p: dict[str, Any] = hcm["http_filters"][0]["typed_config"]["providers"]["inferline"]
         return p
