@@ -119,7 +119,7 @@ end
 
 # Verified tokens kept per Envoy worker (Envoy's LRU, keyed by the whole token;
 # tokens over 4 KiB are never kept). A hit skips only the ES256 signature check,
-# ~90 us of Envoy CPU per request on the 2-vCPU dev VM (docs/benchmarks.md,
+# ~90-150 us of Envoy CPU per request on the 2-vCPU dev VM (docs/benchmarks.md,
 # "Envoy's share"): iss, aud, exp and nbf are still checked on every request,
 # with the provider's clock skew. The JWKS is inline in this listener, so a key
 # rotation replaces the filter and its cache with it. Sized for the live tokens
