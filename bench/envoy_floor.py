@@ -38,8 +38,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bench.chain import machine_info
 from bench.drill_core import write_md
-from bench.edge_bench import machine_info
 from bench.h2load import parse_h2load
 from inferline_edge.certs import DevPKI
 from inferline_edge.common import BRIDGE_LUA_FILTER, http_filter, typed

@@ -47,7 +47,7 @@ import yaml
 
 import bench.loadgen as lg
 from bench import perf_profile
-from bench.edge_bench import CpuWatch, _pgids, endpoints, machine_info, median_deltas
+from bench.chain import CpuWatch, endpoints, machine_info, median_deltas, process_groups
 from bench.h2load import grpc_frame, parse_h2load, triton_counts
 from scripts.allocator import MODES, resolve
 
@@ -67,7 +67,7 @@ class Cores:
         self._all = set(range(n))
         self._router = {n - 1}
         self._rest = set(range(n - 1)) or self._all
-        groups = _pgids(full)
+        groups = process_groups(full)
         self._router_pgids = set(groups["router"])
         self._other_pgids = {g for k, gs in groups.items() if k != "router" for g in gs}
 
@@ -132,11 +132,11 @@ async def latency(full: Any, pki: Any, args: argparse.Namespace, cores: Cores) -
             for order in lg.block_order(names, args.blocks):
                 for n in order:
                     cores.path(n)
-                    watch = CpuWatch(_pgids(full))
+                    watch = CpuWatch(process_groups(full))
                     s = await lg.closed_loop(calls[n], 1, duration_s=args.duration / args.blocks)
                     cpu = watch.stop()
                     s.client_cpu_s = cpu["client_s"]
-                    s.server_cpu_s = {k: cpu[f"{k}_s"] for k in _pgids(full)}
+                    s.server_cpu_s = {k: cpu[f"{k}_s"] for k in process_groups(full)}
                     acc[n].merge(s)
             for n in names:
                 runs[n].append(lg.summarize(acc[n]))
@@ -163,7 +163,7 @@ def throughput(full: Any, pki: Any, args: argparse.Namespace, cores: Cores) -> d
     triton = full.base.triton
     token = pki.sign_jwt("demo", "bench-overhead", ttl_s=3600)
     metrics = lambda: triton.http_get("/metrics", metrics=True, timeout=5).decode()  # noqa: E731
-    pgids = _pgids(full)
+    pgids = process_groups(full)
     out: dict[str, list[dict[str, Any]]] = {"full": [], "triton": []}
     with tempfile.TemporaryDirectory() as d:
         bodies = {"full": Path(d) / "full.grpc", "triton": Path(d) / "triton.grpc"}

@@ -7,12 +7,8 @@ ends up in docs/benchmarks.md is checked here without it.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import copy
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +16,10 @@ import grpc
 import pytest
 import yaml
 
+from bench import chain
 from bench import edge_bench as eb
 from bench.loadgen import Samples, summarize
-from inferline_edge.certs import EDGE_SPIFFE_ID, DevPKI, tenant_spiffe_id
 from inferline_edge.tenants import EdgeConfig
-from router.transport.identity import _xfcc_uri, tenant_from_uri
 from scripts.edge_stack import DEFAULT_TENANTS
 
 
@@ -71,27 +66,6 @@ def test_expected_admitted_and_tolerance() -> None:
 def _summary(latencies_ms: list[float], errors: dict[str, int] | None = None) -> dict[str, Any]:
     s = Samples([x / 1e3 for x in latencies_ms], collections.Counter(errors or {}), 1.0)
     return summarize(s)
-
-
-def test_deltas_are_paired_per_repeat_then_median() -> None:
-    edge = [_summary([3.0] * 100), _summary([9.0] * 100), _summary([4.0] * 100)]
-    router = [_summary([2.5] * 100), _summary([8.0] * 100), _summary([3.8] * 100)]
-    d = eb.latency_deltas(edge[0], router[0])
-    assert d == pytest.approx({"p50_ms": 0.5, "p95_ms": 0.5, "p99_ms": 0.5})
-    # Per-repeat deltas 0.5, 1.0, 0.2 -> median 0.5; a drifting repeat moves both paths.
-    med = eb.median_deltas({"edge": edge, "router": router}, "edge", "router")
-    assert med["p50_ms"] == pytest.approx(0.5) and med["p99_ms"] == pytest.approx(0.5)
-
-
-def test_xfcc_is_what_envoy_forwards_and_the_router_reads(tmp_path: Path) -> None:
-    pki = DevPKI.create(tmp_path, tenants=[("demo", "cli")], days=1)
-    pem = pki.client("demo", "cli").cert.read_bytes()
-    value = eb.xfcc_value(pem, tenant_spiffe_id("demo", "cli"), EDGE_SPIFFE_ID)
-    by, digest, uri = value.split(";")
-    assert by == f"By={EDGE_SPIFFE_ID}" and uri == "URI=spiffe://inferline/tenant/demo/svc/cli"
-    assert digest.startswith("Hash=") and len(digest) == 5 + 64  # sha256 hex of the DER
-    parsed = _xfcc_uri(value)
-    assert parsed is not None and tenant_from_uri(parsed, "spiffe://inferline/tenant/") == "demo"
 
 
 def test_phase_summary_success_rate() -> None:
@@ -171,7 +145,7 @@ def test_noisy_checks_b_errors_and_p99_ratio() -> None:
 
 
 def _machine() -> dict[str, Any]:
-    return eb.machine_info("2 vCPU dev VM, shared") | {"date": "2026-11-28 10:00 UTC"}
+    return chain.machine_info("2 vCPU dev VM, shared") | {"date": "2026-11-28 10:00 UTC"}
 
 
 def _overhead_result() -> dict[str, Any]:
@@ -191,9 +165,9 @@ def _overhead_result() -> dict[str, Any]:
                 "concurrency": 1,
                 "targets": {n: {"median": runs[n][0], "repeats": runs[n]} for n in names},
                 "deltas": {
-                    "envoy_mtls": eb.median_deltas(runs, "edge", "router"),
-                    "quota_call": eb.median_deltas(runs, "edge+quota", "edge"),
-                    "router": eb.median_deltas(runs, "router", "triton"),
+                    "envoy_mtls": chain.median_deltas(runs, "edge", "router"),
+                    "quota_call": chain.median_deltas(runs, "edge+quota", "edge"),
+                    "router": chain.median_deltas(runs, "router", "triton"),
                 },
             }
         },
@@ -294,84 +268,8 @@ async def test_refusals_count_retry_after_through_the_wrapper() -> None:
     assert (r.exhausted, r.with_retry_after, r.detail_types) == (2, 1, [])
 
 
-async def test_cpu_watch_reports_client_and_machine() -> None:
-    w = eb.CpuWatch({"this test": [os.getpgid(0)]})
-    t0 = time.process_time()
-    while time.process_time() - t0 < 0.2:  # burn a little CPU in this process
-        pass
-    await asyncio.sleep(0.01)
-    out = w.stop()
-    assert out["wall_s"] >= 0.2 and out["client_s"] >= 0.2
-    assert out["this test_s"] >= 0.1  # /proc counts in ticks; the group includes this process
-    assert out["machine_busy_pct"] >= 0 and out["others_busy_pct"] >= 0
-
-
 def test_cli_defaults_match_the_issue() -> None:
     a = eb.build_parser().parse_args([])
     assert (a.a_rps, a.a_burst, a.a_factor, a.b_rps) == (50, 10, 3, 50)
     assert a.concurrency == [1, 8] and a.repeats == 3 and a.quota is True
     assert 10 <= a.phase <= 15
-
-
-async def test_fast_lane_pool_speaks_mtls_http1_and_counts_grpc_statuses(tmp_path: Path) -> None:
-    """The router path's client against a real TLS server answering as the fast
-    lane does: a body on 200, an empty body and the gRPC status in a header on
-    an error; connections kept alive and reused, one request at a time each."""
-    import ssl
-
-    from bench.loadgen import closed_loop
-
-    pki = DevPKI.create(tmp_path / "pki", tenants=[("demo", "cli")], days=1)
-    seen: list[bytes] = []
-    conns = 0
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal conns
-        conns += 1
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            await answer(reader, writer)
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while head := await reader.readuntil(b"\r\n\r\n"):
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            body = await reader.readexactly(length)
-            seen.append(head)
-            if body == b"over":
-                writer.write(
-                    b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\n"
-                    b"x-inferline-grpc-status: 8\r\n\r\n"
-                )
-            else:
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nyes")
-            await writer.drain()
-
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki.ca.cert)
-    server_ctx.load_cert_chain(pki.router.cert, pki.router.key)
-    server_ctx.verify_mode = ssl.CERT_REQUIRED
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
-    port = server.sockets[0].getsockname()[1]
-    tls = (
-        pki.ca.cert.read_bytes(),
-        pki.edge_client.key.read_bytes(),
-        pki.edge_client.cert.read_bytes(),
-    )
-
-    def endpoint(body: bytes) -> eb.Endpoint:
-        return eb.Endpoint(
-            "router", f"127.0.0.1:{port}", "/inferline.v1.InferenceService/Predict", body,
-            (("x-inferline-tenant", "demo"),), tls, "router.inferline.local", fast_lane=True,
-        )  # fmt: skip
-
-    async with server, contextlib.AsyncExitStack() as stack:
-        ok = await endpoint(b"ok")._fast_lane(stack, 5.0)
-        assert await ok() == b"yes"
-        s = await closed_loop(ok, 4, requests=40)
-        assert len(s.latencies_s) == 40 and not s.errors
-        over = await endpoint(b"over")._fast_lane(stack, 5.0)
-        s = await closed_loop(over, 1, requests=3)
-        assert s.errors == {"RESOURCE_EXHAUSTED": 3} and not s.latencies_s
-    # Envoy's bridge shape: the serialized request, its metadata, a grpc-timeout.
-    assert seen[0].startswith(b"POST /inferline.v1.InferenceService/Predict HTTP/1.1\r\n")
-    assert b"content-type: application/x-protobuf\r\n" in seen[0]
-    assert b"x-inferline-tenant: demo\r\n" in seen[0] and b"grpc-timeout: 5000m\r\n" in seen[0]
-    assert 1 + 4 + 1 >= conns >= 2  # one per concurrent caller at most, reused
