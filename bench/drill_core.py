@@ -187,9 +187,8 @@ def summarize(
     grace = 0.05
     levels = Counter(pb.FallbackLevel.Name(o.level) for o in out if o.code == "OK")
     errors = Counter(o.code for o in out if o.code != "OK")
-    unanswered = sum(
-        1 for o in out if o.code == "DEADLINE_EXCEEDED" or o.latency_s > deadline_s + grace
-    )
+    late = [o for o in out if o.code == "DEADLINE_EXCEEDED" or o.latency_s > deadline_s + grace]
+    unanswered = len(late)
     degraded = [o for o in out if o.code == "OK" and (o.level != PRIMARY or o.reasons)]
     to_degrade = None
     sent_after = None
@@ -218,7 +217,11 @@ def summarize(
         to_recover,
         p99,
         notes,
-        {} if sent_after is None else {"sent_after_fault": sent_after},
+        ({} if sent_after is None else {"sent_after_fault": sent_after})
+        # When (from the start of the load) each unanswered request was sent: next
+        # to the fault's marks it says which phase lost it.
+        | ({"unanswered_sent_at_s": [round(o.sent_at, 3) for o in late]} if late else {})
+        | ({"fault_at_s": round(fault_at, 3)} if late and fault_at is not None else {}),
     )
 
 

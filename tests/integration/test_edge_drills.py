@@ -21,14 +21,14 @@ pytestmark = pytest.mark.slow
 async def test_envoy_hot_restart_loses_nothing(demo_build: Path, tmp_path: Path) -> None:
     r = await ed.drill_envoy_hot_restart(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
     assert "restart_done_at_s" in r.extra  # the new epoch went live during the run
-    assert r.errors == {} and r.ok == r.sent and r.unanswered_at_deadline == 0
+    assert r.errors == {} and r.ok == r.sent and r.unanswered_at_deadline == 0, (r.errors, r.extra)
 
 
 async def test_envoy_crash_answers_unavailable_fast_then_recovers(
     demo_build: Path, tmp_path: Path
 ) -> None:
     r = await ed.drill_envoy_crash(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
-    assert r.unanswered_at_deadline == 0
+    assert r.unanswered_at_deadline == 0, (r.errors, r.extra)
     assert set(r.errors) <= {"UNAVAILABLE"}
     assert r.time_to_recover_s is None or r.time_to_recover_s < 3.0
     assert r.ok > r.sent / 2
@@ -38,14 +38,14 @@ async def test_rolling_router_restart_behind_envoy_loses_nothing(
     demo_build: Path, tmp_path: Path
 ) -> None:
     r = await ed.drill_router_rolling_restart(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
-    assert r.errors == {} and r.ok == r.sent and r.unanswered_at_deadline == 0
+    assert r.errors == {} and r.ok == r.sent and r.unanswered_at_deadline == 0, (r.errors, r.extra)
 
 
 async def test_only_router_restart_is_a_clear_unavailable_window(
     demo_build: Path, tmp_path: Path
 ) -> None:
     r = await ed.drill_router_single_restart(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
-    assert r.unanswered_at_deadline == 0
+    assert r.unanswered_at_deadline == 0, (r.errors, r.extra)
     # Nobody to take over: refused at once. (A request in flight at the stop may
     # see CANCELLED when its stream is torn down: seen once in ~1,600.)
     assert "UNAVAILABLE" in r.errors and set(r.errors) <= {"UNAVAILABLE", "CANCELLED"}
