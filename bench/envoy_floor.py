@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -40,12 +38,12 @@ from typing import Any
 
 from bench.chain import machine_info
 from bench.drill_core import write_md
-from bench.h2load import parse_h2load
+from bench.h2load import run_for_cpu
 from inferline_edge.certs import DevPKI
 from inferline_edge.common import BRIDGE_LUA_FILTER, http_filter, typed
 from inferline_edge.listeners import LUA_BRIDGE_LOCAL_REPLY, LUA_TENANT_FILTER, jwt_filter
 from scripts.edge_procs import envoy_binary
-from scripts.supervisor import Supervisor, cpu_seconds
+from scripts.supervisor import Supervisor
 
 VARIANTS = ("direct", "proxy", "proxy_wait", "lua", "jwt_nocache", "jwt")
 LOADS = {"c1": (1, 1), "c32": (4, 8)}  # h2load clients x streams per client
@@ -216,24 +214,20 @@ class FloorEnvoy(Supervisor):
         return False
 
 
-def h2load_cmd(port: int, token: str, clients: int, streams: int, n: int) -> list[str]:
-    exe = shutil.which("h2load")
-    if exe is None:
-        raise FileNotFoundError("h2load not found: apt-get install -y nghttp2-client")
+def h2load_args(port: int, token: str, clients: int, streams: int, n: int) -> list[str]:
     return [
-        exe, f"--requests={n}", f"--clients={clients}", f"--max-concurrent-streams={streams}",
+        f"--requests={n}", f"--clients={clients}", f"--max-concurrent-streams={streams}",
         "-H", f"authorization: Bearer {token}", f"https://127.0.0.1:{port}/",
     ]  # fmt: skip
 
 
-def measure(cmd: list[str], pid: int) -> dict[str, float]:
-    before = cpu_seconds(pid)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    used = cpu_seconds(pid) - before
-    r = parse_h2load(proc.stdout)
-    if proc.returncode != 0 or r.status_2xx != r.total:
-        raise RuntimeError(f"h2load: {r.status_2xx}/{r.total} 2xx\n{proc.stdout[-1500:]}")
-    return {"envoy_us": 1e6 * used / r.total, "rps": r.req_per_s, "mean_ms": r.latency_ms["mean"]}
+def measure(args: list[str], envoy: FloorEnvoy) -> dict[str, float]:
+    """One h2load run against ``envoy`` (its own process group), every answer a 200."""
+    run = run_for_cpu(envoy.pid, args)
+    r = run.result
+    if r.status_2xx != r.total:
+        raise RuntimeError(f"h2load against {envoy.name}: {r.status_2xx}/{r.total} 2xx")
+    return {"envoy_us": run.cpu_us_per_request, "rps": r.req_per_s, "mean_ms": r.latency_ms["mean"]}
 
 
 def rotations(names: tuple[str, ...], repeats: int) -> Iterator[list[str]]:
@@ -269,10 +263,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for load, (c, m) in LOADS.items():
                 n = args.requests if load == "c1" else args.requests * 4
                 for e in fronts.values():  # warm-up: connections, caches, the JWT cache
-                    measure(h2load_cmd(e.port, token, c, m, 500), e.pid)
+                    measure(h2load_args(e.port, token, c, m, 500), e)
                 for order in rotations(VARIANTS, args.repeats):
                     for v in order:
-                        r = measure(h2load_cmd(fronts[v].port, token, c, m, n), fronts[v].pid)
+                        r = measure(h2load_args(fronts[v].port, token, c, m, n), fronts[v])
                         runs[load][v].append(r)
                         print(
                             f"{load} {v:12} {json.dumps({k: round(x, 1) for k, x in r.items()})}",
