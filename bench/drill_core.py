@@ -197,6 +197,7 @@ def summarize(
         after = [o.sent_at + o.latency_s for o in degraded if o.sent_at >= fault_at]
         to_degrade = round(min(after) - fault_at, 3) if after else None
     to_recover = None
+    after_clear: Counter[str] = Counter()
     if clear_at is not None:
         healthy = [
             o.sent_at
@@ -204,6 +205,15 @@ def summarize(
             if o.sent_at >= clear_at and o.code == "OK" and o.level == PRIMARY and not o.reasons
         ]
         to_recover = round(min(healthy) - clear_at, 3) if healthy else None
+        if not healthy:
+            # No healthy answer after the clear: what answered instead, so a
+            # failed recovery says which stage stayed degraded.
+            after_clear = Counter(
+                f"{o.code}:{pb.FallbackLevel.Name(o.level).removeprefix('FALLBACK_LEVEL_')}"
+                f":{'+'.join(o.reasons) or '-'}"
+                for o in out
+                if o.sent_at >= clear_at
+            )
     ok_lat = [o.latency_s for o in out if o.code == "OK"]
     p99 = round(float(np.percentile(ok_lat, 99)) * 1000, 2) if ok_lat else None
     return DrillResult(
@@ -221,7 +231,8 @@ def summarize(
         # When (from the start of the load) each unanswered request was sent: next
         # to the fault's marks it says which phase lost it.
         | ({"unanswered_sent_at_s": [round(o.sent_at, 3) for o in late]} if late else {})
-        | ({"fault_at_s": round(fault_at, 3)} if late and fault_at is not None else {}),
+        | ({"fault_at_s": round(fault_at, 3)} if late and fault_at is not None else {})
+        | ({"after_clear": dict(after_clear)} if after_clear else {}),
     )
 
 

@@ -182,6 +182,7 @@ class App:
             feature_timeout_s=s.features.timeout_ms / 1000,
             min_inference_budget_s=s.limits.min_inference_budget_ms / 1000,
             max_clock_skew_s=s.features.max_clock_skew_s,
+            store_trial_timeout_s=s.reliability.probe_timeout_ms / 1000,
             region=s.region.name,
             observer=self.compliance.observe,
             arms=self.release.arms if self.release else None,

@@ -157,7 +157,8 @@ class ReliabilitySettings(_Section):
     probe_interval_s: float = Field(default=1.0, ge=0)
     """Canary-inference probe period per routed version (0 disables probing)."""
     probe_timeout_ms: float = Field(default=250.0, gt=0)
-    """Timeout of one canary inference."""
+    """Timeout of one canary inference, and of the feature store breaker's
+    half-open trial read (which runs past the request carrying it)."""
     score_cache_entries: int = Field(default=100_000, ge=0)
     """Bound of the recent-score cache (fallback rung 3)."""
     feature_cache_entries: int = Field(default=100_000, ge=0)

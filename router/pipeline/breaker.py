@@ -4,8 +4,10 @@ A breaker stops sending work to a dependency that is failing, so requests fall
 to the next rung of the ladder in microseconds instead of each waiting out a
 timeout. Closed -> open after ``failure_threshold`` consecutive failures; open
 -> half-open after ``open_s``, when one trial call is let through; its
-success closes the breaker, its failure re-opens it. Canary probes feed the
-same breakers, so a dead backend is detected even without traffic.
+success closes the breaker, its failure re-opens it. A trial whose outcome
+never comes back (its caller was cancelled) is presumed lost after ``open_s``
+and another is let through, so nothing can wedge a breaker half-open. Canary
+probes feed the same breakers, so a dead backend is detected even without traffic.
 
 The retry budget bounds every *extra* upstream attempt (a retry, or asking a
 fallback version) to a fraction of primary attempts, so an outage cannot be
@@ -47,21 +49,29 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._trial_in_flight = False
+        self._trial_at = 0.0
         self.opened_count = 0
 
     def allow(self) -> bool:
         """May a call go out now? In half-open, only one trial at a time."""
         if self.state is State.CLOSED:
             return True
+        now = self._clock()
         if self.state is State.OPEN:
-            if self._clock() - self._opened_at < self.open_s:
+            if now - self._opened_at < self.open_s:
                 return False
             self.state = State.HALF_OPEN
             self._trial_in_flight = False
-        if self._trial_in_flight:
+        if self._trial_in_flight and now - self._trial_at < self.open_s:
             return False
         self._trial_in_flight = True
+        self._trial_at = now
         return True
+
+    @property
+    def in_trial(self) -> bool:
+        """Is the call ``allow()`` just let through the half-open trial?"""
+        return self.state is State.HALF_OPEN
 
     def record_success(self) -> None:
         if self.state is not State.CLOSED:

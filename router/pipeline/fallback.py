@@ -85,6 +85,7 @@ class Ladder:
         # never answers) must not eat a generous caller deadline whole.
         timeout = min(deadline - time.monotonic() - self._reserve_s, self._max_call_s)
         if timeout <= 0:
+            breaker.release_trial()
             return None
         try:
             out = await score(self._servers(route.pool), version, batch, timeout)
@@ -98,9 +99,13 @@ class Ladder:
                     breaker.release_trial()
                 return None
             if e.code not in _BACKEND_FAILURES:
+                breaker.release_trial()
                 raise
             breaker.record_failure()
             return None
+        except BaseException:  # cancelled: says nothing about the backend
+            breaker.release_trial()
+            raise
         breaker.record_success()
         return out
 

@@ -138,6 +138,7 @@ async def _read(
     breaker: CircuitBreaker | None,
     cache: TtlCache[Row] | None,
     cache_ttl_s: float,
+    trial_timeout_s: float,
 ) -> list[list[Row]] | None:
     """Rows for every read (cache first), or None when the store cannot answer."""
     use_cache = cache is not None and cache_ttl_s > 0
@@ -156,6 +157,11 @@ async def _read(
     if misses:
         if breaker is not None and not breaker.allow():
             return None
+        if breaker is not None and breaker.in_trial and not store.inline:
+            got = await _trial_read(store, misses, breaker, timeout_s, trial_timeout_s)
+            if got is None:
+                return None
+            return _merge(reads, results, misses, got, cache, cache_ttl_s)
         try:
             if store.inline:
                 fetched = await store.read(misses)
@@ -170,18 +176,82 @@ async def _read(
             return None
         if breaker is not None:
             breaker.record_success()
-        by_view = {
-            m.view: dict(zip(m.keys, rows, strict=True))
-            for m, rows in zip(misses, fetched, strict=True)
-        }
-        for r, row_list in zip(reads, results, strict=True):
-            got = by_view.get(r.view, {})
-            for j, k in enumerate(r.keys):
-                if row_list[j] is None:
-                    row_list[j] = got[k]
-                    if cache is not None and use_cache and got[k][0] is not None:
-                        cache.put((r.view, k), got[k], cache_ttl_s)
+        return _merge(reads, results, misses, fetched, cache, cache_ttl_s)
     return [[row for row in rows if row is not None] for rows in results]
+
+
+def _merge(
+    reads: list[ViewRead],
+    results: list[list[Row | None]],
+    misses: list[ViewRead],
+    fetched: list[list[Row]],
+    cache: TtlCache[Row] | None,
+    cache_ttl_s: float,
+) -> list[list[Row]]:
+    """Fill the cache misses in ``results`` with the rows just read (and cache them)."""
+    by_view = {
+        m.view: dict(zip(m.keys, rows, strict=True))
+        for m, rows in zip(misses, fetched, strict=True)
+    }
+    use_cache = cache is not None and cache_ttl_s > 0
+    for r, row_list in zip(reads, results, strict=True):
+        got = by_view.get(r.view, {})
+        for j, k in enumerate(r.keys):
+            if row_list[j] is None:
+                row_list[j] = got[k]
+                if cache is not None and use_cache and got[k][0] is not None:
+                    cache.put((r.view, k), got[k], cache_ttl_s)
+    return [[row for row in rows if row is not None] for rows in results]
+
+
+_TRIALS: set[asyncio.Task[list[list[Row]]]] = set()
+"""Trial reads still running after the request that started them has answered
+(a reference keeps each task alive until it ends)."""
+
+
+def _trial_done(task: asyncio.Task[list[list[Row]]]) -> None:
+    _TRIALS.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: its outcome already went to the breaker
+
+
+async def _trial_read(
+    store: FeatureReader,
+    misses: list[ViewRead],
+    breaker: CircuitBreaker,
+    timeout_s: float,
+    trial_timeout_s: float,
+) -> list[list[Row]] | None:
+    """The half-open breaker's trial read, judged on ``trial_timeout_s`` rather
+    than on the request's budget.
+
+    Why: after an outage every pooled connection is gone, so the trial pays a
+    reconnect; on a busy node that can miss a 20 ms budget, and each miss holds
+    the breaker open another ``open_s`` although the store is back. The request
+    waits only its own budget (answering on defaults past it); the read goes on
+    and its outcome alone closes or re-opens the breaker.
+    """
+
+    async def judged() -> list[list[Row]]:
+        try:
+            async with asyncio.timeout(max(timeout_s, trial_timeout_s)):
+                fetched = await store.read(misses)
+        except (TimeoutError, FeatureStoreUnavailable):
+            breaker.record_failure()
+            raise
+        except BaseException:
+            breaker.release_trial()
+            raise
+        breaker.record_success()
+        return fetched
+
+    task = asyncio.ensure_future(judged())
+    _TRIALS.add(task)
+    task.add_done_callback(_trial_done)
+    done, _ = await asyncio.wait({task}, timeout=max(timeout_s, 0.0))
+    if task not in done or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
 
 
 async def assemble(
@@ -194,11 +264,13 @@ async def assemble(
     breaker: CircuitBreaker | None = None,
     cache: TtlCache[Row] | None = None,
     cache_ttl_s: float = 0.0,
+    trial_timeout_s: float = 0.25,
 ) -> FeatureBatch:
     """Build the [n_candidates, n_features] float32 input for ``version``.
 
     ``breaker`` guards the store (open: skip the read, answer with defaults);
-    ``cache`` (with ``cache_ttl_s`` > 0) serves recently read rows without a read.
+    ``cache`` (with ``cache_ttl_s`` > 0) serves recently read rows without a read;
+    ``trial_timeout_s`` bounds the breaker's half-open trial read (``_trial_read``).
     """
     n = len(candidates)
     # Rows are filled as Python lists and become the float32 tensor in one
@@ -217,7 +289,7 @@ async def assemble(
         results = None
         reasons.add("feature_budget_exhausted")
     else:
-        results = await _read(store, reads, timeout_s, breaker, cache, cache_ttl_s)
+        results = await _read(store, reads, timeout_s, breaker, cache, cache_ttl_s, trial_timeout_s)
         if results is None:
             reasons.add("feature_store_unavailable")
 

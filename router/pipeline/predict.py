@@ -59,6 +59,7 @@ class Predictor:
         feature_timeout_s: float,
         min_inference_budget_s: float,
         max_clock_skew_s: float,
+        store_trial_timeout_s: float = 0.25,
         region: str | None = None,
         observer: PredictObserver | None = None,
         arms: ArmStats | None = None,
@@ -79,6 +80,7 @@ class Predictor:
         self._feature_timeout_s = feature_timeout_s
         self._min_inference_budget_s = min_inference_budget_s
         self._max_clock_skew_s = max_clock_skew_s
+        self._store_trial_timeout_s = store_trial_timeout_s
         self._observer = observer
 
     async def predict(self, cmd: PredictCommand, deadline: float) -> PredictResult:
@@ -224,6 +226,7 @@ class Predictor:
                 breaker=self._breakers.get(FEATURE_STORE_BREAKER),
                 cache=self._feature_cache,
                 cache_ttl_s=model_route.feature_cache_ttl_s,
+                trial_timeout_s=self._store_trial_timeout_s,
             )
             if span.is_recording():
                 span.set_attribute("inferline.degraded_reasons", sorted(batch.reasons))

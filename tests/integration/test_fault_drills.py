@@ -39,14 +39,14 @@ async def test_online_store_hang_and_recovery(demo_build: Path, tmp_path: Path) 
     assert r.unanswered_at_deadline == 0 and r.errors == {}, (r.errors, r.extra)
     assert r.ok == r.sent
     assert r.time_to_degrade_s is not None  # defaults + feature_store_unavailable
-    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5
+    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5, r.extra
 
 
 async def test_slow_online_store_degrades_then_recovers(demo_build: Path, tmp_path: Path) -> None:
     r = await fd.drill_slow_store(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
     assert r.unanswered_at_deadline == 0 and r.errors == {} and r.ok == r.sent, (r.errors, r.extra)
     assert r.time_to_degrade_s is not None and r.time_to_degrade_s < 1.0
-    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5
+    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5, r.extra
     assert r.admitted_p99_ms is not None and r.admitted_p99_ms < 100  # cut at the budget
 
 
@@ -55,7 +55,7 @@ async def test_tritonserver_restarted_recovers_primary(demo_build: Path, tmp_pat
     assert r.unanswered_at_deadline == 0 and r.errors == {} and r.ok == r.sent, (r.errors, r.extra)
     assert r.degraded_by_level.get("PRIMARY", 0) < r.sent  # the ladder answered meanwhile
     assert "fault_cleared_at_s" in r.extra  # Triton was ready again before the run ended
-    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5
+    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5, r.extra
 
 
 async def test_blackholed_online_store_degrades_then_heals(
@@ -64,7 +64,7 @@ async def test_blackholed_online_store_degrades_then_heals(
     r = await fd.drill_blackhole_store(demo_build, tmp_path, RPS, SECONDS, DEADLINE_S)
     assert r.unanswered_at_deadline == 0 and r.errors == {} and r.ok == r.sent, (r.errors, r.extra)
     assert r.time_to_degrade_s is not None and r.time_to_degrade_s < 1.0
-    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5
+    assert r.time_to_recover_s is not None and r.time_to_recover_s < 2.5, r.extra
 
 
 async def test_half_failing_backend_bounds_upstream_attempts(

@@ -36,6 +36,25 @@ def test_breaker_opens_after_threshold_and_half_opens_one_trial() -> None:
     assert b.state is State.CLOSED and b.allow() and b.opened_count == 2
 
 
+def test_lost_trial_is_replaced_after_open_s() -> None:
+    """A trial whose caller was cancelled before reporting cannot wedge the breaker."""
+    clock = Clock()
+    b = CircuitBreaker("x", failure_threshold=1, open_s=1.0, clock=clock)
+    assert not b.in_trial
+    b.record_failure()
+    clock.t = 1.0
+    assert b.allow() and b.in_trial  # the trial goes out and never reports back
+    clock.t = 1.99
+    assert not b.allow()
+    clock.t = 2.0
+    assert b.allow()  # presumed lost: a new trial
+    assert not b.allow()
+    b.release_trial()  # a trial that says nothing about the backend frees the slot
+    assert b.allow() and b.state is State.HALF_OPEN
+    b.record_success()
+    assert b.state is State.CLOSED and not b.in_trial
+
+
 def test_success_resets_consecutive_failures() -> None:
     b = CircuitBreaker("x", failure_threshold=2)
     b.record_failure()

@@ -39,3 +39,19 @@ def test_unanswered_requests_say_when_they_were_sent() -> None:
     assert r.errors == {"DEADLINE_EXCEEDED": 1} and r.ok == 3
     assert r.extra["unanswered_sent_at_s"] == [1.234, 1.5]
     assert r.extra["fault_at_s"] == 1.0
+
+
+def test_no_recovery_says_what_answered_after_the_clear() -> None:
+    out = [
+        _ok(0.0),
+        dc.Outcome(1.1, 0.02, "OK", dc.PRIMARY, ("feature_store_unavailable",)),
+        dc.Outcome(2.1, 0.001, "OK", dc.PRIMARY, ("feature_store_unavailable",)),
+        dc.Outcome(2.5, 0.001, "OK", dc.PRIMARY, ("feature_store_unavailable",)),
+        dc.Outcome(2.9, 0.001, "OK", LKG),
+    ]
+    r = dc.summarize("drill", out, 0.25, fault_at=1.0, clear_at=2.0)
+    assert r.time_to_recover_s is None
+    assert r.extra["after_clear"] == {
+        "OK:PRIMARY:feature_store_unavailable": 2,
+        "OK:LAST_KNOWN_GOOD:-": 1,
+    }

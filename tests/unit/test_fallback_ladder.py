@@ -120,6 +120,48 @@ async def test_retry_budget_bounds_upstream_attempts_at_50_percent_failure() -> 
     assert len(server.calls) / n <= 1.1
 
 
+async def test_a_trial_that_ends_without_a_verdict_frees_the_slot() -> None:
+    """Half-open trial cancelled (caller gone) or refused as the caller's fault:
+    the next request may try again at once instead of waiting out the breaker."""
+    import asyncio
+
+    class Hanging(FaultyServer):
+        hang = False
+        reject = False
+
+        async def infer(self, model: str, version: int, *a: object, **k: object) -> np.ndarray:
+            if self.hang:
+                await asyncio.Event().wait()
+            if self.reject:
+                self.calls.append(version)
+                raise InferlineError("bad", code=Code.INVALID_ARGUMENT)
+            return await super().infer(model, version, *a, **k)  # type: ignore[arg-type]
+
+    server = Hanging(failing={2})
+    ladder = Ladder(
+        servers=lambda pool: server,
+        breakers=BreakerRegistry(failure_threshold=1, open_s=0.2),
+        budget=RetryBudget(ratio=1.0, min_tokens=10),
+        score_cache=TtlCache(100),
+        reserve_s=0.0,
+    )
+    policy = FallbackPolicy()
+    assert (await _run(ladder, policy))[0] is FallbackLevel.STATIC_DEFAULT  # opens
+    await asyncio.sleep(0.21)
+    server.failing, server.hang = set(), True
+    task = asyncio.ensure_future(_run(ladder, policy))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    server.hang, server.reject = False, True
+    with pytest.raises(InferlineError):
+        await _run(ladder, policy)
+    server.reject = False
+    assert (await _run(ladder, policy))[0] is FallbackLevel.PRIMARY  # well inside open_s
+    assert server.calls == [2, 2, 2]
+
+
 async def test_caller_errors_are_not_swallowed() -> None:
     class Rejecting(FaultyServer):
         async def infer(self, *a: object, **k: object) -> np.ndarray:
