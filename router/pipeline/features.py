@@ -139,6 +139,7 @@ async def _read(
     cache: TtlCache[Row] | None,
     cache_ttl_s: float,
     trial_timeout_s: float,
+    fair_timeout_s: float,
 ) -> list[list[Row]] | None:
     """Rows for every read (cache first), or None when the store cannot answer."""
     use_cache = cache is not None and cache_ttl_s > 0
@@ -170,7 +171,17 @@ async def _read(
                 # loop cycle saved).
                 async with asyncio.timeout(max(timeout_s, 0.0)):
                     fetched = await store.read(misses)
-        except (TimeoutError, FeatureStoreUnavailable):
+        except TimeoutError:
+            if breaker is not None:
+                # Slow counts against the store only if the read had a fair
+                # budget: one tenant's tight deadlines must not open the breaker
+                # for every tenant.
+                if timeout_s >= fair_timeout_s:
+                    breaker.record_failure()
+                else:
+                    breaker.release_trial()
+            return None
+        except FeatureStoreUnavailable:
             if breaker is not None:
                 breaker.record_failure()
             return None
@@ -265,12 +276,15 @@ async def assemble(
     cache: TtlCache[Row] | None = None,
     cache_ttl_s: float = 0.0,
     trial_timeout_s: float = 0.25,
+    fair_timeout_s: float = 0.0,
 ) -> FeatureBatch:
     """Build the [n_candidates, n_features] float32 input for ``version``.
 
     ``breaker`` guards the store (open: skip the read, answer with defaults);
     ``cache`` (with ``cache_ttl_s`` > 0) serves recently read rows without a read;
-    ``trial_timeout_s`` bounds the breaker's half-open trial read (``_trial_read``).
+    ``trial_timeout_s`` bounds the breaker's half-open trial read (``_trial_read``);
+    a read that times out counts against the breaker only if ``timeout_s`` was at
+    least ``fair_timeout_s`` (the configured budget, not one cut by the deadline).
     """
     n = len(candidates)
     # Rows are filled as Python lists and become the float32 tensor in one
@@ -289,7 +303,9 @@ async def assemble(
         results = None
         reasons.add("feature_budget_exhausted")
     else:
-        results = await _read(store, reads, timeout_s, breaker, cache, cache_ttl_s, trial_timeout_s)
+        results = await _read(
+            store, reads, timeout_s, breaker, cache, cache_ttl_s, trial_timeout_s, fair_timeout_s
+        )
         if results is None:
             reasons.add("feature_store_unavailable")
 

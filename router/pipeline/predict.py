@@ -227,6 +227,7 @@ class Predictor:
                 cache=self._feature_cache,
                 cache_ttl_s=model_route.feature_cache_ttl_s,
                 trial_timeout_s=self._store_trial_timeout_s,
+                fair_timeout_s=self._feature_timeout_s,
             )
             if span.is_recording():
                 span.set_attribute("inferline.degraded_reasons", sorted(batch.reasons))

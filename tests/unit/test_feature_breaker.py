@@ -123,3 +123,21 @@ async def test_cancelled_request_does_not_take_its_trial_along() -> None:
         await task
     await asyncio.sleep(0.07)
     assert breaker.state is State.CLOSED
+
+
+@pytest.mark.parametrize(("budget_s", "opens"), [(0.003, False), (BUDGET_S, True)])
+async def test_only_timeouts_with_the_full_budget_open_the_breaker(
+    budget_s: float, opens: bool
+) -> None:
+    """A tenant whose deadlines cut the read short must not open the store's
+    breaker for everyone; timeouts with the configured budget do."""
+    store = Store()
+    store.delay_s = 0.03
+    breaker = CircuitBreaker("feature_store", failure_threshold=3, open_s=1.0)
+    for _ in range(5):
+        batch = await assemble(
+            VERSION, CANDS, store, budget_s, breaker=breaker, fair_timeout_s=BUDGET_S
+        )
+        assert batch.reasons == {"feature_store_unavailable"}
+    assert (breaker.state is State.OPEN) is opens
+    assert store.reads == (3 if opens else 5)
