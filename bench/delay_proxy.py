@@ -5,6 +5,9 @@ before the services that connect through it. ``delay_s`` applies to every chunk
 forwarded in either direction from the moment it is set: a slow, not dead,
 dependency. ``blackhole`` swallows every chunk instead (connections stay open,
 nothing comes back: a partitioned or black-holed dependency) until cleared.
+``connect_delay_s`` holds each new connection that long before it reaches the
+upstream (its first answer comes that much later, later ones on time): a
+dependency whose connection set-up is slow, as after a partition heals.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ class DelayProxy(LoopThreadServer):
         self._upstream = (host, int(port))
         self.delay_s = 0.0
         self.blackhole = False
+        self.connect_delay_s = 0.0
+        self.connections = 0
+        """Connections accepted so far."""
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -37,7 +43,10 @@ class DelayProxy(LoopThreadServer):
             writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
+            if self.connect_delay_s:
+                await asyncio.sleep(self.connect_delay_s)
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         except OSError:
             writer.close()

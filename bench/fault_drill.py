@@ -264,17 +264,23 @@ async def drill_triton_restart(
 async def drill_blackhole_store(
     build: Path, logs: Path, rps: float, seconds: float, deadline_s: float
 ) -> DrillResult:
-    """Redis behind a proxy that swallows every byte (partition), then heals."""
+    """Redis behind a proxy that swallows every byte (partition), then heals;
+    every connection made after that takes 50 ms to reach Redis, several times
+    the feature budget, so only a trial read judged on its own timeout (not the
+    request's budget) can close the store breaker again."""
 
     def hole(p: DelayProxy) -> None:
         p.blackhole = True
 
     def heal(p: DelayProxy) -> None:
+        p.connect_delay_s = 0.05
         p.blackhole = False
 
     return await _store_proxy_drill(
-        "Black-holed online store (Redis behind a proxy that drops every byte), then healed",
-        "reads cut at the feature budget; the store breaker then skips them",
+        "Black-holed online store (Redis behind a proxy that drops every byte), then "
+        "healed with new connections 50 ms slow",
+        "reads cut at the feature budget; the store breaker then skips them; its "
+        "half-open trial (250 ms timeout) reconnects",
         hole,
         heal,
         build,

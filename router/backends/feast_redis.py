@@ -30,6 +30,8 @@ from router.backends.wire import FutureConnection, WireError
 from router.pipeline.features import FeatureStoreUnavailable, Row
 
 _MAX_IDLE = 32
+_DRAIN_S = 1.0
+"""How long a connection whose caller gave up may take to finish reading its answer."""
 _KEY_CACHE = 65536
 Reply = list[bytes | None] | bytes | None
 EntityKeyT = tuple[int | str, ...]
@@ -123,12 +125,17 @@ class RespClient:
         if db:
             self._hello.append(encode(b"SELECT", str(db).encode()))
         self._idle: deque[_Conn] = deque()
+        self._draining: set[_Conn] = set()
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(_Conn, self._host, self._port)
-        for cmd in self._hello:
-            await self._exchange(conn, cmd, 1)
+        try:
+            for cmd in self._hello:
+                await self._exchange(conn, cmd, 1)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     async def _exchange(self, conn: _Conn, payload: bytes, n: int) -> list[Reply]:
@@ -147,19 +154,43 @@ class RespClient:
             if conn is None:
                 conn = await self._connect()
             replies = await self._exchange(conn, b"".join(commands), len(commands))
-        except BaseException:  # error or cancellation: the exchange state is unknown
+        except asyncio.CancelledError:
+            # The caller's budget ran out: the connection reads the rest of its
+            # answer and goes back to the pool rather than being closed.
+            if conn is not None:
+                self._abandon(conn)
+            raise
+        except BaseException:  # an error: the exchange state is unknown
             if conn is not None:
                 conn.close()
             raise
-        if len(self._idle) < _MAX_IDLE:
+        self._park(conn)
+        return replies
+
+    def _park(self, conn: _Conn) -> None:
+        if conn.usable() and len(self._idle) < _MAX_IDLE:
             self._idle.append(conn)
         else:
             conn.close()
-        return replies
+
+    def _abandon(self, conn: _Conn) -> None:
+        if conn.waiter is None:  # the answer was in before the caller left
+            self._park(conn)
+            return
+
+        def done(clean: bool) -> None:
+            self._draining.discard(conn)
+            if clean:
+                self._park(conn)
+
+        self._draining.add(conn)
+        conn.abandon(_DRAIN_S, done)
 
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+        for conn in list(self._draining):
+            conn.close()
 
 
 def parse_connection_string(value: str) -> tuple[str, int, str | None, int] | None:

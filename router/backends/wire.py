@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from collections.abc import Callable
 from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
@@ -29,6 +30,8 @@ class FutureConnection(asyncio.Protocol, Generic[T], metaclass=abc.ABCMeta):
         self.waiter: asyncio.Future[T] | None = None
         self.buf = bytearray()
         self.closed = False
+        self._drain_done: Callable[[bool], None] | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses but have its API.
@@ -69,11 +72,36 @@ class FutureConnection(asyncio.Protocol, Generic[T], metaclass=abc.ABCMeta):
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(answer)
+        elif self._drain_done is not None:
+            self._end_drain(True)
 
     def fail(self, exc: Exception) -> None:
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+        if self._drain_done is not None:
+            self._end_drain(False)
+
+    def abandon(self, drain_s: float, done: Callable[[bool], None]) -> None:
+        """The caller gave up on the exchange in flight: read the rest of its
+        answer anyway, then call ``done(True)`` (the connection is clean again);
+        ``done(False)`` if it fails or is not complete within ``drain_s`` (closed).
+
+        Why: closing on every timeout turns a slow dependency's trouble into a
+        reconnect storm against it, and a connection whose first answer is slower
+        than the caller's budget (set-up behind a proxy) would never be kept.
+        """
+        assert self.loop is not None  # set with the connection
+        self._drain_done = done
+        self._drain_timer = self.loop.call_later(drain_s, self.close)
+
+    def _end_drain(self, clean: bool) -> None:
+        done, self._drain_done = self._drain_done, None
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if done is not None:
+            done(clean)
 
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
@@ -82,3 +110,5 @@ class FutureConnection(asyncio.Protocol, Generic[T], metaclass=abc.ABCMeta):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+        if self._drain_done is not None:
+            self._end_drain(False)
