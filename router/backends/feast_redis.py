@@ -16,7 +16,6 @@ read directly; anything else (TLS, Sentinel, Cluster) keeps Feast's read.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +25,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from router.backends.feast_values import blob_float
-from router.backends.wire import FutureConnection, WireError
+from router.backends.wire import FutureConnection, Pool, WireError
 from router.pipeline.features import FeatureStoreUnavailable, Row
 
 _MAX_IDLE = 32
@@ -124,8 +123,7 @@ class RespClient:
             self._hello.append(encode(b"AUTH", password.encode()))
         if db:
             self._hello.append(encode(b"SELECT", str(db).encode()))
-        self._idle: deque[_Conn] = deque()
-        self._draining: set[_Conn] = set()
+        self.pool: Pool[_Conn] = Pool(_MAX_IDLE, _DRAIN_S)
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -143,13 +141,7 @@ class RespClient:
         return await conn.send(payload)
 
     async def call(self, commands: Sequence[bytes]) -> list[Reply]:
-        conn = None
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.usable():
-                break
-            conn.close()
-            conn = None
+        conn = self.pool.take()
         try:
             if conn is None:
                 conn = await self._connect()
@@ -158,39 +150,17 @@ class RespClient:
             # The caller's budget ran out: the connection reads the rest of its
             # answer and goes back to the pool rather than being closed.
             if conn is not None:
-                self._abandon(conn)
+                self.pool.abandon(conn)
             raise
         except BaseException:  # an error: the exchange state is unknown
             if conn is not None:
                 conn.close()
             raise
-        self._park(conn)
+        self.pool.park(conn)
         return replies
 
-    def _park(self, conn: _Conn) -> None:
-        if conn.usable() and len(self._idle) < _MAX_IDLE:
-            self._idle.append(conn)
-        else:
-            conn.close()
-
-    def _abandon(self, conn: _Conn) -> None:
-        if conn.waiter is None:  # the answer was in before the caller left
-            self._park(conn)
-            return
-
-        def done(clean: bool) -> None:
-            self._draining.discard(conn)
-            if clean:
-                self._park(conn)
-
-        self._draining.add(conn)
-        conn.abandon(_DRAIN_S, done)
-
     def close(self) -> None:
-        while self._idle:
-            self._idle.pop().close()
-        for conn in list(self._draining):
-            conn.close()
+        self.pool.close()
 
 
 def parse_connection_string(value: str) -> tuple[str, int, str | None, int] | None:

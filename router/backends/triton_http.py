@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 
 import numpy as np
 from opentelemetry import trace
 
-from router.backends.wire import FutureConnection, WireError
+from router.backends.wire import FutureConnection, Pool, WireError
 from router.errors import Code, DeadlineExceeded, InferlineError, Unavailable
 
 _MAX_IDLE = 64
+_DRAIN_S = 1.0
+"""How long a connection whose caller gave up may take to finish reading Triton's answer."""
 _MAX_HEADER = 16 * 1024
 _MAX_BODY = 16 * 1024 * 1024
 
@@ -108,24 +109,16 @@ class TritonHttpClient:
     def __init__(self, host: str, port: int) -> None:
         self._host = host
         self._port = port
-        self._idle: deque[_Conn] = deque()
+        self.pool: Pool[_Conn] = Pool(_MAX_IDLE, _DRAIN_S)
         self._headers: dict[tuple[str, int, int, int], bytes] = {}
 
     async def _acquire(self) -> _Conn:
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.usable():
-                return conn
-            conn.close()
+        conn = self.pool.take()
+        if conn is not None:
+            return conn
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(_Conn, self._host, self._port)
         return conn
-
-    def _release(self, conn: _Conn) -> None:
-        if len(self._idle) < _MAX_IDLE:
-            self._idle.append(conn)
-        else:
-            conn.close()
 
     def _infer_header(self, model: str, version: int, n: int, f: int, inp: str, out: str) -> bytes:
         key = (model, version, n, f)
@@ -173,8 +166,9 @@ class TritonHttpClient:
         conn: _Conn | None = None
         timer: asyncio.TimerHandle | None = None
         try:
-            if self._idle and self._idle[-1].usable():
-                conn = self._idle.pop()
+            idle = self.pool.idle
+            if idle and idle[-1].usable():
+                conn = idle.pop()
             else:
                 async with asyncio.timeout(timeout_s):  # a new connection: rare
                     conn = await self._acquire()
@@ -184,13 +178,17 @@ class TritonHttpClient:
             status, headers, body = await waiter
         except TimeoutError as e:
             if conn is not None:
-                conn.close()  # the answer may still arrive: this connection is unusable
+                self.pool.abandon(conn)  # Triton still answers: read it, keep the connection
             raise DeadlineExceeded("deadline exceeded during inference") from e
         except (OSError, EOFError, ValueError, ProtocolError) as e:
             if conn is not None:
                 conn.close()
             raise Unavailable("model server unavailable") from e
-        except BaseException:  # cancelled: the exchange's state is unknown
+        except asyncio.CancelledError:  # the caller left: the answer still comes
+            if conn is not None:
+                self.pool.abandon(conn)
+            raise
+        except BaseException:
             if conn is not None:
                 conn.close()
             raise
@@ -200,7 +198,7 @@ class TritonHttpClient:
         if headers.get(b"connection", b"").lower() == b"close":
             conn.close()
         else:
-            self._release(conn)
+            self.pool.park(conn)
         if status != 200:
             raise map_http_status(status)
         json_len = int(headers.get(b"inference-header-content-length", b"0"))
@@ -210,8 +208,7 @@ class TritonHttpClient:
         return out
 
     async def close(self) -> None:
-        while self._idle:
-            self._idle.pop().close()
+        self.pool.close()
 
 
 def _expire(waiter: asyncio.Future[Answer]) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
+C = TypeVar("C", bound="FutureConnection[Any]")
 
 
 class WireError(Exception):
@@ -112,3 +114,57 @@ class FutureConnection(asyncio.Protocol, Generic[T], metaclass=abc.ABCMeta):
             self.transport.close()
         if self._drain_done is not None:
             self._end_drain(False)
+
+
+class Pool(Generic[C]):
+    """A client's kept-alive connections: ``idle`` ones (taken newest first, the
+    warmest) and those still reading an answer their caller gave up on.
+
+    A caller that times out or is cancelled hands its connection to ``abandon``
+    rather than closing it: it reads the late answer (up to ``drain_s``) and
+    comes back to ``idle``. Closing instead would turn a slow peer's trouble into
+    a reconnect per timeout against it, and would never keep a connection whose
+    first answer is slower than any caller's budget.
+    """
+
+    def __init__(self, max_idle: int, drain_s: float) -> None:
+        self.idle: deque[C] = deque()
+        self.draining: set[C] = set()
+        self.max_idle = max_idle
+        self.drain_s = drain_s
+
+    def take(self) -> C | None:
+        """An idle connection still open, or None."""
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.usable():
+                return conn
+            conn.close()
+        return None
+
+    def park(self, conn: C) -> None:
+        """Back to ``idle`` after a complete exchange (closed if the pool is full)."""
+        if conn.usable() and len(self.idle) < self.max_idle:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def abandon(self, conn: C) -> None:
+        """The caller gave up mid-exchange: drain, then park (or close)."""
+        if conn.waiter is None:  # the answer was in before the caller left
+            self.park(conn)
+            return
+
+        def done(clean: bool) -> None:
+            self.draining.discard(conn)
+            if clean:
+                self.park(conn)
+
+        self.draining.add(conn)
+        conn.abandon(self.drain_s, done)
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
+        for conn in list(self.draining):
+            conn.close()

@@ -77,9 +77,9 @@ async def test_silent_connection_is_closed_after_the_drain_limit(
     try:
         proxy.blackhole = True
         await _timed_out(client, 0.005)
-        assert len(client._draining) == 1
+        assert len(client.pool.draining) == 1
         await asyncio.sleep(0.15)
-        assert not client._draining and not client._idle  # closed, not pooled
+        assert not client.pool.draining and not client.pool.idle  # closed, not pooled
         proxy.blackhole = False
         assert await client.call([PING]) == [b"PONG"]  # a fresh connection
         assert proxy.connections == 2

@@ -55,6 +55,8 @@ class Script:
                 elif action == "slow":
                     await asyncio.sleep(0.3)
                     writer.write(_ok([0.25]))
+                elif action == "hang":
+                    await asyncio.sleep(3600)
                 elif action == "drop":
                     writer.close()
                     return
@@ -100,14 +102,35 @@ async def test_response_split_across_packets(server: tuple[Script, TritonHttpCli
     assert (await _infer(client)).tolist() == [0.5]
 
 
-async def test_slow_answer_is_deadline_and_connection_not_reused(
+async def test_slow_answer_is_deadline_and_its_connection_comes_back(
     server: tuple[Script, TritonHttpClient],
 ) -> None:
+    """The late answer is read off the connection, which then goes back to the
+    pool: no reconnect per timeout, no stray answer for the next caller."""
     script, client = server
     script.actions = ["slow"]
     with pytest.raises(DeadlineExceeded):
         await _infer(client, timeout_s=0.05)
-    assert (await _infer(client)).tolist() == [0.25]  # a fresh connection
+    assert (await _infer(client)).tolist() == [0.25]  # meanwhile, a fresh connection
+    assert script.connections == 2 and len(client.pool.draining) == 1
+    await asyncio.sleep(0.3)
+    assert not client.pool.draining and len(client.pool.idle) == 2
+    for _ in range(3):
+        assert (await _infer(client)).tolist() == [0.25]
+    assert script.connections == 2
+
+
+async def test_silent_connection_is_closed_after_the_drain_limit(
+    server: tuple[Script, TritonHttpClient],
+) -> None:
+    script, client = server
+    client.pool.drain_s = 0.1
+    script.actions = ["hang"]
+    with pytest.raises(DeadlineExceeded):
+        await _infer(client, timeout_s=0.02)
+    await asyncio.sleep(0.15)
+    assert not client.pool.draining and not client.pool.idle  # closed, not kept
+    assert (await _infer(client)).tolist() == [0.25]
     assert script.connections == 2
 
 
@@ -138,7 +161,7 @@ async def test_status_codes_map_by_code(
     assert script.connections == 1  # an HTTP error leaves the connection usable
 
 
-async def test_cancelled_call_drops_its_connection(
+async def test_cancelled_call_leaves_its_connection_to_drain(
     server: tuple[Script, TritonHttpClient],
 ) -> None:
     script, client = server
@@ -150,6 +173,8 @@ async def test_cancelled_call_drops_its_connection(
         await task
     assert (await _infer(client)).tolist() == [0.25]
     assert script.connections == 2
+    await asyncio.sleep(0.3)
+    assert len(client.pool.idle) == 2  # the cancelled call's connection is back
 
 
 async def test_unreachable_is_unavailable() -> None:
