@@ -8,6 +8,7 @@ nothing comes back: a partitioned or black-holed dependency) until cleared.
 ``connect_delay_s`` holds each new connection that long before it reaches the
 upstream (its first answer comes that much later, later ones on time): a
 dependency whose connection set-up is slow, as after a partition heals.
+``refuse`` closes each new connection at once (a dependency whose port is gone).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class DelayProxy(LoopThreadServer):
         self.delay_s = 0.0
         self.blackhole = False
         self.connect_delay_s = 0.0
+        self.refuse = False
         self.connections = 0
         """Connections accepted so far."""
 
@@ -44,6 +46,9 @@ class DelayProxy(LoopThreadServer):
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self.refuse:
+            writer.close()
+            return
         try:
             if self.connect_delay_s:
                 await asyncio.sleep(self.connect_delay_s)

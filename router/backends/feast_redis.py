@@ -29,8 +29,6 @@ from router.backends.wire import FutureConnection, Pool, WireError
 from router.pipeline.features import FeatureStoreUnavailable, Row
 
 _MAX_IDLE = 32
-_DRAIN_S = 1.0
-"""How long a connection whose caller gave up may take to finish reading its answer."""
 _KEY_CACHE = 65536
 Reply = list[bytes | None] | bytes | None
 EntityKeyT = tuple[int | str, ...]
@@ -123,7 +121,7 @@ class RespClient:
             self._hello.append(encode(b"AUTH", password.encode()))
         if db:
             self._hello.append(encode(b"SELECT", str(db).encode()))
-        self.pool: Pool[_Conn] = Pool(_MAX_IDLE, _DRAIN_S)
+        self.pool: Pool[_Conn] = Pool(_MAX_IDLE)
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()

@@ -22,8 +22,6 @@ from router.backends.wire import FutureConnection, Pool, WireError
 from router.errors import Code, DeadlineExceeded, InferlineError, Unavailable
 
 _MAX_IDLE = 64
-_DRAIN_S = 1.0
-"""How long a connection whose caller gave up may take to finish reading Triton's answer."""
 _MAX_HEADER = 16 * 1024
 _MAX_BODY = 16 * 1024 * 1024
 
@@ -109,7 +107,7 @@ class TritonHttpClient:
     def __init__(self, host: str, port: int) -> None:
         self._host = host
         self._port = port
-        self.pool: Pool[_Conn] = Pool(_MAX_IDLE, _DRAIN_S)
+        self.pool: Pool[_Conn] = Pool(_MAX_IDLE)
         self._headers: dict[tuple[str, int, int, int], bytes] = {}
 
     async def _acquire(self) -> _Conn:

@@ -15,6 +15,9 @@ from typing import Any, Generic, TypeVar, cast
 T = TypeVar("T")
 C = TypeVar("C", bound="FutureConnection[Any]")
 
+DRAIN_S = 1.0
+"""How long a connection whose caller gave up may take to finish reading its answer."""
+
 
 class WireError(Exception):
     """The peer's bytes could not be parsed: the connection is dropped."""
@@ -127,7 +130,7 @@ class Pool(Generic[C]):
     first answer is slower than any caller's budget.
     """
 
-    def __init__(self, max_idle: int, drain_s: float) -> None:
+    def __init__(self, max_idle: int, drain_s: float = DRAIN_S) -> None:
         self.idle: deque[C] = deque()
         self.draining: set[C] = set()
         self.max_idle = max_idle

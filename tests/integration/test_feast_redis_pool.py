@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from bench.delay_proxy import DelayProxy
-from router.backends import feast_redis
 from router.backends.feast_redis import RespClient, encode
 from scripts.stack import RedisServer
 
@@ -69,11 +68,9 @@ async def test_slow_set_up_is_kept_for_the_next_caller(proxy: DelayProxy) -> Non
         client.close()
 
 
-async def test_silent_connection_is_closed_after_the_drain_limit(
-    proxy: DelayProxy, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(feast_redis, "_DRAIN_S", 0.1)
+async def test_silent_connection_is_closed_after_the_drain_limit(proxy: DelayProxy) -> None:
     client = _client(proxy)
+    client.pool.drain_s = 0.1
     try:
         proxy.blackhole = True
         await _timed_out(client, 0.005)
