@@ -92,6 +92,15 @@ class CircuitBreaker:
             self._opened_at = self._clock()
             self.opened_count += 1
 
+    def record_timeout(self, given_s: float, fair_s: float) -> None:
+        """A call timed out after ``given_s``: a failure only if that was at least
+        ``fair_s``. A caller's short deadline says nothing about the backend (and
+        one tenant's tight deadlines must not open a breaker for every tenant)."""
+        if given_s >= fair_s:
+            self.record_failure()
+        else:
+            self.release_trial()
+
     def release_trial(self) -> None:
         """The call's outcome says nothing about the backend (e.g. the caller's
         deadline was too short): free a half-open trial slot, change nothing else."""

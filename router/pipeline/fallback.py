@@ -91,12 +91,7 @@ class Ladder:
             out = await score(self._servers(route.pool), version, batch, timeout)
         except InferlineError as e:
             if e.code is Code.DEADLINE_EXCEEDED:
-                # Slow is a backend failure only if it had a fair budget: a
-                # caller's too-short deadline must not open the breaker.
-                if timeout >= self._slow_call_s:
-                    breaker.record_failure()
-                else:
-                    breaker.release_trial()
+                breaker.record_timeout(timeout, self._slow_call_s)
                 return None
             if e.code not in _BACKEND_FAILURES:
                 breaker.release_trial()

@@ -173,13 +173,7 @@ async def _read(
                     fetched = await store.read(misses)
         except TimeoutError:
             if breaker is not None:
-                # Slow counts against the store only if the read had a fair
-                # budget: one tenant's tight deadlines must not open the breaker
-                # for every tenant.
-                if timeout_s >= fair_timeout_s:
-                    breaker.record_failure()
-                else:
-                    breaker.release_trial()
+                breaker.record_timeout(timeout_s, fair_timeout_s)
             return None
         except FeatureStoreUnavailable:
             if breaker is not None:
@@ -236,8 +230,8 @@ async def _trial_read(
     """The half-open breaker's trial read, judged on ``trial_timeout_s`` rather
     than on the request's budget.
 
-    Why: after an outage every pooled connection is gone, so the trial pays a
-    reconnect; on a busy node that can miss a 20 ms budget, and each miss holds
+    Why: after an outage the trial may need a new connection (those of a dead
+    store end closed); on a busy node that can miss an 8 ms budget, and each miss holds
     the breaker open another ``open_s`` although the store is back. The request
     waits only its own budget (answering on defaults past it); the read goes on
     and its outcome alone closes or re-opens the breaker.

@@ -55,6 +55,19 @@ def test_lost_trial_is_replaced_after_open_s() -> None:
     assert b.state is State.CLOSED and not b.in_trial
 
 
+def test_only_a_timeout_with_a_fair_budget_is_a_failure() -> None:
+    clock = Clock()
+    b = CircuitBreaker("x", failure_threshold=1, open_s=1.0, clock=clock)
+    b.record_timeout(0.003, 0.008)  # the caller's deadline cut it short
+    assert b.state is State.CLOSED
+    b.record_timeout(0.008, 0.008)
+    assert b.state is State.OPEN
+    clock.t = 1.0
+    assert b.allow() and b.in_trial
+    b.record_timeout(0.001, 0.008)  # no verdict: the trial slot is free again
+    assert b.state is State.HALF_OPEN and b.allow()
+
+
 def test_success_resets_consecutive_failures() -> None:
     b = CircuitBreaker("x", failure_threshold=2)
     b.record_failure()
