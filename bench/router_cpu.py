@@ -13,7 +13,8 @@ started from a git worktree of REV, on one Triton, in alternating runs; a
 directory instead of REV runs the router package under it (``bench.compiled_tree``
 builds one compiled by mypyc). ``--against .`` with ``--allocator`` and
 ``--against-allocator`` compares memory allocators (scripts/allocator.py) on the
-same code; run it both ways round, as the two routers' slots differ slightly.
+same code, and with ``--against-python`` interpreters; run it both ways round,
+as the two routers' slots differ slightly.
 
     python -m bench.router_cpu --build build
     python -m bench.router_cpu --build build --against 818c0d6 --repeats 7 --requests 4000
@@ -71,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=MODES,
         default="auto",
         help="the --against router's allocator",
+    )
+    p.add_argument(
+        "--against-python",
+        type=Path,
+        metavar="EXE",
+        help="the --against router's interpreter (a venv's python holding the router's "
+        "dependencies); with --against . it compares interpreters on the same code",
     )
     p.add_argument(
         "--perf",
@@ -181,6 +189,7 @@ def against(args: argparse.Namespace) -> int:
     from scripts.stack import ROOT, RouterProcess
 
     stack, env = _stack(args, "router-cpu-ab")
+    stack.with_router = False  # both routers below start the same way
     logs = stack.log_dir
     with tempfile.TemporaryDirectory() as d, stack:
         given = Path(args.against)
@@ -191,28 +200,44 @@ def against(args: argparse.Namespace) -> int:
                 [*git, "worktree", "add", "--detach", str(tree), args.against], check=True
             )
         try:
-            assert stack.router is not None and stack.triton is not None
-            old_env = {  # as Stack.start configures its router
+            assert stack.triton is not None
+            router_env = {  # as Stack.start configures its router
                 "INFERLINE_TRITON__URL": stack.triton.grpc_url,
                 "INFERLINE_TRITON__HTTP_URL": stack.triton.http_url,
                 "INFERLINE_FEATURES__REPO_PATH": str(stack.feast_repo),
                 "INFERLINE_MODELS__REPOSITORY": str(args.build.resolve() / "model_repository"),
                 "INFERLINE_ROUTING__TABLE_PATH": str(stack.routing_table),
                 **env,
-                **dict(kv.split("=", 1) for kv in args.against_env),
             }
-            boot = (
-                f"import sys; sys.path.insert(0, {str(tree)!r}); import runpy; "
-                "runpy.run_module('router', run_name='__main__')"
-            )
-            (logs / tree.name).mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-c", boot]
-            with RouterProcess(
-                old_env, logs / tree.name, command=command, allocator=args.against_allocator
-            ) as old:
+            against_env = router_env | dict(kv.split("=", 1) for kv in args.against_env)
+
+            def boot(root: Path, python: Path | None = None) -> list[str]:
+                # Both routers start alike (same launcher, same command shape):
+                # with this tree's router started by Stack instead, A/A runs
+                # (``--against .``) read 1.04-1.08; started alike, 0.99.
+                return [
+                    str(python or sys.executable),
+                    "-c",
+                    f"import sys; sys.path.insert(0, {str(root)!r}); import runpy; "
+                    "runpy.run_module('router', run_name='__main__')",
+                ]
+
+            for name in ("this", tree.name):
+                (logs / name).mkdir(parents=True, exist_ok=True)
+            with (
+                RouterProcess(
+                    router_env, logs / "this", command=boot(ROOT), allocator=args.allocator
+                ) as new,
+                RouterProcess(
+                    against_env,
+                    logs / tree.name,
+                    command=boot(tree, args.against_python),
+                    allocator=args.against_allocator,
+                ) as old,
+            ):
                 raw = Path(d) / "req.bin"
                 raw.write_bytes(router_request("fraud:prod", 42))
-                routers = {"this tree": stack.router, args.against: old}
+                routers = {"this tree": new, args.against: old}
                 cpu: dict[str, list[float]] = {k: [] for k in routers}
 
                 def run(router: RouterProcess, n: int) -> float:
@@ -230,7 +255,7 @@ def against(args: argparse.Namespace) -> int:
         finally:
             if not given.is_dir():
                 subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)
-    new, ref = (statistics.median(v) for v in cpu.values())
+    mine, ref = (statistics.median(v) for v in cpu.values())
     print(
         "resident memory after the runs: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items())
     )
@@ -242,7 +267,7 @@ def against(args: argparse.Namespace) -> int:
         f"| this tree ({args.allocator} allocator) | {args.against} "
         f"({args.against_allocator} allocator) | ratio |\n| --- | --- | --- |"
     )
-    print(f"| {new:.0f} us | {ref:.0f} us | {new / ref:.2f} |")
+    print(f"| {mine:.0f} us | {ref:.0f} us | {mine / ref:.2f} |")
     return 0
 
 
