@@ -27,7 +27,7 @@ def _post(address: str, body: bytes, headers: dict[str, str]) -> inference_pb2.P
 
 
 def test_floor_scores_as_the_router_does(stack: Stack, demo_build: Path) -> None:
-    assert stack.router is not None and stack.triton is not None
+    assert stack.router is not None and stack.triton is not None and stack.feast_repo is not None
     features = fraud_features(demo_build)
     assert len(features) == 30
     headers = {"content-type": "application/x-protobuf", "x-inferline-tenant": "demo"}
