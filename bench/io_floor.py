@@ -150,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=16, help="the second, warm level")
     p.add_argument(
+        "--throughput",
+        type=float,
+        default=8.0,
+        metavar="SECONDS",
+        help="also h2load router, floor and direct Triton at concurrency 32 for this long "
+        "(0: skip)",
+    )
+    p.add_argument(
         "--allocator", choices=MODES, default="auto", help="both processes' (scripts/allocator.py)"
     )
     p.add_argument(
@@ -169,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     stack, _ = _stack(args, "io-floor")
     levels = (1, args.concurrency)
     cpu: dict[tuple[str, int], list[float]] = {}
+    rps: dict[str, list[float]] = {}
     with stack, tempfile.TemporaryDirectory() as d:
         assert stack.router is not None and stack.triton is not None
         router = stack.router
@@ -189,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_for_cpu(pid, h2(name, 1, 1000))
                 if r.result.succeeded < 1000:
                     raise SystemExit(f"{name} answered {r.result.succeeded} of 1000")
+            if args.throughput:
+                rps = _throughput(stack, router, fport, raw, Path(d), args)
             for c in levels:
                 n = args.requests * (4 if c > 1 else 1)
                 for i in range(args.repeats):
@@ -208,7 +219,59 @@ def main(argv: list[str] | None = None) -> int:
     for c in levels:
         low, full = statistics.median(cpu[("floor", c)]), statistics.median(cpu[("router", c)])
         print(f"| {c} | {low:.0f} us | {full:.0f} us | {full - low:.0f} us | {low / full:.2f} |")
+    if args.throughput:
+        direct = statistics.median(rps["triton"])
+        print(f"\nconcurrency 32, {args.throughput:g} s runs, no Envoy (medians of {args.repeats})")
+        print(
+            "| target | runs (rps) | median | ratio to direct Triton |\n| --- | --- | --- | --- |"
+        )
+        for name, runs in rps.items():
+            med = statistics.median(runs)
+            listed = ", ".join(f"{r:,.0f}" for r in runs)
+            print(f"| {name} | {listed} | {med:,.0f} rps | {med / direct:.2f} |")
     return 0
+
+
+def _throughput(
+    stack: Any, router: Any, floor_port: int, raw: Path, tmp: Path, args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Requests per second at concurrency 32 for the router, the floor and direct
+    Triton (gRPC ``ModelInfer`` of the same row, as ``bench.overhead``), all on
+    the same two cores, in alternating runs: with no Envoy in front, an upper
+    bound on what a full stack built on either could reach."""
+    import numpy as np
+
+    from bench.h2load import grpc_frame, parse_h2load
+    from bench.loadgen import TRITON_METHOD, triton_request
+
+    row = np.full((1, 33), 0.5, dtype=np.float32)
+    body = tmp / "triton.grpc"
+    body.write_bytes(
+        grpc_frame(triton_request("fraud", row, input_name="input__0", output_name="output__0"))
+    )
+    timed = [f"--duration={args.throughput:g}", "--warm-up-time=1"]
+    h1 = [*timed, "-c", "32", "-m", "1", "--h1", "-d", str(raw)]
+    cmds = {
+        "router (fast lane)": [
+            *h1, "-H", "x-inferline-tenant: demo", "-H", "content-type: application/x-protobuf",
+            f"http://{router.bridge_address}{ROUTER_METHOD}",
+        ],
+        "floor": [*h1, f"http://127.0.0.1:{floor_port}{ROUTER_METHOD}"],
+        "triton": [
+            *timed, "-c", "4", "-m", "8", "-d", str(body), "-H", "content-type: application/grpc",
+            "-H", "te: trailers", f"http://{stack.triton.grpc_url}{TRITON_METHOD}",
+        ],
+    }  # fmt: skip
+    out: dict[str, list[float]] = {k: [] for k in cmds}
+    for i in range(args.repeats):
+        for name in list(cmds) if i % 2 == 0 else list(cmds)[::-1]:
+            proc = subprocess.run(["h2load", *cmds[name]], capture_output=True, text=True)
+            r = parse_h2load(proc.stdout)
+            if proc.returncode != 0 or r.failed or r.errored or not r.succeeded:
+                raise SystemExit(f"{name}: {r.succeeded} of {r.total} succeeded\n{proc.stderr}")
+            out[name].append(r.req_per_s)
+            print(f"c32 {name}: {r.req_per_s:,.0f} rps")
+    return out
 
 
 if __name__ == "__main__":
