@@ -19,7 +19,10 @@ the pipeline, beside the real router on one Triton:
 h2load replays one serialized ``fraud:prod`` request at each server in
 alternating runs (``--repeats`` each, concurrency 1 and ``--concurrency``);
 CPU per request is read from ``/proc``. The router's figure minus the floor's is
-what the pipeline (everything the product adds to the I/O) costs.
+what the pipeline (everything the product adds to the I/O) costs. Then
+(``--throughput SECONDS``, 0 to skip) router, floor and direct Triton each serve
+h2load at concurrency 32, alternating: with no Envoy in front, each ratio to
+direct Triton bounds what a full stack built on that server could reach.
 
     python -m bench.io_floor --build build
 """
@@ -40,8 +43,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httptools
+import numpy as np
+
 from bench.h2load import run_for_cpu
 from bench.loadgen import ROUTER_METHOD, router_request
+from inferline.v1 import inference_pb2 as pb
+from router.backends.feast_store import FeastFeatureStore
+from router.backends.triton_http import TritonHttpClient
+from router.pipeline.features import ViewRead
 from scripts.allocator import MODES, allocator_env
 
 
@@ -49,9 +59,9 @@ class _Floor(asyncio.Protocol):
     """One connection of the floor server: the fast lane's transport and the
     router's backends, nothing in between."""
 
-    def __init__(self, store: Any, triton: Any, features: tuple[str, ...]) -> None:
-        import httptools
-
+    def __init__(
+        self, store: FeastFeatureStore, triton: TritonHttpClient, features: tuple[str, ...]
+    ) -> None:
         self._store, self._triton, self._features = store, triton, features
         self._parser = httptools.HttpRequestParser(self)
         self._body: list[bytes] = []
@@ -72,17 +82,13 @@ class _Floor(asyncio.Protocol):
         self._loop.create_task(self._answer(body))
 
     async def _answer(self, body: bytes) -> None:
-        import numpy as np
-
-        from inferline.v1 import inference_pb2 as pb
-        from router.pipeline.features import ViewRead
-
         req = pb.PredictRequest.FromString(body)
         cand = req.candidates[0]
         key = (cand.entities["account_id"].int64_value,)
         [[(_, values)]] = await self._store.read(
             [ViewRead("account_features", [key], self._features)]
         )
+        assert values is not None  # the benchmark's account has a row
         extra = (
             cand.features[k].double_value for k in ("amount", "hour_of_day", "is_international")
         )
@@ -99,9 +105,6 @@ _HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-len
 
 
 async def _serve(repo: Path, triton_url: str, features: tuple[str, ...]) -> None:
-    from router.backends.feast_store import FeastFeatureStore
-    from router.backends.triton_http import TritonHttpClient
-
     store = FeastFeatureStore(repo)
     store.start()
     host, port = triton_url.removeprefix("http://").rsplit(":", 1)
