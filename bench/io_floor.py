@@ -176,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.router_cpu import _fast_lane, _stack
 
-    args.env, args.online_store = [], "sqlite"
-    stack, _ = _stack(args, "io-floor")
+    stack, _ = _stack(args.build, "io-floor", allocator=args.allocator)
     levels = (1, args.concurrency)
     cpu: dict[tuple[str, int], list[float]] = {}
     rps: dict[str, list[float]] = {}

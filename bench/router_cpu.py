@@ -30,13 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import perf_profile
 from bench.h2load import grpc_frame, run_for_cpu
 from bench.loadgen import ROUTER_METHOD, router_request
-from scripts.allocator import MODES
+from scripts.allocator import MODES, Allocator
+
+if TYPE_CHECKING:
+    from scripts.stack import OnlineStore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.against:
         return against(args)
-    stack, _ = _stack(args, "router-cpu")
+    stack, _ = _stack(
+        args.build,
+        "router-cpu",
+        env=args.env,
+        online_store=args.online_store,
+        allocator=args.allocator,
+    )
     results: dict[str, list[float]] = {"fast lane (HTTP/1.1)": [], "gRPC port": []}
     rates: dict[str, list[float]] = {k: [] for k in results}
     with stack, tempfile.TemporaryDirectory() as d:
@@ -144,21 +154,31 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def _stack(args: argparse.Namespace, name: str) -> tuple[Any, dict[str, str]]:
-    """Triton + one router as the benchmark runs them, and the router's settings."""
+def _stack(
+    build: Path,
+    name: str,
+    *,
+    env: Sequence[str] = (),
+    online_store: OnlineStore = "sqlite",
+    allocator: Allocator = "auto",
+    with_router: bool = True,
+) -> tuple[Any, dict[str, str]]:
+    """Triton + one router (unless ``with_router`` is False) as the benchmark runs
+    them, and the router's settings (``env``: extra KEY=VALUE)."""
     from scripts.stack import ROOT, Stack
 
-    env = {"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"}
-    env |= dict(kv.split("=", 1) for kv in args.env)
+    settings = {"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"}
+    settings |= dict(kv.split("=", 1) for kv in env)
     stack = Stack(
-        args.build,
-        args.build.resolve() / "logs" / time.strftime(f"{name}-%H%M%S"),
+        build,
+        build.resolve() / "logs" / time.strftime(f"{name}-%H%M%S"),
         routing_table=ROOT / "scripts" / "demo_routing.yaml",
-        router_env=env,
-        online_store=args.online_store,
-        router_allocator=args.allocator,
+        router_env=settings,
+        online_store=online_store,
+        router_allocator=allocator,
+        with_router=with_router,
     )
-    return stack, env
+    return stack, settings
 
 
 def _common(concurrency: int) -> list[str]:
@@ -188,8 +208,14 @@ def against(args: argparse.Namespace) -> int:
     between runs, which comparing two separate runs does not (~10%)."""
     from scripts.stack import ROOT, RouterProcess
 
-    stack, env = _stack(args, "router-cpu-ab")
-    stack.with_router = False  # both routers below start the same way
+    stack, env = _stack(
+        args.build,
+        "router-cpu-ab",
+        env=args.env,
+        online_store=args.online_store,
+        allocator=args.allocator,
+        with_router=False,  # both routers start below, alike
+    )
     logs = stack.log_dir
     with tempfile.TemporaryDirectory() as d, stack:
         given = Path(args.against)
