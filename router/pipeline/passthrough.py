@@ -12,11 +12,10 @@ import re
 import time
 from collections.abc import Callable
 
-import structlog
-
 from router.backends import kserve
 from router.backends.triton import TritonModelServer
 from router.errors import DeadlineExceeded, NotFound, Unavailable
+from router.logging import bind_request
 from router.pipeline.admission import Admission, effective_priority
 from router.pipeline.auth import authenticate
 from router.pipeline.routing import ModelRef, parse_model_ref, resolve
@@ -63,7 +62,7 @@ class Passthrough:
         principal = authenticate(snap.table, tenant, self._region)
         call = kserve.parse(method, raw)
         route = resolve(snap.table, principal.policy, _ref(call.model, call.version))
-        structlog.contextvars.bind_contextvars(model=route.model, version=route.version)
+        bind_request(model=route.model, version=route.version)
         if (route.model, route.version) not in snap.catalog:
             raise NotFound(f"version '{route.model}@{route.version}' is not loaded")
         forwarder = self._servers(route.pool).forwarder

@@ -18,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from router.errors import DeadlineExceeded, InferlineError, InvalidArgument, NotFound
+from router.logging import bind_request
 from router.observability.drift import DriftMonitor
 from router.observability.tracing import stage
 from router.pipeline import features as features_stage
@@ -41,6 +42,13 @@ log = structlog.get_logger("router.predict")
 PredictObserver = Callable[[PredictCommand, PredictResult | None, InferlineError | None], None]
 """Told of every finished Predict (result or caller-visible error), synchronously:
 must only enqueue (audit trail, payload capture), never block."""
+
+
+def _soon(fn: Callable[..., object], *args: object) -> None:
+    """``loop.call_soon``, the loop looked up only when called: on Python 3.11
+    ``asyncio.get_running_loop()`` is a getpid() system call, and the drift
+    monitor defers an update once per ~64 requests, not per request."""
+    asyncio.get_running_loop().call_soon(fn, *args)
 
 
 class Predictor:
@@ -99,9 +107,11 @@ class Predictor:
         t0 = time.monotonic()
         snap = self._snapshot()
         table = snap.table
-        with stage(self._tracer, "auth"):
+        # Asked once: stage spans exist only under a recording request span.
+        rec = trace.get_current_span().is_recording()
+        with stage(self._tracer, "auth", rec):
             principal = authenticate(table, cmd.tenant, self._region)
-        with stage(self._tracer, "admission") as span:
+        with stage(self._tracer, "admission", rec) as span:
             priority = effective_priority(cmd.priority, principal.policy.max_priority)
             if span.is_recording():
                 span.set_attribute("inferline.priority", priority)
@@ -109,7 +119,7 @@ class Predictor:
                 principal.tenant, priority, principal.policy.max_in_flight
             )
         try:
-            return await self._admitted(cmd, snap, principal, priority, deadline, t0)
+            return await self._admitted(cmd, snap, principal, priority, deadline, t0, rec)
         finally:
             self._admission.release(ticket)
 
@@ -121,11 +131,12 @@ class Predictor:
         priority: str,
         deadline: float,
         t0: float,
+        rec: bool,
     ) -> PredictResult:
         timings: dict[str, int] = {}
         table = snap.table
         catalog = snap.catalog
-        with stage(self._tracer, "routing"):
+        with stage(self._tracer, "routing", rec):
             ref = parse_model_ref(cmd.alias, cmd.version)
             route = resolve(table, principal.policy, ref)
             n = len(cmd.candidates)
@@ -139,9 +150,9 @@ class Predictor:
             if (route.model, route.version) not in catalog:
                 raise NotFound(f"version '{route.model}@{route.version}' is not loaded")
             version = catalog.get(route.model, route.version)
-        structlog.contextvars.bind_contextvars(model=route.model, version=route.version, arm=arm)
-        current = trace.get_current_span()
-        if current.is_recording():
+        bind_request(model=route.model, version=route.version, arm=arm)
+        if rec:
+            current = trace.get_current_span()
             current.set_attribute("inferline.model", route.model)
             current.set_attribute("inferline.version", route.version)
             current.set_attribute("inferline.alias", route.alias or "")
@@ -149,9 +160,13 @@ class Predictor:
         t1 = time.monotonic()
         timings["routing"] = int((t1 - t0) * 1e6)
         if not arm or self._arms is None:
-            return await self._scored(cmd, snap, route, version, arm, deadline, t0, t1, timings)
+            return await self._scored(
+                cmd, snap, route, version, arm, deadline, t0, t1, timings, rec
+            )
         try:
-            result = await self._scored(cmd, snap, route, version, arm, deadline, t0, t1, timings)
+            result = await self._scored(
+                cmd, snap, route, version, arm, deadline, t0, t1, timings, rec
+            )
         except Exception:
             self._arms.observe(
                 cmd.request_id, route.model, arm, route.version, time.monotonic() - t0, False, []
@@ -179,7 +194,7 @@ class Predictor:
         adm = self._admission
         if not ct.applies(priority, adm.in_flight, adm.max_in_flight):
             return route
-        structlog.contextvars.bind_contextvars(tier="cheap", requested_model=route.model)
+        bind_request(tier="cheap", requested_model=route.model)
         return dataclasses.replace(route, model=ct.model, version=ct.version)
 
     def _experiment_arm(
@@ -210,13 +225,14 @@ class Predictor:
         t0: float,
         t1: float,
         timings: dict[str, int],
+        rec: bool,
     ) -> PredictResult:
         table = snap.table
         catalog = snap.catalog
 
         model_route = table.models[route.model]
         budget = min(self._feature_timeout_s, deadline - t1 - self._min_inference_budget_s)
-        with stage(self._tracer, "features") as span:
+        with stage(self._tracer, "features", rec) as span:
             batch = await features_stage.assemble(
                 version,
                 cmd.candidates,
@@ -231,7 +247,7 @@ class Predictor:
             )
             if span.is_recording():
                 span.set_attribute("inferline.degraded_reasons", sorted(batch.reasons))
-        with stage(self._tracer, "quality"):
+        with stage(self._tracer, "quality", rec):
             report = quality.check(version, batch.matrix)
             if report.imputed:
                 batch.reasons.add("dq_imputed")
@@ -240,7 +256,7 @@ class Predictor:
 
         if deadline - t2 <= 0:
             raise DeadlineExceeded("deadline exceeded before inference")
-        with stage(self._tracer, "inference") as span:
+        with stage(self._tracer, "inference", rec) as span:
             result = await self._ladder.run(
                 route, version, batch.matrix, deadline, model_route.fallback, catalog
             )
@@ -255,7 +271,7 @@ class Predictor:
                 result.version,
                 batch.matrix,
                 result.scores,
-                defer=asyncio.get_running_loop().call_soon,
+                defer=_soon,
             )
             shadow = snap.shadows.get(route.model)
             if self._shadow is not None and shadow is not None and route.alias == shadow.alias:

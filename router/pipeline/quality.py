@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import structlog
 
 from router.errors import InvalidArgument
+from router.logging import bind_request
 from router.pipeline.catalog import ModelVersion
 
 
@@ -62,7 +62,7 @@ def check(version: ModelVersion, matrix: np.ndarray) -> QualityReport:
             n = int(np.sum(kinds[:, c] == kind_id))
             if n:
                 report.violations[f"{version.feature_names[c]}:{kind}:{action}"] = n
-    structlog.contextvars.bind_contextvars(dq_violations=report.violations)
+    bind_request(dq_violations=report.violations)
     rejected = [c for c in np.unique(cols) if dq.reject[c]]
     if rejected:
         c = int(rejected[0])

@@ -44,6 +44,7 @@ from google.protobuf.message import DecodeError
 
 from inferline.v1 import inference_pb2
 from router.errors import InferlineError, InvalidArgument
+from router.logging import clear_request
 from router.observability.metrics import Metrics
 from router.settings import ServerSettings, TlsSettings
 from router.transport.interceptors import record_rpc
@@ -378,7 +379,7 @@ class FastLane:
         self, req: _Request, peers: Callable[[], frozenset[str]]
     ) -> tuple[bytes, str]:
         """The response and its gRPC status name."""
-        structlog.contextvars.clear_contextvars()
+        clear_request()
         t0 = time.monotonic()
         try:
             if req.headers.get("content-type") != CONTENT_TYPE_STR:

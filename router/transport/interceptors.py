@@ -22,7 +22,7 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from router.errors import InferlineError
-from router.logging import log_request_done
+from router.logging import clear_request, log_request_done, request_fields
 from router.observability.metrics import Metrics
 from router.transport.status import wire_status
 
@@ -69,7 +69,7 @@ class _Status(grpc.Status):  # type: ignore[misc]
 
 def record_rpc(metrics: Metrics | None, method: str, code: str, duration_s: float) -> None:
     """The request's one log line and its metrics, whichever transport carried it."""
-    ctx = structlog.contextvars.get_contextvars()
+    ctx = request_fields()
     log_request_done(ctx, method=method, status=code, duration_ms=round(duration_s * 1000, 3))
     if metrics is not None:
         metrics.observe_rpc(method, code, duration_s, ctx)
@@ -91,7 +91,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            structlog.contextvars.clear_contextvars()
+            clear_request()
             t0 = time.monotonic()
             status = grpc.StatusCode.OK
             try:

@@ -10,9 +10,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
-import structlog
 
 from router.backends.kserve import MODEL_METHODS, SERVER_METHODS, SERVICE
+from router.logging import bind_request
 from router.pipeline.passthrough import Passthrough
 from router.settings import AuthSettings
 from router.transport.identity import caller_tenant, peer_uris
@@ -31,7 +31,7 @@ def kserve_handler(
                 k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
             }
             tenant = caller_tenant(auth, metadata, lambda: peer_uris(context))
-            structlog.contextvars.bind_contextvars(tenant=tenant, api="kserve")
+            bind_request(tenant=tenant, api="kserve")
             remaining = context.time_remaining()
             deadline = time.monotonic() + (
                 remaining if remaining is not None else default_deadline_s

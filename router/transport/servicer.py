@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable, Mapping
 
 import grpc
-import structlog
 from opentelemetry.trace import Span
 
 from inferline.v1 import inference_pb2, inference_pb2_grpc
 from router.errors import InvalidArgument
+from router.logging import bind_request
 from router.observability.tracing import RequestSpans
 from router.pipeline.idempotency import Idempotency
 from router.pipeline.predict import Predictor
@@ -58,7 +58,7 @@ def _response(
     result: PredictResult, request_id: str, trace_id: str, timings: bool
 ) -> inference_pb2.PredictResponse:
     # The request's one log line (written by the interceptor) carries these.
-    structlog.contextvars.bind_contextvars(
+    bind_request(
         version=result.version,
         degraded=result.degraded,
         fallback_level=result.fallback_level.name,
@@ -153,9 +153,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if span.is_recording():
             span.set_attribute("inferline.tenant", tenant or "")
             span.set_attribute("inferline.request_id", request_id)
-        structlog.contextvars.bind_contextvars(
-            request_id=request_id, trace_id=trace_id, tenant=tenant
-        )
+        bind_request(request_id=request_id, trace_id=trace_id, tenant=tenant)
         deadline = time.monotonic() + (
             time_remaining if time_remaining is not None else self._default_deadline_s
         )

@@ -122,6 +122,7 @@ def test_sampling_every_nth_request_and_levels() -> None:
     mon.register("m", 1, ["a"], build_reference(train, train[:, 0], [{"name": "a"}]))
     for _ in range(40):
         mon.observe("m", 1, train[:2], train[:2, 0])
+    mon.flush()
     assert mon._versions[("m", 1)].size == 20  # 10 of 40 requests, 2 rows each
     assert [level(v) for v in (0.05, 0.1, 0.2, 0.26)] == ["ok", "ok", "warn", "alert"]
     assert (WARN, ALERT) == (0.1, 0.25)
@@ -156,3 +157,31 @@ def test_discrete_features_do_not_drift_against_themselves() -> None:
         ]).astype(np.float32)  # fmt: skip
         mon.observe("m", 1, x, x[:, 1])
     assert max(mon.snapshot()[("m", 1)].values()) < 0.02
+
+
+def test_rows_are_added_in_batches_and_equal_per_request_updates() -> None:
+    """Buffered rows reach the window in one (deferred) update per ``batch_rows``;
+    the counts are those of adding each request at once; a snapshot flushes."""
+    rng = np.random.default_rng(6)
+    train = rng.normal(size=(1000, 2))
+    ref = build_reference(train, train[:, 0], [{"name": "a"}, {"name": "b"}])
+    batched = DriftMonitor(window=50, min_samples=1, batch_rows=8)
+    direct = DriftMonitor(window=50, min_samples=1, batch_rows=1)
+    for mon in (batched, direct):
+        mon.register("m", 1, ["a", "b"], ref)
+    deferred: list[tuple[object, ...]] = []
+    live = rng.normal(size=(70, 2))
+    for i in range(0, 69, 3):  # 23 requests of 3 rows
+        rows = live[i : i + 3]
+        batched.observe("m", 1, rows, rows[:, 1], defer=lambda *a: deferred.append(a))
+        direct.observe("m", 1, rows, rows[:, 1])
+    vd = batched._versions[("m", 1)]
+    assert vd.size == 0 and len(deferred) == 7  # 9 rows per update (3 requests)
+    for fn, *args in deferred:
+        fn(*args)  # type: ignore[operator]
+    assert vd.size == 50  # 63 rows added, the window keeps 50
+    assert batched.snapshot() == direct.snapshot()  # flushes the last 6 rows
+    assert vd.counts.tolist() == direct._versions[("m", 1)].counts.tolist()
+    batched.observe("m", 1, live[:2], live[:2, 1])
+    batched.retain(set())
+    assert batched._pending == {} and batched.snapshot() == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -23,11 +24,10 @@ def test_request_line_has_the_keys_and_values_of_a_structlog_line(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     sink = router_logging.configure_logging(LogSettings())
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(
-        request_id="r1", tenant="demo", stages_us={"total": 5}, degraded_reasons=[]
-    )
-    ctx = structlog.contextvars.get_contextvars()
+    router_logging.clear_request()
+    router_logging.bind_request(request_id="r1", tenant="demo")
+    router_logging.bind_request(stages_us={"total": 5}, degraded_reasons=[])
+    ctx = router_logging.request_fields()
     router_logging.log_request_done(ctx, method="/m", status="OK", duration_ms=0.25)
     structlog.get_logger("router.rpc").info("rpc.done", method="/m", status="OK", duration_ms=0.25)
     direct, chained = _lines(capfd, sink)
@@ -48,3 +48,28 @@ def test_request_line_falls_back_to_structlog_below_info(
     router_logging.log_request_done({}, method="/m", status="OK", duration_ms=0.1)
     assert _lines(capfd, sink) == []
     router_logging.configure_logging(LogSettings())
+
+
+def test_request_fields_are_on_every_line_and_tasks_never_add_to_them(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A task started during a request sees the request's fields; what it binds
+    stays in the task (as with structlog's contextvars)."""
+    sink = router_logging.configure_logging(LogSettings())
+    router_logging.clear_request()
+    router_logging.bind_request(request_id="r2", tenant="demo")
+
+    async def child() -> None:
+        router_logging.bind_request(model="shadow")
+        structlog.get_logger("t").info("child.line", tenant="own")
+
+    asyncio.run(child())
+    structlog.get_logger("t").info("parent.line")
+    assert router_logging.request_fields() == {"request_id": "r2", "tenant": "demo"}
+    child_line, parent_line = _lines(capfd, sink)
+    assert child_line["request_id"] == "r2" and child_line["model"] == "shadow"
+    assert child_line["tenant"] == "own"  # the line's own key wins
+    assert parent_line["request_id"] == "r2" and "model" not in parent_line
+    router_logging.clear_request()
+    structlog.get_logger("t").info("after.clear")
+    assert "request_id" not in _lines(capfd, sink)[0]

@@ -50,8 +50,10 @@ def test_ratio_one_records_every_new_trace_with_stage_children(tmp_path: Path) -
     t = tracer(provider)
     with spans.start("inferline.Predict", {}) as span:
         assert span.is_recording()
-        with stage(t, "features") as child:
+        with stage(t, "features", span.is_recording()) as child:
             assert child.is_recording()
+        with stage(t, "quality", False) as child:
+            assert not child.is_recording()
     provider.force_flush()
     lines = (tmp_path / "spans.jsonl").read_text().splitlines()
     assert len(lines) == 2 and '"inferline.Predict"' in lines[1]
