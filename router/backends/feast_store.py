@@ -11,7 +11,10 @@ Feast protos.
 from __future__ import annotations
 
 import asyncio
+import math
+import operator
 import sqlite3
+import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -71,6 +74,58 @@ def _convert(
     return out
 
 
+_MAX_LAYOUTS = 256
+_F32_TAG = 0x35  # ValueProto.float_val: field 6, fixed32
+
+
+def _epoch(stored: int | float) -> float:
+    """A stored event timestamp as a UTC epoch. Feast stores its naive-UTC
+    datetimes as local-time epochs and reads them back with fromtimestamp():
+    undo it the same way."""
+    return datetime.fromtimestamp(int(stored)).replace(tzinfo=UTC).timestamp()
+
+
+class _Layout:
+    """One shape of an entity's rows, decoded without a Python step per feature.
+
+    Every fully written entity of a view has the same rows, so SQLite can hand
+    them over as one aggregate row: the feature names joined, and the stored
+    values concatenated. When every value is a float32 (5 bytes: tag + float),
+    the concatenation is one ``struct`` record and the requested features are
+    picked from it by index: one row object instead of 30, one C call per step
+    instead of ~6 Python calls per feature (the read's CPU more than halved).
+    Anything else (a double, an int, a missing or repeated feature, a NaN, a
+    NULL value or timestamp) takes the row-by-row path."""
+
+    __slots__ = ("pick", "size", "tags", "unpack")
+
+    def __init__(self, n: int, index: list[int]) -> None:
+        self.size = 5 * n
+        self.tags = bytes([_F32_TAG]) * n
+        self.unpack = struct.Struct("<" + "xf" * n).unpack
+        self.pick = operator.itemgetter(*index)
+
+    @classmethod
+    def of(cls, names: tuple[str, ...], features: tuple[str, ...]) -> _Layout | None:
+        position = {name: i for i, name in enumerate(names)}
+        if len(position) != len(names) or not features or any(f not in position for f in features):
+            return None
+        return cls(len(names), [position[f] for f in features])
+
+    def decode(self, blob: bytes) -> list[float | None] | None:
+        """The requested features' values, or None (take the row-by-row path)."""
+        if len(blob) != self.size or blob[::5] != self.tags:
+            return None
+        values = self.unpack(blob)
+        if not all(map(math.isfinite, values)):
+            return None
+        picked = self.pick(values)
+        return list(picked) if isinstance(picked, tuple) else [picked]
+
+
+_UNSEEN = object()
+
+
 class _SqliteRows:
     """The SQLite online store's table read directly, for the inline read path.
 
@@ -113,6 +168,9 @@ class _SqliteRows:
         # Serialized entity keys (Feast's serializer builds protos: ~10 us a key).
         self._keys: dict[tuple[str, tuple[int | str, ...]], bytes] = {}
         self._wanted: dict[tuple[str, ...], frozenset[str]] = {}
+        # (requested features, the entity's row names as read) -> how to decode
+        # such an entity in one go (None: it cannot be).
+        self._layouts: dict[tuple[tuple[str, ...], str], _Layout | None] = {}
 
     def read(
         self,
@@ -147,25 +205,26 @@ class _SqliteRows:
                 f"SELECT entity_key, feature_name, value, event_ts FROM {self._tables[view]} "
                 f"WHERE entity_key IN ({','.join('?' * len(ser))})"
             )
-        found: dict[bytes, tuple[float, dict[str, float | None]]] = {}
+        # Per entity: the last requested row's timestamp (as Feast's own read
+        # reports it) and the values.
+        found: dict[bytes, tuple[list[Any], dict[str, float | None]]] = {}
         for key, name, blob, ts in self._conn.execute(sql, ser):
             if name not in wanted:
                 continue
             entry = found.get(key)
             if entry is None:
-                # Feast stores naive-UTC datetimes as local-time epochs and reads
-                # them back with fromtimestamp(): undo it the same way.
-                at = datetime.fromtimestamp(int(ts)).replace(tzinfo=UTC).timestamp()
-                entry = found[key] = (at, {})
+                entry = found[key] = ([ts], {})
+            else:
+                entry[0][0] = ts
             entry[1][name] = blob_float(blob, parsed)
         out: list[Row] = []
         for key in ser:
             hit = found.get(key)
             values = [hit[1].get(f) for f in features] if hit else []
-            if hit is None or all(v is None for v in values):
+            if hit is None or hit[0][0] is None or all(v is None for v in values):
                 out.append((None, None))
             else:
-                out.append((hit[0], values))
+                out.append((_epoch(hit[0][0]), values))
         return out
 
     def _read_one(
@@ -176,7 +235,40 @@ class _SqliteRows:
         wanted: frozenset[str],
         parsed: ValueProto,
     ) -> Row:
-        """One entity (the common request): no key column, no per-key grouping."""
+        """One entity (the common request): one aggregate row when its values
+        fit a known layout (``_Layout``), else the entity's rows."""
+        sql = self._sql.get((view, -1))
+        if sql is None:
+            # group_concat visits the rows once, in one order, for both lists.
+            sql = self._sql[(view, -1)] = (
+                "SELECT group_concat(feature_name, char(31)), "
+                "CAST(group_concat(value, '') AS BLOB), min(event_ts), max(event_ts), "
+                f"count(*) - count(event_ts) FROM {self._tables[view]} WHERE entity_key = ?"
+            )
+        names, blob, first, last, no_ts = self._conn.execute(sql, (key,)).fetchone()
+        if names is None:
+            return (None, None)  # no rows: the entity was never written
+        if first == last and not no_ts:
+            layout = self._layouts.get((features, names), _UNSEEN)
+            if layout is _UNSEEN:
+                layout = _Layout.of(tuple(names.split("\x1f")), features)
+                if len(self._layouts) < _MAX_LAYOUTS:
+                    self._layouts[(features, names)] = layout
+            if isinstance(layout, _Layout):
+                values = layout.decode(blob)
+                if values is not None:
+                    return (_epoch(first), values)
+        return self._read_rows(view, key, features, wanted, parsed)
+
+    def _read_rows(
+        self,
+        view: str,
+        key: bytes,
+        features: tuple[str, ...],
+        wanted: frozenset[str],
+        parsed: ValueProto,
+    ) -> Row:
+        """One entity, row by row: any encoding, missing or null values."""
         sql = self._sql.get((view, 0))
         if sql is None:
             sql = self._sql[(view, 0)] = (
@@ -184,19 +276,17 @@ class _SqliteRows:
                 "WHERE entity_key = ?"
             )
         got: dict[str, float | None] = {}
-        at = None  # the first requested feature's row's timestamp, as in read()
+        at = None  # the last requested row's timestamp, as in read()
         for name, blob, ts in self._conn.execute(sql, (key,)):
             if name in wanted:
-                if at is None:
-                    at = ts
+                at = ts
                 got[name] = blob_float(blob, parsed)
-        if at is None:
+        if not got or at is None:
             return (None, None)
         values = [got.get(f) for f in features]
         if all(v is None for v in values):
             return (None, None)
-        # As in read(): Feast's naive-UTC datetimes are stored as local-time epochs.
-        return (datetime.fromtimestamp(int(at)).replace(tzinfo=UTC).timestamp(), values)
+        return (_epoch(at), values)
 
     def close(self) -> None:
         self._conn.close()

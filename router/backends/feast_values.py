@@ -13,11 +13,13 @@ _F32 = struct.Struct("<f").unpack_from
 _F64 = struct.Struct("<d").unpack_from
 
 
-def blob_float(blob: bytes, parsed: ValueProto) -> float | None:
+def blob_float(blob: bytes | None, parsed: ValueProto) -> float | None:
     """A stored ``ValueProto`` as a float. The two encodings the online store
     writes for numeric features (float_val: tag 0x35 + 4 bytes, double_val: tag
     0x29 + 8 bytes) are decoded directly, ~4x cheaper than parsing the message;
-    anything else is parsed."""
+    anything else is parsed. A NULL (no value stored) is None, like a NaN."""
+    if blob is None:
+        return None
     n = len(blob)
     if n == 5 and blob[0] == 0x35:
         x: float = _F32(blob, 1)[0]

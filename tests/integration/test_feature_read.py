@@ -159,3 +159,75 @@ async def test_a_locked_rollback_journal_store_fails_fast_instead_of_stalling(
     finally:
         writer.close()
         await store.close()
+
+
+async def test_single_entity_reads_of_irregular_rows_match_feast(
+    demo_build: Path, tmp_path: Path
+) -> None:
+    """The one-entity read decodes a regular entity (all float32 values, one
+    event time) from one aggregate row; every irregular shape takes the
+    row-by-row path and still answers what Feast's own read answers: a double,
+    an int64, a NaN, a missing feature, an extra row, event times that differ
+    across features. A NULL value (Feast's own read fails on it) reads as None."""
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    repo, db = _store_copy(demo_build, tmp_path)
+    conn = sqlite3.connect(db, isolation_level=None)
+    table = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%account_features'"
+    ).fetchone()[0]
+    probe = FeastFeatureStore(repo)
+    probe.start()
+    sqlite = probe._sqlite
+    assert sqlite is not None
+    feats = tuple(sorted(probe.view_info("account_features").features))
+    a, b = feats[0], feats[1]
+    orders = (feats, feats[::-1], (b, a))
+    before = [await probe.read([ViewRead("account_features", [(14,)], o)]) for o in orders]
+
+    def key(i: int) -> bytes:
+        proto = probe._key_proto("account_features")((i,))
+        return bytes(sqlite._serialize(proto, entity_key_serialization_version=sqlite._version))
+
+    def set_value(i: int, name: str, value: bytes | None) -> None:
+        conn.execute(
+            f'UPDATE "{table}" SET value = ? WHERE entity_key = ? AND feature_name = ?',
+            (value, key(i), name),
+        )
+
+    set_value(11, a, ValueProto(double_val=0.1).SerializeToString())
+    set_value(12, a, ValueProto(int64_val=7).SerializeToString())
+    set_value(13, a, ValueProto(float_val=float("nan")).SerializeToString())
+    set_value(14, a, None)
+    conn.execute(f'DELETE FROM "{table}" WHERE entity_key = ? AND feature_name = ?', (key(15), a))
+    conn.execute(
+        f'INSERT INTO "{table}" (entity_key, feature_name, value, event_ts, created_ts) '
+        "SELECT entity_key, 'not_in_view', value, event_ts, created_ts "
+        f'FROM "{table}" WHERE entity_key = ? AND feature_name = ?',
+        (key(16), a),
+    )
+    conn.execute(
+        f'UPDATE "{table}" SET event_ts = event_ts - 60 WHERE entity_key = ? AND feature_name = ?',
+        (key(17), b),
+    )
+    conn.close()
+    await probe.close()
+
+    fast = FeastFeatureStore(repo)
+    feast = FeastFeatureStore(repo, direct_sqlite_reads=False)
+    fast.start()
+    feast.start()
+    try:
+        for order, [[(ts14, values14)]] in zip(orders, before, strict=True):
+            for i in (10, 11, 12, 13, 15, 16, 17):
+                read = [ViewRead("account_features", [(i,)], order)]
+                got, want = await fast.read(read), await feast.read(read)
+                assert got == want, (i, order)
+            [[(ts, values)]] = await fast.read([ViewRead("account_features", [(14,)], order)])
+            assert ts == ts14 and values is not None and values14 is not None
+            assert values == [None if f == a else v for f, v in zip(order, values14, strict=True)]
+        layouts = fast._sqlite._layouts  # type: ignore[union-attr]
+        assert any(v is not None for v in layouts.values())  # the regular entity's
+    finally:
+        await fast.close()
+        await feast.close()
