@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +39,49 @@ OTHER = "other"
 NONE = "none"
 
 
+class _LoopValue(_values.MutexValue):  # type: ignore[misc]
+    """A metric value without a lock: every ``Metrics`` write happens on the
+    router's event loop (which also serves ``/metrics``), and another thread
+    reading a float reads a whole one. The lock was two of the ~three calls in
+    each of a request's ~12 increments."""
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def get(self) -> float:
+        return float(self._value)
+
+
+class _LoopCounter(Counter):  # type: ignore[misc]
+    """``Counter`` whose ``inc`` skips the checks a labelled child never needs
+    (observability, exemplars); negative amounts still raise."""
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        if amount < 0 or exemplar:
+            super().inc(amount, exemplar)
+            return
+        self._value.inc(amount)
+
+
+class _LoopHistogram(Histogram):  # type: ignore[misc]
+    """``Histogram`` whose ``observe`` finds the bucket by bisection (C) instead
+    of a Python loop over 15 bounds; same buckets and sum."""
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        if exemplar or amount != amount:  # NaN: the parent counts it in no bucket
+            super().observe(amount, exemplar)
+            return
+        self._sum.inc(amount)
+        self._buckets[bisect_left(self._upper_bounds, amount)].inc(1)
+
+
 @contextlib.contextmanager
 def _in_process_values() -> Iterator[None]:
-    """Create metric values in this process's memory, whatever the environment.
+    """Create metric values in this process's memory, whatever the environment,
+    as ``_LoopValue``.
 
     Importing feast (0.67) sets PROMETHEUS_MULTIPROC_DIR for its Gunicorn mode;
     if that happens before prometheus_client is imported (the router imports its
@@ -50,7 +91,7 @@ def _in_process_values() -> Iterator[None]:
     each time it creates a value, so swapping it around creation suffices.
     """
     saved = _values.ValueClass
-    _values.ValueClass = _values.MutexValue
+    _values.ValueClass = _LoopValue
     try:
         yield
     finally:
@@ -135,19 +176,19 @@ class Metrics:
             self._define(self.registry)
 
     def _define(self, r: CollectorRegistry) -> None:
-        self.requests = Counter(
+        self.requests = _LoopCounter(
             "inferline_requests", "Answered RPCs by outcome.",
             ["method", "tenant", "model", "version", "arm", "code", "degraded"], registry=r,
         )  # fmt: skip
-        self.latency = Histogram(
+        self.latency = _LoopHistogram(
             "inferline_request_duration_seconds", "End-to-end router latency of answered RPCs.",
             ["method", "model", "code"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.stages = Histogram(
+        self.stages = _LoopHistogram(
             "inferline_stage_duration_seconds", "Per-stage latency inside the router.",
             ["stage", "model"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.degraded = Counter(
+        self.degraded = _LoopCounter(
             "inferline_degraded", "Degraded answers by fallback level and reason.",
             ["model", "level", "reason"], registry=r,
         )  # fmt: skip
@@ -160,7 +201,7 @@ class Metrics:
             "inferline_shed", "Requests refused by admission control.",
             ["reason", "priority"], registry=r,
         )  # fmt: skip
-        self.freshness = Counter(
+        self.freshness = _LoopCounter(
             "inferline_feature_freshness", "Feature rows read, by view and freshness.",
             ["view", "status"], registry=r,
         )  # fmt: skip

@@ -214,3 +214,39 @@ def test_a_table_reload_relabels_repeated_request_shapes() -> None:
     assert _value(m, "inferline_requests_total", tenant="payments", model="fraud") == 3
     assert _value(m, "inferline_requests_total", tenant=OTHER, model="fraud") == 1
     assert _value(m, "inferline_stage_duration_seconds_count", stage="total", model="fraud") == 4
+
+
+def test_lock_free_series_expose_what_prometheus_client_would() -> None:
+    """The hot series' lean inc/observe (no lock, bucket found by bisection) give
+    the exposition prometheus_client's own Histogram and Counter give, for values
+    on, between and beyond the bucket edges."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    m = _metrics()
+    ref = CollectorRegistry()
+    hist = Histogram("ref_seconds", "", ["stage"], buckets=LATENCY_BUCKETS, registry=ref)
+    count = Counter("ref", "", ["view"], registry=ref)
+    values = [0.0, 1e-5, *LATENCY_BUCKETS, 0.0012, 0.3, 7.0, 1e9, -1.0]
+    for v in values:
+        m._child(m.stages, "total", "fraud").observe(v)
+        hist.labels("total").observe(v)
+        m._child(m.freshness, "accounts", "FRESH").inc(2)
+        count.labels("accounts").inc(2)
+    ours = {
+        (
+            s.name.replace("inferline_stage_duration_seconds", "ref_seconds"),
+            s.labels.get("le"),
+        ): s.value
+        for s in _samples(m)
+        if s.name.startswith("inferline_stage_duration_seconds") and "created" not in s.name
+    }
+    theirs = {
+        (s.name, s.labels.get("le")): s.value
+        for f in text_string_to_metric_families(generate_latest(ref).decode())
+        for s in f.samples
+        if s.name.startswith("ref_seconds") and "created" not in s.name
+    }
+    assert ours == theirs and ours[("ref_seconds_count", None)] == len(values)
+    assert _value(m, "inferline_feature_freshness_total", view="accounts") == 2 * len(values)
+    with pytest.raises(ValueError):
+        m._child(m.freshness, "accounts", "FRESH").inc(-1)
