@@ -63,7 +63,7 @@ class _LoopCounter(Counter):  # type: ignore[misc]
         if amount < 0 or exemplar:
             super().inc(amount, exemplar)
             return
-        self._value.inc(amount)
+        self._value._value += amount  # a _LoopValue (_in_process_values)
 
 
 class _LoopHistogram(Histogram):  # type: ignore[misc]
@@ -74,8 +74,9 @@ class _LoopHistogram(Histogram):  # type: ignore[misc]
         if exemplar or amount != amount:  # NaN: the parent counts it in no bucket
             super().observe(amount, exemplar)
             return
-        self._sum.inc(amount)
-        self._buckets[bisect_left(self._upper_bounds, amount)].inc(1)
+        # _LoopValues (_in_process_values): their fields, not two more calls.
+        self._sum._value += amount
+        self._buckets[bisect_left(self._upper_bounds, amount)]._value += 1
 
 
 @contextlib.contextmanager

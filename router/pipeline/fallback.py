@@ -41,6 +41,8 @@ class LadderResult:
     scores: np.ndarray
     level: FallbackLevel
     version: int
+    values: list[float]
+    """``scores`` as Python floats."""
     reasons: list[str] = field(default_factory=list)
 
 
@@ -77,7 +79,7 @@ class Ladder:
 
     async def _try(
         self, route: Route, version: ModelVersion, batch: np.ndarray, deadline: float
-    ) -> np.ndarray | None:
+    ) -> tuple[np.ndarray, list[float]] | None:
         breaker = self._breakers.get(model_breaker_name(route.pool, version.model, version.version))
         if not breaker.allow():
             return None
@@ -125,9 +127,9 @@ class Ladder:
             out = None
         if out is not None:
             if policy.cache_scores:
-                for key, s in zip(_row_keys(version.model, batch), out.tolist(), strict=True):
+                for key, s in zip(_row_keys(version.model, batch), out[1], strict=True):
                     self._cache.put(key, s, policy.cache_ttl_s)
-            return LadderResult(out, FallbackLevel.PRIMARY, version.version)
+            return LadderResult(out[0], FallbackLevel.PRIMARY, version.version, out[1])
         if version.schema_ok:
             reasons.append("primary_unavailable")
 
@@ -138,18 +140,23 @@ class Ladder:
             if same_schema and self._budget.try_spend():
                 out = await self._try(route, lkg, batch, deadline)
                 if out is not None:
-                    return LadderResult(out, FallbackLevel.LAST_KNOWN_GOOD, fb, reasons)
+                    return LadderResult(out[0], FallbackLevel.LAST_KNOWN_GOOD, fb, out[1], reasons)
             reasons.append("last_known_good_unavailable")
 
         if policy.cache_scores:
             cached = [self._cache.get(k) for k in _row_keys(version.model, batch)]
             if all(c is not None for c in cached):
-                scores = np.asarray(cached, dtype=np.float64)
-                return LadderResult(scores, FallbackLevel.CACHED_SCORE, version.version, reasons)
+                values = [float(c) for c in cached if c is not None]
+                scores = np.asarray(values, dtype=np.float64)
+                return LadderResult(
+                    scores, FallbackLevel.CACHED_SCORE, version.version, values, reasons
+                )
             reasons.append("score_cache_miss")
 
         default = policy.default_score
         if default is None:
             default = version.default_score
         scores = np.full(batch.shape[0], default, dtype=np.float64)
-        return LadderResult(scores, FallbackLevel.STATIC_DEFAULT, version.version, reasons)
+        return LadderResult(
+            scores, FallbackLevel.STATIC_DEFAULT, version.version, scores.tolist(), reasons
+        )

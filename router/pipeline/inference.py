@@ -31,8 +31,10 @@ class ModelServer(Protocol):
 
 async def score(
     server: ModelServer, version: ModelVersion, batch: np.ndarray, timeout_s: float
-) -> np.ndarray:
-    """Scores for every row of ``batch``, one float per candidate."""
+) -> tuple[np.ndarray, list[float]]:
+    """Scores for every row of ``batch``, one per candidate: as the model's 1-D
+    output array and as Python floats (what the answer, the score cache and the
+    experiment stats read: converted once here, not by each of them)."""
     out = await server.infer(
         version.model,
         version.version,
@@ -41,9 +43,11 @@ async def score(
         batch,
         timeout_s,
     )
-    scores = np.asarray(out, dtype=np.float64).reshape(-1)
+    if out.ndim != 1:
+        out = out.reshape(-1)
+    values: list[float] = out.tolist()
     # all(map(isfinite)) over a few Python floats: cheaper than two numpy calls.
-    if scores.shape[0] != batch.shape[0] or not all(map(math.isfinite, scores.tolist())):
+    if len(values) != batch.shape[0] or not all(map(math.isfinite, values)):
         # A model returning the wrong shape or NaN must never reach a caller as a score.
         raise Unavailable("model returned an invalid result")
-    return scores
+    return out, values

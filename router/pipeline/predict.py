@@ -287,7 +287,7 @@ class Predictor:
             version=result.version,
             alias=route.alias,
             candidate_ids=[c.candidate_id for c in cmd.candidates],
-            scores=result.scores.tolist(),
+            scores=result.values,
             freshness=batch.freshness,
             fallback_level=result.level,
             degraded_reasons=sorted(batch.reasons.union(result.reasons)),

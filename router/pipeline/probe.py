@@ -50,7 +50,7 @@ class Prober:
         pools = {"default", *(t.pool for t in snap.table.tenants.values())}
         targets = [(pool, v) for pool in sorted(pools) for v in snap.catalog]
 
-        async def one(pool: str, version_name: str, coro: Awaitable[np.ndarray]) -> bool:
+        async def one(pool: str, version_name: str, coro: Awaitable[object]) -> bool:
             try:
                 await coro
             except InferlineError as e:

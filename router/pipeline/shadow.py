@@ -79,7 +79,9 @@ class ShadowMirror:
     ) -> None:
         t0 = time.monotonic()
         try:
-            out = await score(self._servers(pool), catalog.get(model, v), matrix, self._timeout_s)
+            out, _ = await score(
+                self._servers(pool), catalog.get(model, v), matrix, self._timeout_s
+            )
         except InferlineError:
             self._on_result(model, v, "error", time.monotonic() - t0, 0.0)
             return

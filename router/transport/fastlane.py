@@ -189,10 +189,14 @@ class _Connection(asyncio.Protocol):
         self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
-        if len(self._req.headers) >= _MAX_HEADERS:
+        # Called per header (a dozen from Envoy): the size check inlined.
+        self._header_bytes += len(name) + len(value)
+        headers = self._req.headers
+        if self._header_bytes > _MAX_HEADER_BYTES:
+            raise _TooLarge(b"431 Request Header Fields Too Large", "request headers too large")
+        if len(headers) >= _MAX_HEADERS:
             raise _TooLarge(b"431 Request Header Fields Too Large", "too many headers")
-        self._req.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        headers[name.lower().decode("latin-1")] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

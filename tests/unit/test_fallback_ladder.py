@@ -75,7 +75,7 @@ X = np.asarray([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
 
 async def _run(ladder: Ladder, policy: FallbackPolicy) -> tuple[FallbackLevel, list[float], int]:
     r = await ladder.run(ROUTE, _version(2), X, time.monotonic() + 1, policy, CATALOG)
-    return r.level, r.scores.tolist(), r.version
+    return r.level, r.values, r.version
 
 
 async def test_primary_then_each_rung_in_order() -> None:
@@ -180,7 +180,7 @@ async def test_schema_mismatch_is_never_scored_and_falls_back() -> None:
     catalog = ModelCatalog([_version(1), broken])
     r = await ladder.run(ROUTE, broken, X, time.monotonic() + 1, FallbackPolicy(version=1), catalog)
     # The tensor follows the mismatched schema, so no version can consume it.
-    assert r.level is FallbackLevel.STATIC_DEFAULT and r.scores.tolist() == [0.07, 0.07]
+    assert r.level is FallbackLevel.STATIC_DEFAULT and r.values == [0.07, 0.07]
     assert "schema_mismatch" in r.reasons
     assert server.calls == []  # nothing was scored on a malformed input
 
