@@ -250,3 +250,19 @@ def test_lock_free_series_expose_what_prometheus_client_would() -> None:
     assert _value(m, "inferline_feature_freshness_total", view="accounts") == 2 * len(values)
     with pytest.raises(ValueError):
         m._child(m.freshness, "accounts", "FRESH").inc(-1)
+
+
+def test_rpcs_are_folded_in_batches_and_before_every_collection() -> None:
+    """observe_rpc buffers; every 32nd RPC folds the batch into the series, and
+    any collection (a scrape) folds what is waiting first."""
+    m = _metrics()
+    ctx = {"tenant": "demo", "model": "fraud", "version": 2, "stages_us": {"total": 10}}
+    child = m._child(m.requests, "Predict", "demo", "fraud", "2", "none", "OK", "false")
+    for _ in range(31):
+        m.observe_rpc(PREDICT, "OK", 0.001, ctx)
+    assert child._value.get() == 0 and len(m._pending) == 31
+    m.observe_rpc(PREDICT, "OK", 0.001, ctx)
+    assert child._value.get() == 32 and m._pending == []
+    m.observe_rpc(PREDICT, "OK", 0.001, ctx)
+    assert _value(m, "inferline_requests_total", tenant="demo", code="OK") == 33
+    assert _value(m, "inferline_stage_duration_seconds_count", stage="total") == 33
