@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Callable, Mapping
 
@@ -29,6 +30,12 @@ def peer_uris(context: grpc.aio.ServicerContext) -> frozenset[str]:
     return frozenset(v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in values)
 
 
+# Parsed forwarded identities, by header value: a caller sends the same one on
+# every request (bounded: at most this many distinct callers are remembered).
+_PARSED = 4096
+
+
+@functools.lru_cache(maxsize=_PARSED)
 def _xfcc_uri(value: str) -> str | None:
     """The URI of the last element of an XFCC header (the one our edge set)."""
     last = value.split(",")[-1]
@@ -39,6 +46,7 @@ def _xfcc_uri(value: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=_PARSED)
 def _jwt_tenant(value: str) -> str | None:
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
@@ -68,7 +76,7 @@ def caller_tenant(
     jwt = metadata.get(settings.jwt_payload_header)
     if xfcc is None and jwt is None:
         return None
-    if not peers() & set(settings.trusted_peers):
+    if peers().isdisjoint(settings.trusted_peers):
         raise Unauthenticated("forwarded identity from an untrusted peer")
     if xfcc is not None:
         uri = _xfcc_uri(xfcc)
