@@ -24,7 +24,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from router.backends.feast_values import blob_float
+from router.backends.feast_values import blob_floats
 from router.backends.wire import FutureConnection, Pool, WireError
 from router.pipeline.features import FeatureStoreUnavailable, Row
 
@@ -238,7 +238,7 @@ class RedisRows:
             for reply in replies[at : at + len(keys)]:
                 if not isinstance(reply, list) or len(reply) != len(features) + 1:
                     raise FeatureStoreUnavailable("unexpected redis reply")
-                values = [None if b is None else blob_float(b, parsed) for b in reply[:-1]]
+                values = blob_floats(reply[:-1], parsed)
                 if all(v is None for v in values):
                     rows.append((None, None))  # a missing key: nils everywhere
                     continue

@@ -124,6 +124,13 @@ class _Layout:
 
 
 _UNSEEN = object()
+# An entity's rows as one: names and values in one visiting order (group_concat
+# steps both aggregates over the same rows), one event time if min == max, and
+# how many rows have none.
+_AGGREGATES = (
+    "group_concat(feature_name, char(31)), CAST(group_concat(value, '') AS BLOB), "
+    "min(event_ts), max(event_ts), count(*) - count(event_ts)"
+)
 
 
 class _SqliteRows:
@@ -164,7 +171,7 @@ class _SqliteRows:
             f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=busy_timeout_s
         )
         self.journal_mode = str(self._conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-        self._sql: dict[tuple[str, int], str] = {}
+        self._sql: dict[tuple[str, str, int], str] = {}  # (kind, view, entities)
         # Serialized entity keys (Feast's serializer builds protos: ~10 us a key).
         self._keys: dict[tuple[str, tuple[int | str, ...]], bytes] = {}
         self._wanted: dict[tuple[str, ...], frozenset[str]] = {}
@@ -195,13 +202,39 @@ class _SqliteRows:
         parsed = ValueProto()
         if len(ser) == 1:
             return [self._read_one(view, ser[0], features, wanted, parsed)]
-        shape = (view, len(ser))
-        sql = self._sql.get(shape)
+        sql = self._sql.get(("agg", view, len(ser)))
+        if sql is None:
+            sql = self._sql[("agg", view, len(ser))] = (
+                f"SELECT entity_key, {_AGGREGATES} FROM {self._tables[view]} "
+                f"WHERE entity_key IN ({','.join('?' * len(ser))}) GROUP BY entity_key"
+            )
+        found: dict[bytes, Row] = {}
+        irregular: list[bytes] = []
+        for key, names, blob, first, last, no_ts in self._conn.execute(sql, ser):
+            row = self._decoded(features, names, blob, first, last, no_ts)
+            if row is None:
+                irregular.append(key)
+            else:
+                found[key] = row
+        if irregular:
+            found.update(self._read_rows_many(view, irregular, features, wanted, parsed))
+        return [found.get(key, (None, None)) for key in ser]
+
+    def _read_rows_many(
+        self,
+        view: str,
+        ser: list[bytes],
+        features: tuple[str, ...],
+        wanted: frozenset[str],
+        parsed: ValueProto,
+    ) -> dict[bytes, Row]:
+        """Several entities, row by row (those the aggregate could not decode)."""
+        sql = self._sql.get(("rows", view, len(ser)))
         if sql is None:
             # By entity key only: one index range scan per entity is ~40% cheaper
             # than probing (entity, feature) per feature; rows of features not
             # asked for are skipped before parsing.
-            sql = self._sql[shape] = (
+            sql = self._sql[("rows", view, len(ser))] = (
                 f"SELECT entity_key, feature_name, value, event_ts FROM {self._tables[view]} "
                 f"WHERE entity_key IN ({','.join('?' * len(ser))})"
             )
@@ -217,15 +250,38 @@ class _SqliteRows:
             else:
                 entry[0][0] = ts
             entry[1][name] = blob_float(blob, parsed)
-        out: list[Row] = []
+        out: dict[bytes, Row] = {}
         for key in ser:
             hit = found.get(key)
             values = [hit[1].get(f) for f in features] if hit else []
             if hit is None or hit[0][0] is None or all(v is None for v in values):
-                out.append((None, None))
+                out[key] = (None, None)
             else:
-                out.append((_epoch(hit[0][0]), values))
+                out[key] = (_epoch(hit[0][0]), values)
         return out
+
+    def _decoded(
+        self,
+        features: tuple[str, ...],
+        names: str,
+        blob: bytes,
+        first: Any,
+        last: Any,
+        no_ts: int,
+    ) -> Row | None:
+        """An entity's aggregate row (``_AGGREGATES``) decoded, or None when it is
+        irregular (read it row by row)."""
+        if first != last or no_ts:
+            return None
+        layout = self._layouts.get((features, names), _UNSEEN)
+        if layout is _UNSEEN:
+            layout = _Layout.of(tuple(names.split("\x1f")), features)
+            if len(self._layouts) < _MAX_LAYOUTS:
+                self._layouts[(features, names)] = layout
+        if not isinstance(layout, _Layout):
+            return None
+        values = layout.decode(blob)
+        return None if values is None else (_epoch(first), values)
 
     def _read_one(
         self,
@@ -237,27 +293,17 @@ class _SqliteRows:
     ) -> Row:
         """One entity (the common request): one aggregate row when its values
         fit a known layout (``_Layout``), else the entity's rows."""
-        sql = self._sql.get((view, -1))
+        sql = self._sql.get(("agg", view, 0))
         if sql is None:
-            # group_concat visits the rows once, in one order, for both lists.
-            sql = self._sql[(view, -1)] = (
-                "SELECT group_concat(feature_name, char(31)), "
-                "CAST(group_concat(value, '') AS BLOB), min(event_ts), max(event_ts), "
-                f"count(*) - count(event_ts) FROM {self._tables[view]} WHERE entity_key = ?"
+            sql = self._sql[("agg", view, 0)] = (
+                f"SELECT {_AGGREGATES} FROM {self._tables[view]} WHERE entity_key = ?"
             )
         names, blob, first, last, no_ts = self._conn.execute(sql, (key,)).fetchone()
         if names is None:
             return (None, None)  # no rows: the entity was never written
-        if first == last and not no_ts:
-            layout = self._layouts.get((features, names), _UNSEEN)
-            if layout is _UNSEEN:
-                layout = _Layout.of(tuple(names.split("\x1f")), features)
-                if len(self._layouts) < _MAX_LAYOUTS:
-                    self._layouts[(features, names)] = layout
-            if isinstance(layout, _Layout):
-                values = layout.decode(blob)
-                if values is not None:
-                    return (_epoch(first), values)
+        row = self._decoded(features, names, blob, first, last, no_ts)
+        if row is not None:
+            return row
         return self._read_rows(view, key, features, wanted, parsed)
 
     def _read_rows(
@@ -269,9 +315,9 @@ class _SqliteRows:
         parsed: ValueProto,
     ) -> Row:
         """One entity, row by row: any encoding, missing or null values."""
-        sql = self._sql.get((view, 0))
+        sql = self._sql.get(("rows", view, 0))
         if sql is None:
-            sql = self._sql[(view, 0)] = (
+            sql = self._sql[("rows", view, 0)] = (
                 f"SELECT feature_name, value, event_ts FROM {self._tables[view]} "
                 "WHERE entity_key = ?"
             )

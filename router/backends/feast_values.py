@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable, Sequence
 
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
@@ -37,3 +38,24 @@ def to_float(v: ValueProto) -> float | None:
         return None
     x = float(getattr(v, kind))
     return x if math.isfinite(x) else None
+
+
+_F32_TAG = b"\x35"
+_RUNS: dict[int, tuple[bytes, Callable[[bytes], tuple[float, ...]]]] = {}
+
+
+def blob_floats(blobs: Sequence[bytes | None], parsed: ValueProto) -> list[float | None]:
+    """``blob_float`` of each blob. When all are float32 values (the online
+    store's usual encoding) they are decoded as one ``struct`` record: one C call
+    instead of ~5 Python calls per feature."""
+    n = len(blobs)
+    if n and None not in blobs:
+        run = _RUNS.get(n)
+        if run is None:
+            run = _RUNS[n] = (_F32_TAG * n, struct.Struct("<" + "xf" * n).unpack)
+        joined = b"".join(blobs)  # type: ignore[arg-type]  # no None: checked above
+        if len(joined) == 5 * n and joined[::5] == run[0]:
+            values = run[1](joined)
+            if all(map(math.isfinite, values)):
+                return list(values)
+    return [blob_float(b, parsed) for b in blobs]

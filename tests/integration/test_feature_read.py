@@ -164,9 +164,9 @@ async def test_a_locked_rollback_journal_store_fails_fast_instead_of_stalling(
 async def test_single_entity_reads_of_irregular_rows_match_feast(
     demo_build: Path, tmp_path: Path
 ) -> None:
-    """The one-entity read decodes a regular entity (all float32 values, one
-    event time) from one aggregate row; every irregular shape takes the
-    row-by-row path and still answers what Feast's own read answers: a double,
+    """Reads decode a regular entity (all float32 values, one event time) from
+    one aggregate row; every irregular shape takes the row-by-row path and still
+    answers what Feast's own read answers, alone or among others: a double,
     an int64, a NaN, a missing feature, an extra row, event times that differ
     across features. A NULL value (Feast's own read fails on it) reads as None."""
     from feast.protos.feast.types.Value_pb2 import Value as ValueProto
@@ -226,6 +226,12 @@ async def test_single_entity_reads_of_irregular_rows_match_feast(
             [[(ts, values)]] = await fast.read([ViewRead("account_features", [(14,)], order)])
             assert ts == ts14 and values is not None and values14 is not None
             assert values == [None if f == a else v for f, v in zip(order, values14, strict=True)]
+            # The same entities in one read (aggregates, then rows for the irregular).
+            ids = [(i,) for i in (10, 11, 12, 13, 15, 16, 17, 10**7, 18)]
+            read = [ViewRead("account_features", ids, order)]
+            assert await fast.read(read) == await feast.read(read)
+            [rows] = await fast.read([ViewRead("account_features", [(14,), (10,)], order)])
+            assert rows[0] == (ts, values)
         layouts = fast._sqlite._layouts  # type: ignore[union-attr]
         assert any(v is not None for v in layouts.values())  # the regular entity's
     finally:
