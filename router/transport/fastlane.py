@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import ssl
 import tempfile
@@ -50,6 +51,7 @@ from router.settings import ServerSettings, TlsSettings
 from router.transport.interceptors import record_rpc
 from router.transport.servicer import InferenceServicer
 from router.transport.status import WireStatus, wire_status
+from router.transport.tls_bio import ServerTls
 from router.transport.tls_reload import CertReloader, TlsMaterial
 
 log = structlog.get_logger("router.rpc")
@@ -75,6 +77,7 @@ _HTTP_CODES: dict[str, bytes] = {
     "DEADLINE_EXCEEDED": b"408 Request Timeout",
     "CANCELLED": b"499 Client Closed Request",
 }
+_HANDSHAKE_TIMEOUT_S = 10.0  # a connection that never completes its handshake is dropped
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -158,21 +161,35 @@ class _Connection(asyncio.Protocol):
         # every asyncio.get_running_loop() is a getpid() system call.
         self._loop = asyncio.get_running_loop()
         self._peers: frozenset[str] | None = None
+        self._tls: ServerTls | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
         self.busy = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's TLS transport is not an asyncio.Transport subclass, but has its API.
         self._transport = cast(asyncio.Transport, transport)
         self._lane.connections.add(self)
+        context = self._lane.ssl_context
+        if context is not None:
+            self._tls = ServerTls(context)
+            self._handshake_timer = self._loop.call_later(
+                _HANDSHAKE_TIMEOUT_S, self._transport.abort
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lane.connections.discard(self)
         self._queue.clear()
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the caller is gone: stop spending on it (as gRPC does)
 
     def data_received(self, data: bytes) -> None:
+        tls = self._tls
+        if tls is not None:
+            data = self._decrypt(tls, data)
+            if not data:
+                return
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, _TooLarge) as e:
@@ -182,6 +199,43 @@ class _Connection(asyncio.Protocol):
                 self._reject(cause.status, cause.message)
             else:
                 self._reject(b"400 Bad Request", "malformed HTTP/1.1 request")
+
+    def _decrypt(self, tls: ServerTls, data: bytes) -> bytes:
+        transport = self._transport
+        assert transport is not None
+        try:
+            plain, reply = tls.receive(data)
+        except ssl.SSLError as e:
+            # A failed handshake (no or untrusted client certificate) or a bad
+            # record: send the alert, drop the connection.
+            log.info("fastlane.tls_failed", reason=e.reason or type(e).__name__)
+            transport.write(tls.drain())
+            transport.close()
+            return b""
+        if reply:
+            transport.write(reply)
+        if self._handshake_timer is not None and tls.ready:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        if tls.closed:
+            self.close()
+        return plain
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (encrypted on a TLS connection)."""
+        transport = self._transport
+        assert transport is not None
+        transport.write(self._tls.send(data) if self._tls is not None else data)
+
+    def close(self) -> None:
+        """Close the connection (after close_notify on a TLS one)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._tls is not None:
+            with contextlib.suppress(ssl.SSLError, ValueError):
+                transport.write(self._tls.close())
+        transport.close()
 
     # httptools callbacks
     def on_url(self, url: bytes) -> None:
@@ -224,12 +278,12 @@ class _Connection(asyncio.Protocol):
         can no longer be trusted."""
         code = "RESOURCE_EXHAUSTED" if status.startswith(b"413") else "INVALID_ARGUMENT"
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(error_response(WireStatus(code, message), True, status))
-            self._transport.close()
+            self.write(error_response(WireStatus(code, message), True, status))
+            self.close()
 
     def peers(self) -> frozenset[str]:
         if self._peers is None:
-            ssl_object = self._transport.get_extra_info("ssl_object") if self._transport else None
+            ssl_object = self._tls.ssl_object if self._tls is not None else None
             self._peers = _peer_uris(ssl_object)
         return self._peers
 
@@ -248,13 +302,13 @@ class _Connection(asyncio.Protocol):
                 return
             if self._lane.closing and not req.close:  # say so: the peer will not reuse it
                 response = response.replace(b"\r\n", b"\r\nconnection: close\r\n", 1)
-            transport.write(response)
+            self.write(response)
             # The request's log line and metrics once the answer is on its way:
             # they are off the caller's latency (~50 us at concurrency 1).
             if done is not None:
                 done()
             if req.close or self._lane.closing:
-                transport.close()
+                self.close()
                 return
 
 
@@ -289,6 +343,12 @@ class FastLane:
         self._server: asyncio.Server | None = None
         self._material: TlsMaterial | None = None
         self._ssl: ssl.SSLContext | None = None
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The context new connections start their handshake with (None:
+        plaintext); a rotation swaps it during the handshake (``_on_hello``)."""
+        return self._ssl
 
     # TLS: the same files and rotation as the gRPC port
     def _build_ssl(self, m: TlsMaterial) -> ssl.SSLContext:
@@ -331,11 +391,11 @@ class FastLane:
             self._material = self._reloader.current
             self._ssl = self._build_ssl(self._material)
         loop = asyncio.get_running_loop()
+        # TLS is terminated by each connection (tls_bio), not by the loop.
         self._server = await loop.create_server(
             lambda: _Connection(self),
             self._settings.host,
             port,
-            ssl=self._ssl,
             reuse_port=True,
             backlog=1024,
         )
@@ -357,7 +417,7 @@ class FastLane:
         while time.monotonic() < end:
             for conn in list(self.connections):
                 if not conn.busy and conn._transport is not None:
-                    conn._transport.close()
+                    conn.close()
             if not self.connections:
                 break
             await asyncio.sleep(0.01)
