@@ -8,8 +8,8 @@ import ssl
 from pathlib import Path
 
 import pytest
-from inferline_edge.certs import ROUTER_DNS, DevPKI
 
+from inferline_edge.certs import ROUTER_DNS, DevPKI
 from router.transport.tls_bio import ServerTls
 
 
