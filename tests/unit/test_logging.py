@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -73,3 +74,27 @@ def test_request_fields_are_on_every_line_and_tasks_never_add_to_them(
     router_logging.clear_request()
     structlog.get_logger("t").info("after.clear")
     assert "request_id" not in _lines(capfd, sink)[0]
+
+
+def test_request_lines_render_in_order_at_the_next_flush_or_line(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Request lines wait as fields until the stream is flushed or another line
+    is written; they keep their order among the other lines and the time they
+    were logged."""
+    sink = router_logging.configure_logging(LogSettings())
+    router_logging.log_request_done({"request_id": "a"}, method="/m", status="OK")
+    time.sleep(0.002)
+    router_logging.log_request_done({"request_id": "b"}, method="/m", status="OK")
+    assert len(sink._deferred) == 2
+    structlog.get_logger("t").warning("other.line")
+    router_logging.log_request_done({"request_id": "c"}, method="/m", status="OK")
+    lines = _lines(capfd, sink)  # flushes
+    assert [line.get("request_id", line["event"]) for line in lines] == [
+        "a",
+        "b",
+        "other.line",
+        "c",
+    ]
+    assert lines[0]["timestamp"] < lines[1]["timestamp"] <= lines[2]["timestamp"]
+    assert sink._deferred == []
