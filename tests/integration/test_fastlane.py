@@ -7,6 +7,8 @@ it, in answers or in statuses, including statuses Envoy itself generates."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -138,6 +140,80 @@ async def test_deadlines_end_as_deadline_exceeded(stack: FullStack) -> None:
                 codes[e.code()] += 1
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
     assert codes[grpc.StatusCode.DEADLINE_EXCEEDED] > 0
+
+
+def _client_ssl(full: FullStack, cert: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(full.pki.ca.cert))
+    if cert:
+        ctx.load_cert_chain(full.pki.edge_client.cert, full.pki.edge_client.key)
+    return ctx
+
+
+async def _post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes, pieces: int
+) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 Predict on an open connection, the request written in
+    ``pieces`` separate writes: (status line, body)."""
+    head = (
+        b"POST /inferline.v1.InferenceService/Predict HTTP/1.1\r\nhost: router\r\n"
+        b"content-type: application/x-protobuf\r\n"
+        b"x-forwarded-client-cert: URI=spiffe://inferline/tenant/demo/svc/cli\r\n"
+        b"content-length: %d\r\n\r\n" % len(body)
+    )
+    raw = head + body
+    step = -(-len(raw) // pieces)
+    for i in range(0, len(raw), step):
+        writer.write(raw[i : i + step])
+        await writer.drain()
+    status = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return status, await reader.readexactly(length)
+
+
+async def test_fast_lane_tls_serves_the_edge_and_refuses_the_rest(stack: FullStack) -> None:
+    """The fast lane terminates TLS itself (router/transport/tls_bio.py): the
+    edge's certificate gets answers, kept alive and however the bytes are split;
+    plaintext and a client without a certificate are cut off; the router keeps
+    serving throughout."""
+    assert stack.router is not None
+    host, port = stack.router.bridge_address.rsplit(":", 1)
+    body = fraud_request([1]).SerializeToString()
+    reader, writer = await asyncio.open_connection(
+        host, int(port), ssl=_client_ssl(stack, cert=True), server_hostname=ROUTER_DNS
+    )
+    try:
+        answers = [await _post(reader, writer, body, pieces) for pieces in (1, 3, 40)]
+    finally:
+        writer.close()
+    for status, raw in answers:
+        assert status.startswith(b"HTTP/1.1 200")
+        resp = pb.PredictResponse.FromString(raw)
+        assert resp.model.name == "fraud" and [s.candidate_id for s in resp.scores] == ["acct-1"]
+    assert len({pb.PredictResponse.FromString(raw).scores[0].score for _, raw in answers}) == 1
+
+    # Plaintext on the TLS port: the handshake fails, the connection closes.
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /healthz HTTP/1.1\r\nhost: router\r\n\r\n")
+    got = await asyncio.wait_for(reader.read(), 5)
+    assert not got.startswith(b"HTTP/")
+    writer.close()
+    # TLS without a client certificate: refused (TLS 1.3 reports it on first read).
+    with contextlib.suppress(ssl.SSLError, ConnectionError, asyncio.IncompleteReadError):
+        reader, writer = await asyncio.open_connection(
+            host, int(port), ssl=_client_ssl(stack, cert=False), server_hostname=ROUTER_DNS
+        )
+        writer.write(b"GET /healthz HTTP/1.1\r\nhost: router\r\n\r\n")
+        got = await asyncio.wait_for(reader.read(), 5)
+        assert not got.startswith(b"HTTP/")
+        writer.close()
+    async with _channel(stack, ("demo", "cli")) as ch:
+        resp = await inference_pb2_grpc.InferenceServiceStub(ch).Predict(
+            fraud_request([2]), timeout=10
+        )
+    assert [s.candidate_id for s in resp.scores] == ["acct-2"]
 
 
 async def test_no_router_is_unavailable(stack: FullStack) -> None:
