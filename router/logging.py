@@ -6,7 +6,7 @@ line logged while serving that request. They live in one context variable
 holding one dict, replaced (never mutated) on each bind, so tasks started during
 a request see its fields but never add to them: structlog's own contextvars
 module keeps one variable per key and copies the whole context to read them,
-~4% of the router's CPU per request (docs/benchmarks.md). Log event names plus key-values; never
+~3% of the router's samples per request under py-spy (docs/benchmarks.md). Log event names plus key-values; never
 tensors, feature values, credentials or PII.
 
 Lines are buffered and written every ``log.flush_interval_ms`` (and at once for
@@ -133,9 +133,9 @@ class LogSink:
 
     With a flush interval, each request's ``rpc.done`` line is kept as its
     fields and time, and rendered (JSON) with the others waiting when the stream
-    is flushed or any other line is written: rendering ~100 lines in a row costs
-    a third of rendering each between requests, when the encoder and the stream
-    have left the CPU's caches. Lines still reach the stream in the order they
+    is flushed or any other line is written: rendering lines in a row, with the
+    encoder and the stream warm, costs less than rendering each between
+    requests, after they have left the CPU's caches. Lines still reach the stream in the order they
     were logged, with the time they were logged; what a crash loses is what the
     buffered stream loses anyway (one interval)."""
 
