@@ -6,8 +6,9 @@ line logged while serving that request. They live in one context variable
 holding one dict, replaced (never mutated) on each bind, so tasks started during
 a request see its fields but never add to them: structlog's own contextvars
 module keeps one variable per key and copies the whole context to read them,
-~3% of the router's samples per request under py-spy (docs/benchmarks.md). Log event names plus key-values; never
-tensors, feature values, credentials or PII.
+~3% of the router's samples per request under py-spy (docs/benchmarks.md).
+Log event names plus key-values; never tensors, feature values, credentials or
+PII.
 
 Lines are buffered and written every ``log.flush_interval_ms`` (and at once for
 errors and at shutdown): a write() per line cost ~70 us of router CPU per
