@@ -228,7 +228,8 @@ class _SqliteRows:
         wanted: frozenset[str],
         parsed: ValueProto,
     ) -> dict[bytes, Row]:
-        """Several entities, row by row (those the aggregate could not decode)."""
+        """Entities row by row (those the aggregate could not decode): any
+        encoding, missing or null values."""
         sql = self._sql.get(("rows", view, len(ser)))
         if sql is None:
             # By entity key only: one index range scan per entity is ~40% cheaper
@@ -304,35 +305,7 @@ class _SqliteRows:
         row = self._decoded(features, names, blob, first, last, no_ts)
         if row is not None:
             return row
-        return self._read_rows(view, key, features, wanted, parsed)
-
-    def _read_rows(
-        self,
-        view: str,
-        key: bytes,
-        features: tuple[str, ...],
-        wanted: frozenset[str],
-        parsed: ValueProto,
-    ) -> Row:
-        """One entity, row by row: any encoding, missing or null values."""
-        sql = self._sql.get(("rows", view, 0))
-        if sql is None:
-            sql = self._sql[("rows", view, 0)] = (
-                f"SELECT feature_name, value, event_ts FROM {self._tables[view]} "
-                "WHERE entity_key = ?"
-            )
-        got: dict[str, float | None] = {}
-        at = None  # the last requested row's timestamp, as in read()
-        for name, blob, ts in self._conn.execute(sql, (key,)):
-            if name in wanted:
-                at = ts
-                got[name] = blob_float(blob, parsed)
-        if not got or at is None:
-            return (None, None)
-        values = [got.get(f) for f in features]
-        if all(v is None for v in values):
-            return (None, None)
-        return (_epoch(at), values)
+        return self._read_rows_many(view, [key], features, wanted, parsed)[key]
 
     def close(self) -> None:
         self._conn.close()
