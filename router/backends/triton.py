@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 import numpy as np
@@ -81,7 +83,23 @@ class TritonModelServer:
         except InferenceServerException:
             return False
 
-    async def infer(
+    def infer(
+        self,
+        model: str,
+        version: int,
+        input_name: str,
+        output_name: str,
+        batch: np.ndarray,
+        timeout_s: float,
+    ) -> Coroutine[Any, Any, np.ndarray]:
+        """The inference's coroutine: the HTTP client's own when there is one (no
+        wrapping layer on every request's path), else a gRPC call."""
+        assert self._client is not None, "TritonModelServer.start() was not called"
+        if self._http is not None:
+            return self._http.infer(model, version, input_name, output_name, batch, timeout_s)
+        return self._grpc_infer(model, version, input_name, output_name, batch, timeout_s)
+
+    async def _grpc_infer(
         self,
         model: str,
         version: int,
@@ -90,9 +108,7 @@ class TritonModelServer:
         batch: np.ndarray,
         timeout_s: float,
     ) -> np.ndarray:
-        assert self._client is not None, "TritonModelServer.start() was not called"
-        if self._http is not None:
-            return await self._http.infer(model, version, input_name, output_name, batch, timeout_s)
+        assert self._client is not None
         inp = InferInput(input_name, list(batch.shape), "FP32")
         inp.set_data_from_numpy(batch)
         try:

@@ -108,7 +108,7 @@ class TritonHttpClient:
         self._host = host
         self._port = port
         self.pool: Pool[_Conn] = Pool(_MAX_IDLE)
-        self._headers: dict[tuple[str, int, int, int], bytes] = {}
+        self._framings: dict[tuple[str, int, int, int], tuple[bytes, bytes]] = {}
 
     async def _acquire(self) -> _Conn:
         conn = self.pool.take()
@@ -118,9 +118,14 @@ class TritonHttpClient:
         _, conn = await loop.create_connection(_Conn, self._host, self._port)
         return conn
 
-    def _infer_header(self, model: str, version: int, n: int, f: int, inp: str, out: str) -> bytes:
+    def _framing(
+        self, model: str, version: int, n: int, f: int, inp: str, out: str
+    ) -> tuple[bytes, bytes]:
+        """The request's bytes before and after its traceparent line, which
+        depend only on the model, version and tensor shape: built once per shape
+        (the inference header, the request line, both lengths), not per request."""
         key = (model, version, n, f)
-        cached = self._headers.get(key)
+        cached = self._framings.get(key)
         if cached is None:
             body = {
                 "inputs": [
@@ -133,9 +138,16 @@ class TritonHttpClient:
                 ],
                 "outputs": [{"name": out, "parameters": {"binary_data": True}}],
             }
-            cached = json.dumps(body, separators=(",", ":")).encode()
-            if len(self._headers) < 4096:
-                self._headers[key] = cached
+            header = json.dumps(body, separators=(",", ":")).encode()
+            cached = (
+                b"POST /v2/models/%s/versions/%d/infer HTTP/1.1\r\n"
+                b"Host: triton\r\nContent-Type: application/octet-stream\r\n"
+                % (model.encode(), version),
+                b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(header), len(header) + n * f * 4, header),
+            )
+            if len(self._framings) < 4096:
+                self._framings[key] = cached
         return cached
 
     async def infer(
@@ -148,19 +160,9 @@ class TritonHttpClient:
         timeout_s: float,
     ) -> np.ndarray:
         n, f = batch.shape
-        header = self._infer_header(model, version, n, f, input_name, output_name)
+        head, tail = self._framing(model, version, n, f, input_name, output_name)
         payload = np.ascontiguousarray(batch, dtype=np.float32).tobytes()
-        request = b"".join(
-            (
-                b"POST /v2/models/%s/versions/%d/infer HTTP/1.1\r\n" % (model.encode(), version),
-                b"Host: triton\r\nContent-Type: application/octet-stream\r\n",
-                _traceparent(),
-                b"Inference-Header-Content-Length: %d\r\n" % len(header),
-                b"Content-Length: %d\r\n\r\n" % (len(header) + len(payload)),
-                header,
-                payload,
-            )
-        )
+        request = b"".join((head, _traceparent(), tail, payload))
         conn: _Conn | None = None
         timer: asyncio.TimerHandle | None = None
         try:

@@ -25,7 +25,7 @@ from router.errors import Code, InferlineError
 from router.pipeline.breaker import BreakerRegistry, RetryBudget, model_breaker_name
 from router.pipeline.cache import TtlCache
 from router.pipeline.catalog import ModelCatalog, ModelVersion
-from router.pipeline.inference import ModelServer, score
+from router.pipeline.inference import ModelServer, checked, infer
 from router.pipeline.routing import FallbackPolicy, Route
 from router.pipeline.types import FallbackLevel
 
@@ -90,7 +90,8 @@ class Ladder:
             breaker.release_trial()
             return None
         try:
-            out = await score(self._servers(route.pool), version, batch, timeout)
+            raw = await infer(self._servers(route.pool), version, batch, timeout)
+            out = checked(raw, batch.shape[0])
         except InferlineError as e:
             if e.code is Code.DEADLINE_EXCEEDED:
                 breaker.record_timeout(timeout, self._slow_call_s)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 from opentelemetry import trace
@@ -91,16 +92,25 @@ class Predictor:
         self._store_trial_timeout_s = store_trial_timeout_s
         self._observer = observer
 
-    async def predict(self, cmd: PredictCommand, deadline: float) -> PredictResult:
-        """Score ``cmd`` before ``deadline`` (a ``time.monotonic()`` instant)."""
+    def predict(self, cmd: PredictCommand, deadline: float) -> Coroutine[Any, Any, PredictResult]:
+        """Score ``cmd`` before ``deadline`` (a ``time.monotonic()`` instant).
+
+        A plain function returning the pipeline's coroutine: without an observer
+        there is nothing to wrap, and each coroutine layer costs every request a
+        frame and two hops per suspension."""
         if self._observer is None:
-            return await self._predict(cmd, deadline)
+            return self._predict(cmd, deadline)
+        return self._observed(cmd, deadline, self._observer)
+
+    async def _observed(
+        self, cmd: PredictCommand, deadline: float, observer: PredictObserver
+    ) -> PredictResult:
         try:
             result = await self._predict(cmd, deadline)
         except InferlineError as e:
-            self._observer(cmd, None, e)
+            observer(cmd, None, e)
             raise
-        self._observer(cmd, result, None)
+        observer(cmd, result, None)
         return result
 
     async def _predict(self, cmd: PredictCommand, deadline: float) -> PredictResult:
@@ -119,21 +129,21 @@ class Predictor:
                 principal.tenant, priority, principal.policy.max_in_flight
             )
         try:
-            return await self._admitted(cmd, snap, principal, priority, deadline, t0, rec)
+            route, arm, version = self._route(cmd, snap, principal, priority, rec)
+            t1 = time.monotonic()
+            timings = {"routing": int((t1 - t0) * 1e6)}
+            if not arm or self._arms is None:
+                return await self._scored(
+                    cmd, snap, route, version, arm, deadline, t0, t1, timings, rec
+                )
+            return await self._armed(cmd, snap, route, version, arm, deadline, t0, t1, timings, rec)
         finally:
             self._admission.release(ticket)
 
-    async def _admitted(
-        self,
-        cmd: PredictCommand,
-        snap: Snapshot,
-        principal: Principal,
-        priority: str,
-        deadline: float,
-        t0: float,
-        rec: bool,
-    ) -> PredictResult:
-        timings: dict[str, int] = {}
+    def _route(
+        self, cmd: PredictCommand, snap: Snapshot, principal: Principal, priority: str, rec: bool
+    ) -> tuple[Route, str, ModelVersion]:
+        """The route, experiment arm ("" for none) and loaded version that serve ``cmd``."""
         table = snap.table
         catalog = snap.catalog
         with stage(self._tracer, "routing", rec):
@@ -157,12 +167,23 @@ class Predictor:
             current.set_attribute("inferline.version", route.version)
             current.set_attribute("inferline.alias", route.alias or "")
             current.set_attribute("inferline.arm", arm)
-        t1 = time.monotonic()
-        timings["routing"] = int((t1 - t0) * 1e6)
-        if not arm or self._arms is None:
-            return await self._scored(
-                cmd, snap, route, version, arm, deadline, t0, t1, timings, rec
-            )
+        return route, arm, version
+
+    async def _armed(
+        self,
+        cmd: PredictCommand,
+        snap: Snapshot,
+        route: Route,
+        version: ModelVersion,
+        arm: str,
+        deadline: float,
+        t0: float,
+        t1: float,
+        timings: dict[str, int],
+        rec: bool,
+    ) -> PredictResult:
+        """``_scored`` for experiment traffic: the arm's outcome goes to its stats."""
+        assert self._arms is not None
         try:
             result = await self._scored(
                 cmd, snap, route, version, arm, deadline, t0, t1, timings, rec

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Mapping
 
 import grpc
-from opentelemetry.trace import Span
 
 from inferline.v1 import inference_pb2, inference_pb2_grpc
 from router.errors import InvalidArgument
@@ -135,52 +134,53 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         # echoed in the response and the log line even when not sampled.
         with self._spans.start("inferline.Predict", metadata) as span:
             trace_id = f"{span.get_span_context().trace_id:032x}"
-            return await self._predict(request, metadata, peers, time_remaining, span, trace_id)
-
-    async def _predict(
-        self,
-        request: inference_pb2.PredictRequest,
-        metadata: Mapping[str, str],
-        peers: Callable[[], frozenset[str]],
-        time_remaining: float | None,
-        span: Span,
-        trace_id: str,
-    ) -> inference_pb2.PredictResponse:
-        if len(request.request_id) > _MAX_ID_LEN or len(request.idempotency_key) > _MAX_ID_LEN:
-            raise InvalidArgument(
-                f"request_id and idempotency_key are limited to {_MAX_ID_LEN} characters"
+            if len(request.request_id) > _MAX_ID_LEN or len(request.idempotency_key) > _MAX_ID_LEN:
+                raise InvalidArgument(
+                    f"request_id and idempotency_key are limited to {_MAX_ID_LEN} characters"
+                )
+            # 128 random bits as 32 hex digits, like uuid4().hex at a fifth of its cost:
+            # an id to correlate by, not a secret.
+            request_id = request.request_id or f"{random.getrandbits(128):032x}"
+            tenant = caller_tenant(self._auth, metadata, peers)
+            if self._pii is not None:  # before anything reads, logs or stores the body
+                protect_request(self._pii, tenant, request)
+            if span.is_recording():
+                span.set_attribute("inferline.tenant", tenant or "")
+                span.set_attribute("inferline.request_id", request_id)
+            bind_request(request_id=request_id, trace_id=trace_id, tenant=tenant)
+            deadline = time.monotonic() + (
+                time_remaining if time_remaining is not None else self._default_deadline_s
             )
-        # 128 random bits as 32 hex digits, like uuid4().hex at a fifth of its cost:
-        # an id to correlate by, not a secret.
-        request_id = request.request_id or f"{random.getrandbits(128):032x}"
-        tenant = caller_tenant(self._auth, metadata, peers)
-        if self._pii is not None:  # before anything reads, logs or stores the body
-            protect_request(self._pii, tenant, request)
-        if span.is_recording():
-            span.set_attribute("inferline.tenant", tenant or "")
-            span.set_attribute("inferline.request_id", request_id)
-        bind_request(request_id=request_id, trace_id=trace_id, tenant=tenant)
-        deadline = time.monotonic() + (
-            time_remaining if time_remaining is not None else self._default_deadline_s
-        )
-        which = request.WhichOneof("model")
-        cmd = PredictCommand(
-            request_id=request_id,
-            tenant=tenant,
-            alias=request.alias if which == "alias" else None,
-            version=request.version if which == "version" else None,
-            candidates=tuple(_candidate(c) for c in request.candidates),
-            idempotency_key=request.idempotency_key,
-            priority=metadata.get(self._auth.priority_header),
-            identity=caller_identity(self._auth, metadata),
-        )
-        if not request.idempotency_key:
+            which = request.WhichOneof("model")
+            cmd = PredictCommand(
+                request_id=request_id,
+                tenant=tenant,
+                alias=request.alias if which == "alias" else None,
+                version=request.version if which == "version" else None,
+                candidates=tuple(_candidate(c) for c in request.candidates),
+                idempotency_key=request.idempotency_key,
+                priority=metadata.get(self._auth.priority_header),
+                identity=caller_identity(self._auth, metadata),
+            )
+            if request.idempotency_key:
+                return await self._idempotent(request, cmd, deadline, trace_id)
             result = await self._predictor.predict(cmd, deadline)
             return _response(result, request_id, trace_id, request.options.return_timings)
 
+    async def _idempotent(
+        self,
+        request: inference_pb2.PredictRequest,
+        cmd: PredictCommand,
+        deadline: float,
+        trace_id: str,
+    ) -> inference_pb2.PredictResponse:
+        """A request with an idempotency key: a retry within the window gets the
+        first answer (the same bytes); a different body under the same key is
+        refused."""
+
         async def compute() -> bytes:
             result = await self._predictor.predict(cmd, deadline)
-            resp = _response(result, request_id, trace_id, request.options.return_timings)
+            resp = _response(result, cmd.request_id, trace_id, request.options.return_timings)
             return bytes(resp.SerializeToString())
 
         # The fingerprint ignores request_id: a retry may carry a new one.
@@ -190,7 +190,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         fingerprint = Idempotency.fingerprint(body.SerializeToString(deterministic=True))
         idem_key = request.idempotency_key
         if self._pii is not None:
-            idem_key = self._pii.idempotency_key(tenant, idem_key)
-        key = f"{tenant}\x00{idem_key}"
+            idem_key = self._pii.idempotency_key(cmd.tenant, idem_key)
+        key = f"{cmd.tenant}\x00{idem_key}"
         raw = await self._idempotency.run(key, fingerprint, compute)
         return inference_pb2.PredictResponse.FromString(raw)

@@ -17,6 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from inferline.v1 import inference_pb2
 from router.errors import NotFound, ResourceExhausted
+from router.logging import bind_request, request_fields
 from router.settings import ServerSettings, TlsSettings
 from router.transport.fastlane import FastLane, grpc_timeout
 
@@ -28,6 +29,8 @@ class _Servicer:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, float | None]] = []
+        self.tasks: list[asyncio.Task[Any] | None] = []
+        self.contexts: list[dict[str, Any]] = []
 
     async def handle(
         self,
@@ -46,6 +49,10 @@ class _Servicer:
                 raise KeyError("secret internal detail /etc/passwd")
             case "slow":
                 await asyncio.sleep(0.2)
+            case "bind":
+                bind_request(leak="from an earlier request")
+        self.tasks.append(asyncio.current_task())
+        self.contexts.append(dict(request_fields()))
         return inference_pb2.PredictResponse(
             request_id=request.request_id, trace_id=metadata.get("x-echo", "")
         )
@@ -242,3 +249,42 @@ async def test_every_answer_is_recorded_after_it_is_written() -> None:
         assert any('code="NOT_FOUND"' in ln and ln.endswith(" 1.0") for ln in ok), ok
     finally:
         await lane.stop(0.5)
+
+
+async def test_kept_alive_connection_is_served_by_one_parked_task(lane: Any) -> None:
+    """A connection's requests, one after another with idle gaps, health checks
+    between, are answered by one task that parks in between, and no request
+    sees the log context of the one before it."""
+    server, servicer = lane
+    get = b"GET /healthz HTTP/1.1\r\nhost: router\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for payload, want in (
+            (_predict("bind"), "bind"),
+            (get, None),
+            (_predict("r2"), "r2"),
+            (_predict("r3"), "r3"),
+        ):
+            writer.write(payload)
+            status, _, body = await _read_response(reader)
+            assert status == 200
+            if want is not None:
+                assert inference_pb2.PredictResponse.FromString(body).request_id == want
+            await asyncio.sleep(0.02)  # idle: the task parks
+    finally:
+        writer.close()
+    assert len(servicer.tasks) == 3 and len(set(map(id, servicer.tasks))) == 1
+    assert [("leak" in ctx) for ctx in servicer.contexts] == [True, False, False]
+    [task] = {id(t): t for t in servicer.tasks}.values()
+    assert task is not None
+    for _ in range(100):  # the peer closed: the parked task ends with its connection
+        if task.done() and not server.connections:
+            break
+        await asyncio.sleep(0.01)
+    assert task.done() and not server.connections
+
+
+async def test_each_connection_has_its_own_task(lane: Any) -> None:
+    server, servicer = lane
+    await asyncio.gather(*(_exchange(server, _predict(f"c{i}")) for i in range(3)))
+    assert len({id(t) for t in servicer.tasks}) == 3
