@@ -97,25 +97,19 @@ class TritonModelServer:
         assert self._client is not None, "TritonModelServer.start() was not called"
         if self._http is not None:
             return self._http.infer(model, version, input_name, output_name, batch, timeout_s)
-        return self._grpc_infer(model, version, input_name, output_name, batch, timeout_s)
-
-    async def _grpc_infer(
-        self,
-        model: str,
-        version: int,
-        input_name: str,
-        output_name: str,
-        batch: np.ndarray,
-        timeout_s: float,
-    ) -> np.ndarray:
-        assert self._client is not None
         inp = InferInput(input_name, list(batch.shape), "FP32")
         inp.set_data_from_numpy(batch)
+        return self._grpc_infer(model, str(version), inp, output_name, timeout_s)
+
+    async def _grpc_infer(
+        self, model: str, version: str, inp: InferInput, output_name: str, timeout_s: float
+    ) -> np.ndarray:
+        assert self._client is not None
         try:
             result = await self._client.infer(
                 model,
                 [inp],
-                model_version=str(version),
+                model_version=version,
                 outputs=[InferRequestedOutput(output_name)],
                 client_timeout=timeout_s,
             )

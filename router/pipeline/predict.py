@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -132,11 +132,10 @@ class Predictor:
             route, arm, version = self._route(cmd, snap, principal, priority, rec)
             t1 = time.monotonic()
             timings = {"routing": int((t1 - t0) * 1e6)}
+            scoring = self._scored(cmd, snap, route, version, arm, deadline, t0, t1, timings, rec)
             if not arm or self._arms is None:
-                return await self._scored(
-                    cmd, snap, route, version, arm, deadline, t0, t1, timings, rec
-                )
-            return await self._armed(cmd, snap, route, version, arm, deadline, t0, t1, timings, rec)
+                return await scoring
+            return await self._armed(cmd, route, arm, t0, timings, scoring)
         finally:
             self._admission.release(ticket)
 
@@ -172,22 +171,17 @@ class Predictor:
     async def _armed(
         self,
         cmd: PredictCommand,
-        snap: Snapshot,
         route: Route,
-        version: ModelVersion,
         arm: str,
-        deadline: float,
         t0: float,
-        t1: float,
         timings: dict[str, int],
-        rec: bool,
+        scoring: Awaitable[PredictResult],
     ) -> PredictResult:
-        """``_scored`` for experiment traffic: the arm's outcome goes to its stats."""
+        """Experiment traffic: ``scoring`` (the request's ``_scored``), its outcome
+        recorded in the arm's stats."""
         assert self._arms is not None
         try:
-            result = await self._scored(
-                cmd, snap, route, version, arm, deadline, t0, t1, timings, rec
-            )
+            result = await scoring
         except Exception:
             self._arms.observe(
                 cmd.request_id, route.model, arm, route.version, time.monotonic() - t0, False, []

@@ -177,3 +177,41 @@ def test_wrong_width_is_rejected_by_triton(triton: TritonServer) -> None:
         assert infer(client, "ranker", 1, np.zeros((1, 26), np.float32)).shape == (1,)
     finally:
         client.close()
+
+
+async def test_model_server_answers_alike_over_http_and_grpc(
+    triton: TritonServer, demo_build: Path
+) -> None:
+    """The router's ``TritonModelServer`` on its two transports (HTTP/1.1 binary
+    tensors when an HTTP endpoint is configured, gRPC otherwise): the same scores
+    for the same rows, and the same statuses for a version Triton does not serve
+    and for a tensor it rejects."""
+    from router.backends.triton import TritonModelServer
+    from router.errors import Code, InferlineError
+
+    meta = _metadata(demo_build, "fraud", 1)
+    x = sample_rows(meta, 5, seed=7)
+    servers = {
+        "http": TritonModelServer(triton.grpc_url, triton.http_url),
+        "grpc": TritonModelServer(triton.grpc_url, None),
+    }
+    scores: dict[str, np.ndarray] = {}
+    codes: dict[str, tuple[Code, Code]] = {}
+    for name, server in servers.items():
+        await server.start(ready_timeout_s=10)
+        try:
+            scores[name] = (
+                await server.infer("fraud", 1, "input__0", "output__0", x, 5.0)
+            ).reshape(-1)
+            errors = []
+            for version, batch in ((99, x), (1, x[:, :5])):
+                with pytest.raises(InferlineError) as e:
+                    await server.infer("fraud", version, "input__0", "output__0", batch, 5.0)
+                errors.append(e.value.code)
+            codes[name] = (errors[0], errors[1])
+        finally:
+            await server.close()
+    assert scores["http"].shape == (5,) and np.isfinite(scores["http"]).all()
+    np.testing.assert_allclose(scores["grpc"], scores["http"], rtol=1e-6)
+    # Not served: the model server cannot answer; rejected tensor: the router's bug.
+    assert codes["http"] == codes["grpc"] == (Code.UNAVAILABLE, Code.INTERNAL)
