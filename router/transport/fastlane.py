@@ -458,6 +458,8 @@ class FastLane:
         return error_response(WireStatus("UNIMPLEMENTED", "unknown method")), None
 
     async def _predict(self, req: _Request, peers: Callable[[], frozenset[str]]) -> Reply:
+        """Predict's response (an error as the module docstring says), and its
+        log line and metrics to record once it is written."""
         clear_request()
         t0 = time.monotonic()
         try:
