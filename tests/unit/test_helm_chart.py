@@ -468,7 +468,7 @@ def test_every_value_is_documented() -> None:
     assert [p for p in params if f"`{p}`" not in readme] == []
 
 
-@pytest.mark.parametrize("variant", ["default", "gpu", "dedicated"])
+@pytest.mark.parametrize("variant", ["default", "gpu", "dedicated", "exclusive-cores"])
 def test_helm_lint_strict(variant: str) -> None:
     report = helm_python.lint(
         CHART, VARIANTS[variant] or None, strict=True, kube_version="v1.31.0", with_subcharts=False
@@ -520,3 +520,78 @@ def test_allocator_env_per_component() -> None:
     )
     with pytest.raises(Exception, match="allocator"):
         render({"router": {"allocator": "tcmalloc"}})
+
+
+_UNITS = {
+    "m": 1e-3,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+}
+
+
+def _quantity(value: str | int | float) -> float:
+    text = str(value)
+    for suffix in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * _UNITS[suffix]
+    return float(text)
+
+
+def qos_class(pod: Doc) -> str:
+    """The QoS class Kubernetes gives this pod spec: init containers count, and a
+    request left unset defaults to its limit."""
+    every = [*pod.get("initContainers", []), *pod["containers"]]
+    guaranteed, any_set = True, False
+    for c in every:
+        limits = c.get("resources", {}).get("limits", {})
+        requests = {**limits, **c.get("resources", {}).get("requests", {})}
+        for resource in ("cpu", "memory"):
+            any_set = any_set or resource in limits or resource in requests
+            if resource not in limits or _quantity(requests[resource]) != _quantity(
+                limits[resource]
+            ):
+                guaranteed = False
+    return "Guaranteed" if guaranteed else "Burstable" if any_set else "BestEffort"
+
+
+def test_qos_class_follows_kubernetes_rules() -> None:
+    def pod(*resources: Doc, init: Doc | None = None) -> Doc:
+        spec: Doc = {"containers": [{"resources": r} for r in resources]}
+        if init is not None:
+            spec["initContainers"] = [{"resources": init}]
+        return spec
+
+    whole = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": 1, "memory": "1024Mi"}}
+    assert qos_class(pod(whole)) == "Guaranteed"
+    assert qos_class(pod({"limits": {"cpu": "500m", "memory": "1Gi"}})) == "Guaranteed"
+    assert qos_class(pod(whole, {})) == "Burstable"
+    assert qos_class(pod(whole, init={"requests": {"cpu": "250m"}, "limits": {"cpu": "1"}})) == (
+        "Burstable"
+    )
+    assert qos_class(pod({}, {})) == "BestEffort"
+
+
+def test_triton_pods_are_guaranteed_and_routers_in_the_exclusive_cores_profile() -> None:
+    """Triton pods and, in the latency profile (ci/values-exclusive-cores.yaml),
+    routers get whole CPUs with requests equal to limits, init containers
+    included: Guaranteed pods, which the static CPU manager gives exclusive
+    cores. The default router stays Burstable (1 CPU requested, 2 allowed)."""
+
+    def pod(variant: str, name: str) -> Doc:
+        dep = named(rendered(variant), "Deployment", f"{FULL}-{name}")
+        spec: Doc = dep["spec"]["template"]["spec"]
+        return spec
+
+    assert pod("default", "router").get("initContainers"), "the artifacts sync init container"
+    assert qos_class(pod("default", "router")) == "Burstable"
+    assert qos_class(pod("default", "triton-cpu")) == "Guaranteed"
+    assert qos_class(pod("gpu", "triton-gpu")) == "Guaranteed"
+    router = pod("exclusive-cores", "router")
+    assert qos_class(router) == "Guaranteed"
+    cpu = _quantity(router["containers"][0]["resources"]["limits"]["cpu"])
+    assert cpu == int(cpu) >= 1  # whole CPUs: only those are made exclusive
