@@ -25,8 +25,13 @@ from bench.loadgen import TRITON_METHOD, triton_request
 from scripts.allocator import MODES
 
 
+def fraud_row(seed: int = 1) -> np.ndarray:
+    """One [1, 33] float32 row of the fraud model's input, the same for a seed."""
+    return np.random.default_rng(seed).random((1, 33), dtype=np.float32)
+
+
 def fraud_request(seed: int = 1) -> bytes:
-    row = np.random.default_rng(seed).random((1, 33), dtype=np.float32)
+    row = fraud_row(seed)
     return triton_request("fraud", row, version="1", input_name="input__0", output_name="output__0")
 
 

@@ -30,12 +30,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench.chain import machine_info
 from bench.h2load import grpc_frame, run_for_cpu
 from bench.loadgen import TRITON_METHOD
-from bench.triton_cpu import fraud_request
+from bench.triton_cpu import fraud_request, fraud_row
+from router.backends.triton_http import inference_header
 
 PROTOCOLS = ("grpc", "http")
 _COUNT = re.compile(r"^nv_inference_(count|exec_count)\{([^}]*)\} (\S+)$", re.M)
@@ -43,20 +42,11 @@ _COUNT = re.compile(r"^nv_inference_(count|exec_count)\{([^}]*)\} (\S+)$", re.M)
 
 def http_request() -> tuple[bytes, bytes]:
     """The router's request for the same row as ``fraud_request``: the JSON
-    inference header and the body (header + float32 bytes)."""
-    row = np.random.default_rng(1).random((1, 33), dtype=np.float32)
-    header = {
-        "inputs": [
-            {
-                "name": "input__0",
-                "shape": [1, 33],
-                "datatype": "FP32",
-                "parameters": {"binary_data_size": row.nbytes},
-            }
-        ],
-        "outputs": [{"name": "output__0", "parameters": {"binary_data": True}}],
-    }
-    head = json.dumps(header, separators=(",", ":")).encode()
+    inference header (built by the router's own client code) and the body
+    (header + float32 bytes)."""
+    row = fraud_row()
+    n, f = row.shape
+    head = inference_header(n, f, "input__0", "output__0")
     return head, head + row.tobytes()
 
 

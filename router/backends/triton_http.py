@@ -101,6 +101,23 @@ def _traceparent() -> bytes:
     )
 
 
+def inference_header(n: int, f: int, input_name: str, output_name: str) -> bytes:
+    """The JSON inference header of an [n, f] FP32 request whose input and output
+    travel as binary data after it (Triton's binary tensor extension)."""
+    body = {
+        "inputs": [
+            {
+                "name": input_name,
+                "shape": [n, f],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": n * f * 4},
+            }
+        ],
+        "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 class TritonHttpClient:
     """Minimal keep-alive HTTP/1.1 client for Triton's v2 infer endpoint."""
 
@@ -127,18 +144,7 @@ class TritonHttpClient:
         key = (model, version, n, f)
         cached = self._framings.get(key)
         if cached is None:
-            body = {
-                "inputs": [
-                    {
-                        "name": inp,
-                        "shape": [n, f],
-                        "datatype": "FP32",
-                        "parameters": {"binary_data_size": n * f * 4},
-                    }
-                ],
-                "outputs": [{"name": out, "parameters": {"binary_data": True}}],
-            }
-            header = json.dumps(body, separators=(",", ":")).encode()
+            header = inference_header(n, f, inp, out)
             cached = (
                 b"POST /v2/models/%s/versions/%d/infer HTTP/1.1\r\n"
                 b"Host: triton\r\nContent-Type: application/octet-stream\r\n"
