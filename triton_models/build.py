@@ -44,7 +44,7 @@ from router.pipeline.schema import feature_schema_hash
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MODEL_HELPERS: dict[str, tuple[str, ...]] = {"fraud": ("xgb_dense.py",)}
+MODEL_HELPERS: dict[str, tuple[str, ...]] = {"fraud": ("xgb_dense.py", "xgb_onnx.py")}
 """Modules copied next to a Python-backend model's ``model.py`` besides batched.py."""
 TRAIN_ROWS = 20_000
 MAX_BATCH_SIZE = 64

@@ -215,3 +215,48 @@ async def test_model_server_answers_alike_over_http_and_grpc(
     np.testing.assert_allclose(scores["grpc"], scores["http"], rtol=1e-6)
     # Not served: the model server cannot answer; rejected tensor: the router's bug.
     assert codes["http"] == codes["grpc"] == (Code.UNAVAILABLE, Code.INTERNAL)
+
+
+def test_fraud_versions_are_served_by_the_onnx_forest(triton: TritonServer) -> None:
+    """The shipped default path: each fraud version logs which path serves it,
+    and the parity tests above are what it serves."""
+    log = triton.log_path.read_text(errors="replace")
+    for version in (1, 2):
+        assert f"fraud/{version} scores with the ONNX forest" in log, log[-2000:]
+    assert "using XGBoost" not in log
+
+
+def test_every_scoring_path_gives_the_same_scores(
+    demo_build: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``xgboost_predict`` = onnx, direct and inplace on one real Triton (the
+    repository ``bench.xgb_ab`` builds): the same rows, the same scores within the
+    serving tolerance, each path logged as chosen."""
+    from bench.xgb_ab import PATHS, build_repository
+
+    tmp = tmp_path_factory.mktemp("xgb-paths")
+    repo = build_repository(demo_build, tuple(PATHS), tmp / "model_repository")
+    x = sample_rows(_metadata(demo_build, "fraud", 1), 64, seed=11)
+    want = reference_scores(demo_build, "fraud", 1, x)
+    with TritonServer(repo, tmp / "logs") as server:
+        client = InferenceServerClient(server.grpc_url)
+        try:
+            got = {
+                p: np.concatenate(
+                    [infer(client, f"fraud_{p}", 1, x[:1]), infer(client, f"fraud_{p}", 1, x[1:])]
+                )
+                for p in PATHS
+            }
+        finally:
+            client.close()
+        log = server.log_path.read_text(errors="replace")
+    named = {
+        "onnx": "the ONNX forest",
+        "direct": "XGBoost's C entry point",
+        "inplace": "inplace_predict",
+    }
+    for p in PATHS:
+        np.testing.assert_allclose(got[p], want, atol=ATOL, rtol=0)
+        assert f"fraud_{p}/1 scores with {named[p]}" in log, log[-2000:]
+    # XGBoost's two entry points are one computation: bit for bit equal.
+    assert np.array_equal(got["direct"], got["inplace"])

@@ -1,0 +1,219 @@
+"""An XGBoost forest as an ONNX-ML tree ensemble, scored by onnxruntime.
+
+Copied next to the GBDT's ``model.py`` by the repository builder. XGBoost's
+prediction entry point has a fixed cost per call that dominates small batches:
+it sets up every tree's view of the model on each call, ~75 us warm and ~150
+us with cold caches at batch 1 on the dev VM (``python -m
+triton_models.xgb_onnx``), and small batches are what a router hands Triton.
+onnxruntime's ``TreeEnsembleRegressor`` walks only the nodes a row visits: ~7
+us warm and ~30 us cold at batch 1, and no slower up to batch 64 (the models'
+``max_batch_size``).
+
+The forest is converted in memory from the same ``xgboost.json`` the FIL
+backend serves (no second artifact to keep in sync): each split ``x < t`` goes
+left, a missing value follows ``default_left``, the leaves' sum starts at the
+logit of ``base_score`` and a Sigmoid gives P(positive), as
+``Booster.inplace_predict(x, predict_type="value")`` does for
+``binary:logistic``. Float sums in another order differ in the last bits
+(<= 1e-6 measured), so the model checks agreement with XGBoost at load within
+``PARITY_ATOL`` and keeps XGBoost's own path otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+PARITY_ATOL = 1e-5
+"""Largest |onnxruntime - XGBoost| probability accepted at load (the serving
+tests' tolerance; float32 sums in another order differ by <= 1e-6)."""
+
+_SIGMOID_OBJECTIVES = frozenset({"binary:logistic", "reg:logistic"})
+
+
+class UnsupportedForest(ValueError):
+    """The model uses something this converter does not translate (another
+    objective, categorical splits, DART, several outputs)."""
+
+
+def _base_margin(learner: dict[str, Any]) -> float:
+    raw = str(learner["learner_model_param"]["base_score"]).strip("[]")
+    if "," in raw:
+        raise UnsupportedForest("a base_score per target")
+    p = float(raw)
+    if not 0.0 < p < 1.0:
+        raise UnsupportedForest(f"base_score {p} is not a probability")
+    return math.log(p / (1.0 - p))
+
+
+def forest_onnx(model: dict[str, Any]) -> bytes:
+    """The serialized ONNX model of an XGBoost JSON model (``Booster.save_model``):
+    input ``X`` float32 [N, F], output ``Y`` float32 [N, 1], P(positive)."""
+    from onnx import TensorProto, helper
+
+    learner = model["learner"]
+    objective = learner["objective"]["name"]
+    if objective not in _SIGMOID_OBJECTIVES:
+        raise UnsupportedForest(f"objective {objective!r}")
+    booster = learner["gradient_booster"]
+    if booster.get("name", "gbtree") != "gbtree":
+        raise UnsupportedForest(f"booster {booster.get('name')!r}")
+    params = learner["learner_model_param"]
+    if int(params.get("num_target", "1")) != 1 or int(params.get("num_class", "0")) > 1:
+        raise UnsupportedForest("more than one output")
+    trees = booster["model"]["trees"]
+    n_features = int(params["num_feature"])
+
+    nodes: dict[str, list[Any]] = {k: [] for k in ("tree", "id", "feat", "value", "mode")}
+    branches: dict[str, list[int]] = {"true": [], "false": [], "missing": []}
+    leaves: dict[str, list[Any]] = {"tree": [], "id": [], "weight": []}
+    for t, tree in enumerate(trees):
+        if any(tree.get("split_type", [])) or tree.get("categories"):
+            raise UnsupportedForest("categorical splits")
+        left, right = tree["left_children"], tree["right_children"]
+        cond, feat, default_left = (
+            tree["split_conditions"],
+            tree["split_indices"],
+            tree["default_left"],
+        )
+        for n in range(len(left)):
+            nodes["tree"].append(t)
+            nodes["id"].append(n)
+            leaf = left[n] == -1
+            # A leaf's value sits in split_conditions (XGBoost's JSON schema).
+            nodes["feat"].append(0 if leaf else int(feat[n]))
+            nodes["value"].append(0.0 if leaf else float(cond[n]))
+            nodes["mode"].append("LEAF" if leaf else "BRANCH_LT")
+            branches["true"].append(0 if leaf else int(left[n]))
+            branches["false"].append(0 if leaf else int(right[n]))
+            branches["missing"].append(0 if leaf else int(bool(default_left[n])))
+            if leaf:
+                leaves["tree"].append(t)
+                leaves["id"].append(n)
+                leaves["weight"].append(float(cond[n]))
+
+    ensemble = helper.make_node(
+        "TreeEnsembleRegressor",
+        ["X"],
+        ["margin"],
+        domain="ai.onnx.ml",
+        n_targets=1,
+        aggregate_function="SUM",
+        base_values=[_base_margin(learner)],
+        nodes_treeids=nodes["tree"],
+        nodes_nodeids=nodes["id"],
+        nodes_featureids=nodes["feat"],
+        nodes_values=nodes["value"],
+        nodes_modes=nodes["mode"],
+        nodes_truenodeids=branches["true"],
+        nodes_falsenodeids=branches["false"],
+        nodes_missing_value_tracks_true=branches["missing"],
+        target_treeids=leaves["tree"],
+        target_nodeids=leaves["id"],
+        target_ids=[0] * len(leaves["id"]),
+        target_weights=leaves["weight"],
+    )
+    # onnxruntime ignores the regressor's post_transform: an explicit Sigmoid.
+    sigmoid = helper.make_node("Sigmoid", ["margin"], ["Y"])
+    graph = helper.make_graph(
+        [ensemble, sigmoid],
+        "xgboost_forest",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])],
+    )
+    onnx_model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+        producer_name="inferline.xgb_onnx",
+    )
+    return bytes(onnx_model.SerializeToString())
+
+
+class OnnxForest:
+    """``predict(x: float32[N, F]) -> float32[N]`` through one onnxruntime session."""
+
+    def __init__(self, onnx_bytes: bytes, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        # One thread, sequential: on small hosts spinning intra-op threads
+        # double CPU per request and starve Triton's own threads.
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        self._run = session.run
+        self._outputs = ["Y"]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.asarray(self._run(self._outputs, {"X": x})[0]).reshape(-1)
+
+
+def agrees(predict: Any, reference: Any, n_features: int, rows: tuple[int, ...]) -> float:
+    """The largest |predict - reference| over probe batches of ``rows`` rows
+    (NaNs included); raises ``ValueError`` on a shape mismatch."""
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for n in rows:
+        x = rng.normal(size=(n, n_features)).astype(np.float32)
+        x[0, :: max(1, n_features // 4)] = np.nan
+        got = np.asarray(predict(x), dtype=np.float32).reshape(-1)
+        want = np.asarray(reference(x), dtype=np.float32).reshape(-1)
+        if got.shape != want.shape:
+            raise ValueError(f"{got.shape[0]} scores for {want.shape[0]} rows")
+        worst = max(worst, float(np.max(np.abs(got - want))))
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time XGBoost's C entry point and the ONNX forest, warm and with the caches
+    flushed before each call: ``python -m triton_models.xgb_onnx [MODEL.json]``."""
+    import xgboost as xgb
+
+    from triton_models.xgb_dense import DensePredictor
+
+    args = sys.argv[1:] if argv is None else argv
+    path = args[0] if args else "build/model_repository/fraud/1/xgboost.json"
+    with open(path, "rb") as f:
+        model = json.load(f)
+    booster = xgb.Booster(model_file=path)
+    booster.set_param({"nthread": 1})
+    n_features = booster.num_features()
+    dense = DensePredictor(booster, n_features)
+    forest = OnnxForest(forest_onnx(model))
+    diff = agrees(forest, dense, n_features, (1, 3, 64, 1000))
+    print(f"{path}: max |onnx - xgboost| = {diff:.2e} over probe batches")
+    rng = np.random.default_rng(1)
+    junk = np.ones(2 << 20)  # 16 MiB: larger than the last-level cache share
+    print("| batch | XGBoost C entry, warm | ONNX forest, warm | XGBoost, cold | ONNX, cold |")
+    print("| --- | --- | --- | --- | --- |")
+    for n in (1, 2, 4, 8, 16, 32, 64, 128):
+        x = rng.random((n, n_features), dtype=np.float32)
+        cells = []
+        for fn in (dense, forest):
+            for _ in range(300):
+                fn(x)
+            t0 = time.perf_counter()
+            for _ in range(2000):
+                fn(x)
+            warm = (time.perf_counter() - t0) / 2000 * 1e6
+            cold = []
+            for _ in range(300):
+                junk += 1.0
+                t0 = time.perf_counter()
+                fn(x)
+                cold.append(time.perf_counter() - t0)
+            cells.append((warm, float(np.median(cold)) * 1e6))
+        (dw, dc), (ow, oc) = cells
+        print(f"| {n} | {dw:.1f} us | {ow:.1f} us | {dc:.1f} us | {oc:.1f} us |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
