@@ -358,6 +358,15 @@ def scenarios(inputs: capacity.Inputs) -> list[Scenario]:
     triton = triton_policy(inputs)
     triton_spike = capacity.plan_region(inputs, high).tier("triton-cpu").spike
     unclamped = replace(router, metric_cap=float(capacity.router_max_in_flight(inputs)))
+    # Pre-warming the Triton pool is a scenario only while the spike needs more
+    # pods than the floor (one per zone) already has.
+    triton_prewarmed = [
+        Scenario(
+            f"triton-cpu 7k: min {triton_spike} (pre-warmed for the spike)",
+            triton_k,
+            replace(triton, min_replicas=triton_spike),
+        )
+    ][: int(triton_spike > triton.min_replicas)]
     return [
         Scenario(f"router 2k: chart policy (min {floor})", two_k, router),
         Scenario(
@@ -371,11 +380,7 @@ def scenarios(inputs: capacity.Inputs) -> list[Scenario]:
         ),
         Scenario("router 10k: chart policy", ten_k, router),
         Scenario(f"triton-cpu 7k: chart policy (min {triton.min_replicas})", triton_k, triton),
-        Scenario(
-            f"triton-cpu 7k: min {triton_spike} (pre-warmed for the spike)",
-            triton_k,
-            replace(triton, min_replicas=triton_spike),
-        ),
+        *triton_prewarmed,
         Scenario(
             "triton-cpu 7k: no model warmup (cold 30 s)", triton_k, replace(triton, warmup=False)
         ),

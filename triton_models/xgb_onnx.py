@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,9 @@ import numpy as np
 PARITY_ATOL = 1e-5
 """Largest |onnxruntime - XGBoost| probability accepted at load (the serving
 tests' tolerance; float32 sums in another order differ by <= 1e-6)."""
+
+PROBE_ROWS = (1, 3, 64)
+"""Batch sizes of the load-time agreement check (64: the models' max_batch_size)."""
 
 _SIGMOID_OBJECTIVES = frozenset({"binary:logistic", "reg:logistic"})
 
@@ -169,6 +173,28 @@ def agrees(predict: Any, reference: Any, n_features: int, rows: tuple[int, ...])
             raise ValueError(f"{got.shape[0]} scores for {want.shape[0]} rows")
         worst = max(worst, float(np.max(np.abs(got - want))))
     return worst
+
+
+def load_forest(
+    path: str,
+    reference: Callable[[np.ndarray], Any],
+    n_features: int,
+    threads: int = 1,
+    probe_rows: tuple[int, ...] = PROBE_ROWS,
+) -> tuple[OnnxForest | None, str]:
+    """The forest of the XGBoost JSON at ``path`` on onnxruntime, if it converts,
+    loads and agrees with ``reference`` (XGBoost itself) within ``PARITY_ATOL``;
+    else None. Also says why, for the model's log line. Never raises: any
+    failure leaves the caller on XGBoost's own path."""
+    try:
+        with open(path, "rb") as f:
+            forest = OnnxForest(forest_onnx(json.load(f)), threads)
+        worst = agrees(forest, reference, n_features, probe_rows)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors are not RuntimeErrors
+        return None, f"unusable ({type(e).__name__}: {e})"
+    if worst > PARITY_ATOL:
+        return None, f"differs from XGBoost by {worst:.2e}"
+    return forest, f"agrees with XGBoost within {worst:.1e}"
 
 
 def main(argv: list[str] | None = None) -> int:

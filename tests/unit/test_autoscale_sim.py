@@ -155,7 +155,13 @@ def test_what_the_scenarios_show() -> None:
     assert unclamped.pod_seconds > 2.5 * chart.pod_seconds
     assert _find("router 2k: 60 s scale-up").shed > 2 * chart.shed
     triton = _find("triton-cpu 7k: chart policy")
-    assert _find("triton-cpu 7k: min 5").shed < triton.shed / 10
+    inputs = capacity.Inputs.load()
+    spike = capacity.plan_region(inputs, 10_000).tier("triton-cpu").spike
+    if spike > sim.triton_policy(inputs).min_replicas:
+        assert _find(f"triton-cpu 7k: min {spike}").shed < triton.shed / 10
+    else:  # the floor holds the spike: a sliver is shed while the HPA reacts
+        assert not [label for label in _results() if label.startswith("triton-cpu 7k: min ")]
+        assert triton.shed_fraction < 0.005
     no_warmup = _find("triton-cpu 7k: no model warmup")
     assert no_warmup.cold_served > 100_000 and triton.cold_served == 0
 

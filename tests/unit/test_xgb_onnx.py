@@ -5,6 +5,7 @@ and what it cannot translate is refused rather than scored wrongly."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from triton_models.xgb_onnx import (
     UnsupportedForest,
     agrees,
     forest_onnx,
+    load_forest,
 )
 
 N_FEATURES = 9
@@ -148,3 +150,46 @@ def test_agrees_reports_the_largest_difference(booster: xgb.Booster) -> None:
 
     with pytest.raises(ValueError, match="scores for"):
         agrees(forest, short, N_FEATURES, (3,))
+
+
+def _reference(booster: xgb.Booster) -> Any:
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.asarray(booster.inplace_predict(x, predict_type="value"))
+
+    return predict
+
+
+def test_load_forest_serves_a_model_that_agrees(booster: xgb.Booster, tmp_path: Path) -> None:
+    path = tmp_path / "xgboost.json"
+    booster.save_model(str(path))
+    forest, why = load_forest(str(path), _reference(booster), N_FEATURES)
+    assert isinstance(forest, OnnxForest), why
+    assert why.startswith("agrees with XGBoost within ")
+    x = _rows(5, seed=9)
+    np.testing.assert_allclose(forest(x), _reference(booster)(x), atol=1e-6)
+
+
+def test_load_forest_never_raises_and_says_why(booster: xgb.Booster, tmp_path: Path) -> None:
+    """What the model then serves through XGBoost: a forest it cannot translate,
+    a file that is not what it expects, and a forest that disagrees."""
+    ref = _reference(booster)
+    linear = tmp_path / "linear.json"
+    _train({"objective": "reg:squarederror"}, rounds=2).save_model(str(linear))
+    assert load_forest(str(linear), ref, N_FEATURES) == (
+        None,
+        "unusable (UnsupportedForest: objective 'reg:squarederror')",
+    )
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"learner": {}}')
+    forest, why = load_forest(str(broken), ref, N_FEATURES)
+    assert forest is None and why.startswith("unusable (KeyError")
+    forest, why = load_forest(str(tmp_path / "missing.json"), ref, N_FEATURES)
+    assert forest is None and why.startswith("unusable (FileNotFoundError")
+    path = tmp_path / "xgboost.json"
+    booster.save_model(str(path))
+
+    def off(x: np.ndarray) -> np.ndarray:
+        return ref(x) + 1e-3
+
+    forest, why = load_forest(str(path), off, N_FEATURES)
+    assert forest is None and why.startswith("differs from XGBoost by 1.00e-03")

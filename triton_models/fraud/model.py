@@ -12,7 +12,6 @@ when it cannot be used.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -27,16 +26,7 @@ import numpy as np  # noqa: E402
 import xgboost as xgb  # noqa: E402
 from batched import BatchedModel  # type: ignore[import-not-found]  # noqa: E402
 from xgb_dense import DensePredictor  # type: ignore[import-not-found]  # noqa: E402
-from xgb_onnx import (  # type: ignore[import-not-found]  # noqa: E402
-    PARITY_ATOL,
-    OnnxForest,
-    UnsupportedForest,
-    agrees,
-    forest_onnx,
-)
-
-PROBE_ROWS = (1, 3, 64)
-"""Batch sizes of the load-time agreement check."""
+from xgb_onnx import OnnxForest, load_forest  # type: ignore[import-not-found]  # noqa: E402
 
 
 class TritonPythonModel(BatchedModel):
@@ -59,8 +49,11 @@ class TritonPythonModel(BatchedModel):
                 file=sys.stderr,
             )
         self.predict = dense
+        why = ""
         if mode == "onnx":
-            self.predict = self._onnx(path, threads, dense, n_features) or dense
+            forest, why = load_forest(path, dense, n_features, threads)
+            self.predict = forest or dense
+            why = f" (ONNX forest {why})"
         # One line per loaded version in Triton's log: which path serves it.
         path_name = (
             "the ONNX forest"
@@ -69,27 +62,7 @@ class TritonPythonModel(BatchedModel):
             if dense.direct
             else "inplace_predict"
         )
-        print(f"fraud: {version_dir} scores with {path_name}", file=sys.stderr)
-
-    @staticmethod
-    def _onnx(
-        path: str, threads: int, reference: DensePredictor, n_features: int
-    ) -> OnnxForest | None:
-        """The forest on onnxruntime, if it converts and agrees with XGBoost."""
-        try:
-            with open(path, "rb") as f:
-                forest = OnnxForest(forest_onnx(json.load(f)), threads)
-            worst = agrees(forest, reference, n_features, PROBE_ROWS)
-        except (UnsupportedForest, ImportError, RuntimeError, ValueError) as e:
-            print(f"fraud: ONNX forest unusable ({e}), using XGBoost", file=sys.stderr)
-            return None
-        if worst > PARITY_ATOL:
-            print(
-                f"fraud: ONNX forest differs from XGBoost by {worst:.2e}, using XGBoost",
-                file=sys.stderr,
-            )
-            return None
-        return forest
+        print(f"fraud: {version_dir} scores with {path_name}{why}", file=sys.stderr)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         # predict_type="value": the sigmoid applied, i.e. P(positive class).
