@@ -39,13 +39,30 @@ class StackError(RuntimeError):
     """A process died, never became ready, or the build directory is incomplete."""
 
 
+# Ports this process has handed out. The kernel may offer a free port again
+# once its picking socket is closed, and a port picked up front for a process
+# started later (the router behind Envoy) must not go to another child in
+# between: then every retry of that start binds the same taken port.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+_HANDED_OUT_MAX = 8192
+
+
 def free_ports(n: int = 1) -> list[int]:
-    """``n`` distinct free loopback ports (a lost race is retried by ``start``)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
+    """``n`` distinct free loopback ports, none handed out before by this process
+    (a port another process takes first is a lost race, retried by ``start``)."""
+    with contextlib.ExitStack() as stack, _handed_out_lock:
+        if len(_handed_out) > _HANDED_OUT_MAX:
+            _handed_out.clear()  # bounded; the ports of long-gone children come back
+        ports: list[int] = []
+        while len(ports) < n:
+            s = stack.enter_context(socket.socket())  # held until all n are picked
             s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+            port = s.getsockname()[1]
+            if port not in _handed_out:
+                ports.append(port)
+        _handed_out.update(ports)
+        return ports
 
 
 class ProcInfo(NamedTuple):
