@@ -159,14 +159,39 @@ class OnnxForest:
         return np.asarray(self._run(self._outputs, {"X": x})[0]).reshape(-1)
 
 
-def agrees(predict: Any, reference: Any, n_features: int, rows: tuple[int, ...]) -> float:
-    """The largest |predict - reference| over probe batches of ``rows`` rows
-    (NaNs included); raises ``ValueError`` on a shape mismatch."""
-    rng = np.random.default_rng(0)
-    worst = 0.0
+def probe_batches(
+    model: dict[str, Any], n_features: int, rows: tuple[int, ...] = PROBE_ROWS, seed: int = 0
+) -> list[np.ndarray]:
+    """Batches of ``rows`` rows that take the forest's real branches: each value
+    is one of its feature's split thresholds, exactly (goes right) or just below
+    it (goes left), or missing; a feature no tree splits on is 0. Random normal
+    rows would miss most splits of features with large ranges (amounts, counts)."""
+    thresholds: list[list[float]] = [[] for _ in range(n_features)]
+    for tree in model["learner"]["gradient_booster"]["model"]["trees"]:
+        for feat, cond, left in zip(
+            tree["split_indices"], tree["split_conditions"], tree["left_children"], strict=True
+        ):
+            if left != -1:
+                thresholds[int(feat)].append(float(cond))
+    rng = np.random.default_rng(seed)
+    out = []
     for n in rows:
-        x = rng.normal(size=(n, n_features)).astype(np.float32)
-        x[0, :: max(1, n_features // 4)] = np.nan
+        x = np.zeros((n, n_features), dtype=np.float32)
+        for j, ts in enumerate(thresholds):
+            if ts:
+                t = np.asarray(ts, dtype=np.float32)[rng.integers(0, len(ts), n)]
+                below = np.nextafter(t, np.float32(-np.inf))
+                x[:, j] = np.where(rng.random(n) < 0.5, t, below)
+        x[rng.random(x.shape) < 0.1] = np.nan
+        out.append(x)
+    return out
+
+
+def agrees(predict: Any, reference: Any, batches: list[np.ndarray]) -> float:
+    """The largest |predict - reference| over ``batches``; raises ``ValueError``
+    on a shape mismatch."""
+    worst = 0.0
+    for x in batches:
         got = np.asarray(predict(x), dtype=np.float32).reshape(-1)
         want = np.asarray(reference(x), dtype=np.float32).reshape(-1)
         if got.shape != want.shape:
@@ -188,8 +213,9 @@ def load_forest(
     failure leaves the caller on XGBoost's own path."""
     try:
         with open(path, "rb") as f:
-            forest = OnnxForest(forest_onnx(json.load(f)), threads)
-        worst = agrees(forest, reference, n_features, probe_rows)
+            model = json.load(f)
+        forest = OnnxForest(forest_onnx(model), threads)
+        worst = agrees(forest, reference, probe_batches(model, n_features, probe_rows))
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors are not RuntimeErrors
         return None, f"unusable ({type(e).__name__}: {e})"
     if worst > PARITY_ATOL:
@@ -213,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     n_features = booster.num_features()
     dense = DensePredictor(booster, n_features)
     forest = OnnxForest(forest_onnx(model))
-    diff = agrees(forest, dense, n_features, (1, 3, 64, 1000))
+    diff = agrees(forest, dense, probe_batches(model, n_features, (1, 3, 64, 1000)))
     print(f"{path}: max |onnx - xgboost| = {diff:.2e} over probe batches")
     rng = np.random.default_rng(1)
     junk = np.ones(2 << 20)  # 16 MiB: larger than the last-level cache share

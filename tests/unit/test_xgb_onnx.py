@@ -19,6 +19,7 @@ from triton_models.xgb_onnx import (
     agrees,
     forest_onnx,
     load_forest,
+    probe_batches,
 )
 
 N_FEATURES = 9
@@ -132,24 +133,55 @@ def test_categorical_splits_are_refused(booster: xgb.Booster) -> None:
         forest_onnx(model)
 
 
+def test_probe_batches_take_both_sides_of_real_splits(booster: xgb.Booster) -> None:
+    model = _json(booster)
+    batches = probe_batches(model, N_FEATURES, (1, 3, 64))
+    assert [b.shape for b in batches] == [(1, N_FEATURES), (3, N_FEATURES), (64, N_FEATURES)]
+    assert all(b.dtype == np.float32 for b in batches)
+    x = batches[2]
+    assert np.isnan(x).any()  # default directions are probed too
+    # Every finite value sits on a threshold of its feature or just below one.
+    trees = model["learner"]["gradient_booster"]["model"]["trees"]
+    for j in range(N_FEATURES):
+        ts = np.asarray(
+            [
+                c
+                for t in trees
+                for f, c, left in zip(
+                    t["split_indices"], t["split_conditions"], t["left_children"], strict=True
+                )
+                if left != -1 and f == j
+            ],
+            dtype=np.float32,
+        )
+        col = x[:, j][~np.isnan(x[:, j])]
+        if len(ts) == 0:
+            assert (col == 0).all()
+            continue
+        on = np.isin(col, ts)
+        below = np.isin(np.nextafter(col, np.float32(np.inf)), ts)
+        assert (on | below).all() and on.any() and below.any()
+
+
 def test_agrees_reports_the_largest_difference(booster: xgb.Booster) -> None:
     forest = OnnxForest(forest_onnx(_json(booster)))
+    batches = probe_batches(_json(booster), N_FEATURES)
 
     def reference(x: np.ndarray) -> np.ndarray:
         return np.asarray(booster.inplace_predict(x, predict_type="value"))
 
-    assert agrees(forest, reference, N_FEATURES, (1, 3, 64)) <= 1e-6 < PARITY_ATOL
+    assert agrees(forest, reference, batches) <= 1e-6 < PARITY_ATOL
 
     def shifted(x: np.ndarray) -> np.ndarray:
         return reference(x) + 0.01
 
-    assert agrees(forest, shifted, N_FEATURES, (1, 3)) == pytest.approx(0.01, abs=1e-6)
+    assert agrees(forest, shifted, batches) == pytest.approx(0.01, abs=1e-6)
 
     def short(x: np.ndarray) -> np.ndarray:
         return reference(x)[:-1]
 
     with pytest.raises(ValueError, match="scores for"):
-        agrees(forest, short, N_FEATURES, (3,))
+        agrees(forest, short, batches)
 
 
 def _reference(booster: xgb.Booster) -> Any:
