@@ -360,13 +360,15 @@ def scenarios(inputs: capacity.Inputs) -> list[Scenario]:
     unclamped = replace(router, metric_cap=float(capacity.router_max_in_flight(inputs)))
     # Pre-warming the Triton pool is a scenario only while the spike needs more
     # pods than the floor (one per zone) already has.
-    triton_prewarmed = [
-        Scenario(
-            f"triton-cpu 7k: min {triton_spike} (pre-warmed for the spike)",
-            triton_k,
-            replace(triton, min_replicas=triton_spike),
+    triton_prewarmed = []
+    if triton_spike > triton.min_replicas:
+        triton_prewarmed.append(
+            Scenario(
+                f"triton-cpu 7k: min {triton_spike} (pre-warmed for the spike)",
+                triton_k,
+                replace(triton, min_replicas=triton_spike),
+            )
         )
-    ][: int(triton_spike > triton.min_replicas)]
     return [
         Scenario(f"router 2k: chart policy (min {floor})", two_k, router),
         Scenario(

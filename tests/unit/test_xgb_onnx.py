@@ -42,6 +42,18 @@ def _json(booster: xgb.Booster) -> dict[str, Any]:
     return json.loads(booster.save_raw("json"))  # type: ignore[no-any-return]
 
 
+def _splits(model: dict[str, Any]) -> list[tuple[int, float]]:
+    """(feature, threshold) of every split node of every tree."""
+    return [
+        (f, c)
+        for tree in model["learner"]["gradient_booster"]["model"]["trees"]
+        for f, c, left in zip(
+            tree["split_indices"], tree["split_conditions"], tree["left_children"], strict=True
+        )
+        if left != -1
+    ]
+
+
 @pytest.fixture(scope="module")
 def booster() -> xgb.Booster:
     return _train({"objective": "binary:logistic", "max_depth": 5, "base_score": 0.3})
@@ -69,16 +81,7 @@ def test_split_thresholds_and_missing_values_route_like_xgboost(booster: xgb.Boo
     """Rows exactly on every split threshold (x < t goes left, so x == t goes
     right) and rows of all-missing features (each node's default direction)."""
     model = _json(booster)
-    thresholds = sorted(
-        {
-            (f, c)
-            for tree in model["learner"]["gradient_booster"]["model"]["trees"]
-            for f, c, left in zip(
-                tree["split_indices"], tree["split_conditions"], tree["left_children"], strict=True
-            )
-            if left != -1
-        }
-    )
+    thresholds = sorted(set(_splits(model)))
     x = np.zeros((len(thresholds) + 1, N_FEATURES), dtype=np.float32)
     for i, (f, c) in enumerate(thresholds):
         x[i, f] = np.float32(c)
@@ -141,19 +144,9 @@ def test_probe_batches_take_both_sides_of_real_splits(booster: xgb.Booster) -> N
     x = batches[2]
     assert np.isnan(x).any()  # default directions are probed too
     # Every finite value sits on a threshold of its feature or just below one.
-    trees = model["learner"]["gradient_booster"]["model"]["trees"]
+    splits = _splits(model)
     for j in range(N_FEATURES):
-        ts = np.asarray(
-            [
-                c
-                for t in trees
-                for f, c, left in zip(
-                    t["split_indices"], t["split_conditions"], t["left_children"], strict=True
-                )
-                if left != -1 and f == j
-            ],
-            dtype=np.float32,
-        )
+        ts = np.asarray([c for f, c in splits if f == j], dtype=np.float32)
         col = x[:, j][~np.isnan(x[:, j])]
         if len(ts) == 0:
             assert (col == 0).all()

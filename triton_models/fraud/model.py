@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import xgboost as xgb  # noqa: E402
 from batched import BatchedModel  # type: ignore[import-not-found]  # noqa: E402
 from xgb_dense import DensePredictor  # type: ignore[import-not-found]  # noqa: E402
-from xgb_onnx import OnnxForest, load_forest  # type: ignore[import-not-found]  # noqa: E402
+from xgb_onnx import load_forest  # type: ignore[import-not-found]  # noqa: E402
 
 
 class TritonPythonModel(BatchedModel):
@@ -49,20 +49,14 @@ class TritonPythonModel(BatchedModel):
                 file=sys.stderr,
             )
         self.predict = dense
-        why = ""
+        served = "XGBoost's C entry point" if dense.direct else "inplace_predict"
         if mode == "onnx":
             forest, why = load_forest(path, dense, n_features, threads)
-            self.predict = forest or dense
-            why = f" (ONNX forest {why})"
+            if forest is not None:
+                self.predict, served = forest, "the ONNX forest"
+            served += f" (ONNX forest {why})"
         # One line per loaded version in Triton's log: which path serves it.
-        path_name = (
-            "the ONNX forest"
-            if isinstance(self.predict, OnnxForest)
-            else "XGBoost's C entry point"
-            if dense.direct
-            else "inplace_predict"
-        )
-        print(f"fraud: {version_dir} scores with {path_name}{why}", file=sys.stderr)
+        print(f"fraud: {version_dir} scores with {served}", file=sys.stderr)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         # predict_type="value": the sigmoid applied, i.e. P(positive class).
