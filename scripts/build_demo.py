@@ -4,8 +4,9 @@
    default, or Redis), the deterministic offline parquet tables, ``feast apply``
    the definitions and materialize into the online store (the real Feast path).
 2. Models: train the fraud GBDT (versions 1 and 2) and the ranker MLP on the
-   same feature tables and write the Triton model repository, choosing the GBDT
-   backend by what this Triton has installed.
+   same feature tables and write the Triton model repository, choosing each
+   model's backend by what the target Triton has: this machine's by default,
+   or a cluster's (``--backends fil,onnxruntime,python`` for the NGC image).
 Idempotent: rerunning overwrites. Artifacts are deterministic; only event
 timestamps follow the build time.
 """
@@ -137,7 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("build"))
     p.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite")
     p.add_argument("--redis-url", help="host:port of the Redis online store")
-    p.add_argument("--gbdt-backend", choices=["auto", "fil", "python"], default="auto")
+    p.add_argument(
+        "--gbdt-backend", choices=["auto", "fil", "onnxruntime", "python"], default="auto"
+    )
+    p.add_argument("--dnn-backend", choices=["auto", "onnxruntime", "python"], default="auto")
+    p.add_argument(
+        "--backends",
+        type=lambda text: frozenset(b for b in text.split(",") if b),
+        help="the target Triton's backends, comma-separated "
+        "(default: those of this machine's Triton)",
+    )
     p.add_argument("--features-only", action="store_true", help="skip model training")
     p.add_argument(
         "--response-cache",
@@ -158,11 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from triton_models.build import build_repository
 
-    try:
-        installed = tritonpaths.installed_backends()
-    except tritonpaths.TritonNotInstalledError:
-        installed = frozenset({"python"})
-    repo = build_repository(out, installed, args.gbdt_backend, frozenset(args.response_cache))
+    installed = args.backends
+    if installed is None:
+        try:
+            installed = tritonpaths.installed_backends()
+        except tritonpaths.TritonNotInstalledError:
+            installed = frozenset({"python"})
+    repo = build_repository(
+        out, installed, args.gbdt_backend, frozenset(args.response_cache), args.dnn_backend
+    )
     print(f"models:   {repo} in {time.monotonic() - t1:.1f}s", flush=True)
     return 0
 

@@ -8,8 +8,16 @@ so artifacts are byte-identical across builds.
 Each version directory gets its artifact, ``metadata.json`` (feature schema in
 tensor order, its hash, training defaults and ranges, training-data hash,
 offline metrics, provenance) and, for Python-backend models, ``model.py``.
-The GBDT gets a FIL config where the FIL backend is installed and a
-Python-backend config (same ``xgboost.json``) where it is not.
+Each model gets the best backend the target Triton has (``choose_backend``):
+
+- the GBDT: FIL on ``xgboost.json``; else onnxruntime on the forest converted
+  to ONNX at build time (``model.onnx``, checked against XGBoost); else the
+  Python backend on ``xgboost.json``;
+- the DNN: onnxruntime on ``model.onnx``; else the Python backend on the same
+  file.
+
+The Python backend is the fallback of each: it is the only one the pytriton
+build here has, and it serves the same artifacts with the same tensors.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from sklearn.preprocessing import StandardScaler
 from feast_repo.data import DEFAULT_SEED, VIEWS_BY_NAME, feature_values
 from router.observability.profile import drift_reference, quality_profile
 from router.pipeline.schema import feature_schema_hash
+from triton_models.onnx_io import INPUT, OUTPUT, ort_refusal
+from triton_models.xgb_onnx import ForestMismatch, UnsupportedForest, write_forest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -53,8 +63,13 @@ MAX_BATCH_SIZE = 64
 # busy, so throughput at concurrency 32 matches the best setting within noise,
 # and light traffic pays no wait.
 MAX_QUEUE_DELAY_US = 0
-INPUT, OUTPUT = "input__0", "output__0"
-GbdtBackend = Literal["fil", "python", "auto"]
+Kind = Literal["gbdt", "dnn"]
+Backend = Literal["fil", "onnxruntime", "python", "auto"]
+PREFERENCE: dict[str, tuple[str, ...]] = {
+    "gbdt": ("fil", "onnxruntime", "python"),
+    "dnn": ("onnxruntime", "python"),
+}
+"""Backends each kind of model can be served by, best first."""
 
 
 @dataclass(frozen=True)
@@ -226,7 +241,7 @@ def mlp_to_onnx(model: Pipeline, n_features: int) -> onnx.ModelProto:
         numpy_helper.from_array(np.asarray(scaler.scale_, np.float32), "scale"),
     ]
     nodes = [
-        helper.make_node("Sub", ["x", "mean"], ["c"]),
+        helper.make_node("Sub", [INPUT, "mean"], ["c"]),
         helper.make_node("Div", ["c", "scale"], ["h0"]),
     ]
     last = "h0"
@@ -243,12 +258,12 @@ def mlp_to_onnx(model: Pipeline, n_features: int) -> onnx.ModelProto:
         if i < len(mlp.coefs_) - 1:
             nodes.append(helper.make_node("Relu", [last], [f"h{i + 1}"]))
             last = f"h{i + 1}"
-    nodes.append(helper.make_node("Sigmoid", [last], ["y"]))
+    nodes.append(helper.make_node("Sigmoid", [last], [OUTPUT]))
     graph = helper.make_graph(
         nodes,
         "ranker_mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", n_features])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", 1])],
         init,
     )
     onnx_model = helper.make_model(
@@ -263,7 +278,7 @@ def check_onnx(path: Path, model: Pipeline, x: np.ndarray) -> float:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"x": x})[0][:, 0]
+    got = sess.run(None, {INPUT: x})[0][:, 0]
     diff = float(np.max(np.abs(got - model.predict_proba(x)[:, 1])))
     if diff > 1e-5:
         raise RuntimeError(f"ONNX export differs from sklearn by {diff}")
@@ -351,13 +366,24 @@ def render_config(
     )
 
 
-def choose_gbdt_backend(installed: frozenset[str], wanted: GbdtBackend = "auto") -> str:
-    """FIL where the cluster has it, else the Python backend on the same artifact."""
+def choose_backend(kind: Kind, installed: frozenset[str], wanted: Backend = "auto") -> str:
+    """The first of ``kind``'s backends (``PREFERENCE``) that ``installed``
+    has, or ``wanted`` when it is one of them and installed."""
     if wanted == "auto":
-        return "fil" if "fil" in installed else "python"
+        return next((b for b in PREFERENCE[kind] if b in installed), "python")
+    if wanted not in PREFERENCE[kind]:
+        raise RuntimeError(f"a {kind} cannot be served by Triton backend {wanted!r}")
     if wanted not in installed:
         raise RuntimeError(f"Triton backend {wanted!r} is not installed here")
     return wanted
+
+
+def served_backend(model_dir: Path) -> str:
+    """The backend ``<model_dir>/config.pbtxt`` names ("python" without one)."""
+    config = model_dir / "config.pbtxt"
+    text = config.read_text() if config.exists() else ""
+    found = re.search(r'^backend:\s*"([^"]+)"', text, re.MULTILINE)
+    return found.group(1) if found else "python"
 
 
 def _write_version(
@@ -380,52 +406,96 @@ def _write_version(
     (vdir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+def _forest_files(
+    training: Path, boosters: dict[int, xgb.Booster], rows: np.ndarray
+) -> dict[int, dict[str, Any]]:
+    """Each fraud version's forest as ``fraud_v<N>.onnx`` for the onnxruntime
+    backend, checked against XGBoost on probe batches and ``rows``; raises
+    ``UnsupportedForest``/``ForestMismatch``."""
+    out = {}
+    for version, booster in boosters.items():
+        src = training / f"fraud_v{version}.json"
+        dst = training / f"fraud_v{version}.onnx"
+        reference = booster.inplace_predict
+        worst = write_forest(str(src), str(dst), reference, booster.num_features(), rows)
+        out[version] = {"path": dst, "source": src, "max_abs_diff": worst}
+    return out
+
+
+def _write_fraud(
+    repo: Path, training: Path, installed: frozenset[str], gbdt: Backend, response_cache: bool
+) -> str:
+    """Train and write both fraud versions and the model's config; returns the backend."""
+    fraud = fraud_dataset()
+    trained = {v: train_fraud(fraud, v) for v in (1, 2)}
+    for version, (booster, _) in trained.items():
+        save_xgboost_json(booster, training / f"fraud_v{version}.json", fraud.x[:2000])
+    backend = choose_backend("gbdt", installed, gbdt)
+    forests: dict[int, dict[str, Any]] = {}
+    if backend == "onnxruntime":
+        try:
+            forests = _forest_files(
+                training, {v: b for v, (b, _) in trained.items()}, fraud.x[:2000]
+            )
+        except (UnsupportedForest, ForestMismatch) as e:
+            if gbdt == "onnxruntime":
+                raise
+            print(f"fraud: not on the onnxruntime backend ({e}); Python backend", flush=True)
+            backend = choose_backend("gbdt", installed - {"onnxruntime"})
+    for version, (_, info) in trained.items():
+        source = training / f"fraud_v{version}.json"
+        forest = forests.get(version)
+        artifact = forest["path"] if forest else source
+        meta = metadata("fraud", version, "gbdt", "xgboost", artifact, fraud, info)
+        meta["artifact"]["file"] = "model.onnx" if forest else "xgboost.json"
+        if forest:
+            meta["artifact"]["converted_from"] = {
+                "file": "xgboost.json",
+                "sha256": _sha256(source),
+                "max_abs_diff": forest["max_abs_diff"],
+            }
+        # The onnxruntime backend's version keeps its source beside model.onnx.
+        files = {"xgboost.json": source, meta["artifact"]["file"]: artifact}
+        _write_version(repo, "fraud", version, files, meta, python_backend=backend == "python")
+    (repo / "fraud" / "config.pbtxt").write_text(
+        render_config("fraud", backend, fraud.x.shape[1], response_cache=response_cache)
+    )
+    return backend
+
+
 def build_repository(
     out: Path,
     installed: frozenset[str],
-    gbdt: GbdtBackend = "auto",
+    gbdt: Backend = "auto",
     response_cache: frozenset[str] = frozenset(),
+    dnn: Backend = "auto",
 ) -> Path:
-    """Train, export and write ``<out>/model_repository`` (+ ``<out>/training``)."""
+    """Train, export and write ``<out>/model_repository`` (+ ``<out>/training``),
+    each model on the best backend in ``installed`` (``choose_backend``)."""
     repo, training = out / "model_repository", out / "training"
     shutil.rmtree(repo, ignore_errors=True)
     training.mkdir(parents=True, exist_ok=True)
     repo.mkdir(parents=True)
-
-    fraud_backend = choose_gbdt_backend(installed, gbdt)
-    fraud = fraud_dataset()
-    for version in (1, 2):
-        booster, info = train_fraud(fraud, version)
-        artifact = training / f"fraud_v{version}.json"
-        save_xgboost_json(booster, artifact, fraud.x[:2000])
-        meta = metadata("fraud", version, "gbdt", "xgboost", artifact, fraud, info)
-        meta["artifact"]["file"] = "xgboost.json"
-        _write_version(
-            repo,
-            "fraud",
-            version,
-            {"xgboost.json": artifact},
-            meta,
-            python_backend=fraud_backend == "python",
-        )
-    (repo / "fraud" / "config.pbtxt").write_text(
-        render_config(
-            "fraud", fraud_backend, fraud.x.shape[1], response_cache="fraud" in response_cache
-        )
-    )
+    _write_fraud(repo, training, installed, gbdt, "fraud" in response_cache)
 
     ranker = ranker_dataset()
     model, info = train_ranker(ranker)
     (training / "ranker_v1.pkl").write_bytes(pickle.dumps(model))
     onnx_path = training / "ranker_v1.onnx"
-    onnx.save(mlp_to_onnx(model, ranker.x.shape[1]), str(onnx_path))
+    graph = mlp_to_onnx(model, ranker.x.shape[1])
+    onnx.save(graph, str(onnx_path))
     info["metrics"]["onnx_max_abs_diff"] = check_onnx(onnx_path, model, ranker.x[:2000])
+    backend = choose_backend("dnn", installed, dnn)
+    if backend == "onnxruntime" and (why := ort_refusal(graph)):
+        raise RuntimeError(f"ranker: the onnxruntime backend would refuse model.onnx: {why}")
     meta = metadata("ranker", 1, "dnn", "onnx", onnx_path, ranker, info)
     meta["artifact"]["file"] = "model.onnx"
-    _write_version(repo, "ranker", 1, {"model.onnx": onnx_path}, meta, python_backend=True)
+    _write_version(
+        repo, "ranker", 1, {"model.onnx": onnx_path}, meta, python_backend=backend == "python"
+    )
     (repo / "ranker" / "config.pbtxt").write_text(
         render_config(
-            "ranker", "python", ranker.x.shape[1], response_cache="ranker" in response_cache
+            "ranker", backend, ranker.x.shape[1], response_cache="ranker" in response_cache
         )
     )
     return repo

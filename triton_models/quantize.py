@@ -55,6 +55,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from triton_models import build as tb
+from triton_models.onnx_io import ort_refusal
 
 HERE = Path(__file__).resolve().parent
 CALIB_ROWS = 2048
@@ -340,10 +341,13 @@ def write_onnx_model(
     ds: tb.Dataset,
     info: dict[str, Any],
     extra: dict[str, Any],
+    backend: str = "python",
 ) -> Path:
-    """``<repo>/<name>/1`` (model.onnx, model.py, batched.py, metadata.json) + config.pbtxt.
+    """``<repo>/<name>/1`` (model.onnx, metadata.json; model.py and batched.py
+    for the Python backend) + config.pbtxt.
 
-    Served like ``ranker``: onnxruntime inside the Python backend, one thread.
+    ``backend``: "onnxruntime" (Triton's own backend) or "python" (onnxruntime
+    inside the Python backend, one thread).
     """
     meta = tb.metadata(name, 1, "dnn", "onnx", artifact, ds, info)
     meta["artifact"]["file"] = "model.onnx"
@@ -351,10 +355,11 @@ def write_onnx_model(
     vdir = repo / name / "1"
     vdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(artifact, vdir / "model.onnx")
-    shutil.copyfile(HERE / INT8_MODEL / "model.py", vdir / "model.py")
-    shutil.copyfile(HERE / "batched.py", vdir / "batched.py")
+    if backend == "python":
+        shutil.copyfile(HERE / INT8_MODEL / "model.py", vdir / "model.py")
+        shutil.copyfile(HERE / "batched.py", vdir / "batched.py")
     (vdir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    config = tb.render_config(INT8_MODEL, "python", ds.x.shape[1]).replace(
+    config = tb.render_config(INT8_MODEL, backend, ds.x.shape[1]).replace(
         f'name: "{INT8_MODEL}"', f'name: "{name}"'
     )
     (repo / name / "config.pbtxt").write_text(config)
@@ -371,7 +376,8 @@ def _info(path: Path, ds: tb.Dataset, params: dict[str, Any]) -> dict[str, Any]:
 def add_quantized_models(
     out: Path, repo: Path, ranker_pipeline: Pipeline, ranker_dataset: tb.Dataset
 ) -> list[Path]:
-    """Write ``ranker_int8`` (the cheap CPU tier) into ``repo`` and the FP16 ONNX into
+    """Write ``ranker_int8`` (the cheap CPU tier, on the backend that serves
+    ``ranker`` in ``repo``) into ``repo`` and the FP16 ONNX into
     ``<out>/training``; returns the paths written. Called by ``--install`` and the
     tests after the FP32 ranker is built, whose ONNX it quantizes. ``ranker_pipeline`` is the
     trained FP32 model (its ONNX is re-exported if the training file is absent).
@@ -390,8 +396,12 @@ def add_quantized_models(
         "quantized_from": {"model": "ranker", "version": 1, "sha256": tb._sha256(src)},
         "quantization": quant,
     }
+    backend = tb.served_backend(repo / "ranker")
+    if backend == "onnxruntime" and (why := ort_refusal(onnx.load(str(int8)))):
+        print(f"{INT8_MODEL}: not on the onnxruntime backend ({why}); Python backend", flush=True)
+        backend = "python"
     vdir = write_onnx_model(
-        repo, INT8_MODEL, int8, ranker_dataset, _info(int8, ranker_dataset, quant), extra
+        repo, INT8_MODEL, int8, ranker_dataset, _info(int8, ranker_dataset, quant), extra, backend
     )
     return [vdir, fp16]
 

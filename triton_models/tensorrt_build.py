@@ -194,15 +194,9 @@ def with_triton_io(onnx_bytes: bytes) -> bytes:
     """The model with its single input/output renamed to ``input__0``/``output__0``."""
     import onnx
 
-    model = onnx.load_from_string(onnx_bytes)
-    g = model.graph
-    rename = {g.input[0].name: INPUT, g.output[0].name: OUTPUT}
-    for node in g.node:
-        node.input[:] = [rename.get(n, n) for n in node.input]
-        node.output[:] = [rename.get(n, n) for n in node.output]
-    g.input[0].name, g.output[0].name = INPUT, OUTPUT
-    onnx.checker.check_model(model)
-    return bytes(model.SerializeToString())
+    from triton_models.onnx_io import with_triton_io as renamed
+
+    return bytes(renamed(onnx.load_from_string(onnx_bytes)).SerializeToString())
 
 
 def build_engine(

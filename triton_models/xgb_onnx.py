@@ -17,6 +17,11 @@ logit of ``base_score`` and a Sigmoid gives P(positive), as
 ``binary:logistic``. Float sums in another order differ in the last bits
 (<= 1e-6 measured), so the model checks agreement with XGBoost at load within
 ``PARITY_ATOL`` and keeps XGBoost's own path otherwise.
+
+On clusters whose Triton has the onnxruntime backend but not FIL, the builder
+writes the same graph as the version's ``model.onnx`` (``write_forest``) and
+Triton serves it with no Python process at all; that is why the graph's tensors
+carry the config's names and its IR version is the lowest its opsets allow.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ PARITY_ATOL = 1e-5
 """Largest |onnxruntime - XGBoost| probability accepted at load (the serving
 tests' tolerance; float32 sums in another order differ by <= 1e-6)."""
 
+INPUT, OUTPUT = "input__0", "output__0"
+"""The graph's tensors: the names in every model config of the repository."""
+
 PROBE_ROWS = (1, 3, 64)
 """Batch sizes of the load-time agreement check (64: the models' max_batch_size)."""
 
@@ -43,6 +51,11 @@ _SIGMOID_OBJECTIVES = frozenset({"binary:logistic", "reg:logistic"})
 class UnsupportedForest(ValueError):
     """The model uses something this converter does not translate (another
     objective, categorical splits, DART, several outputs)."""
+
+
+class ForestMismatch(ValueError):
+    """The converted forest's scores differ from XGBoost's by more than
+    ``PARITY_ATOL``."""
 
 
 def _base_margin(learner: dict[str, Any]) -> float:
@@ -57,7 +70,8 @@ def _base_margin(learner: dict[str, Any]) -> float:
 
 def forest_onnx(model: dict[str, Any]) -> bytes:
     """The serialized ONNX model of an XGBoost JSON model (``Booster.save_model``):
-    input ``X`` float32 [N, F], output ``Y`` float32 [N, 1], P(positive)."""
+    input ``input__0`` float32 [N, F], output ``output__0`` float32 [N, 1],
+    P(positive)."""
     from onnx import TensorProto, helper
 
     learner = model["learner"]
@@ -103,7 +117,7 @@ def forest_onnx(model: dict[str, Any]) -> bytes:
 
     ensemble = helper.make_node(
         "TreeEnsembleRegressor",
-        ["X"],
+        [INPUT],
         ["margin"],
         domain="ai.onnx.ml",
         n_targets=1,
@@ -123,14 +137,16 @@ def forest_onnx(model: dict[str, Any]) -> bytes:
         target_weights=leaves["weight"],
     )
     # onnxruntime ignores the regressor's post_transform: an explicit Sigmoid.
-    sigmoid = helper.make_node("Sigmoid", ["margin"], ["Y"])
+    sigmoid = helper.make_node("Sigmoid", ["margin"], [OUTPUT])
     graph = helper.make_graph(
         [ensemble, sigmoid],
         "xgboost_forest",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n_features])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [None, 1])],
     )
-    onnx_model = helper.make_model(
+    # The lowest IR version these opsets allow (8), not the installed onnx's
+    # newest: older onnxruntimes (Triton's backend) refuse newer IR versions.
+    onnx_model = helper.make_model_gen_version(
         graph,
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
         producer_name="inferline.xgb_onnx",
@@ -152,11 +168,11 @@ class OnnxForest:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
         self._run = session.run
-        self._outputs = ["Y"]
+        self._outputs = [OUTPUT]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return np.asarray(self._run(self._outputs, {"X": x})[0]).reshape(-1)
+        return np.asarray(self._run(self._outputs, {INPUT: x})[0]).reshape(-1)
 
 
 def probe_batches(
@@ -221,6 +237,33 @@ def load_forest(
     if worst > PARITY_ATOL:
         return None, f"differs from XGBoost by {worst:.2e}"
     return forest, f"agrees with XGBoost within {worst:.1e}"
+
+
+def write_forest(
+    json_path: str,
+    out_path: str,
+    reference: Callable[[np.ndarray], Any],
+    n_features: int,
+    rows: np.ndarray | None = None,
+) -> float:
+    """Build time, for Triton's onnxruntime backend: write the forest of the
+    XGBoost JSON at ``json_path`` to ``out_path`` once it agrees with
+    ``reference`` (XGBoost itself) within ``PARITY_ATOL`` on the probe batches
+    and on ``rows``; returns the largest difference. Raises
+    ``UnsupportedForest`` or ``ForestMismatch`` and writes nothing otherwise:
+    no Python process runs the check again at load on that backend."""
+    with open(json_path, "rb") as f:
+        model = json.load(f)
+    graph = forest_onnx(model)
+    batches = probe_batches(model, n_features, PROBE_ROWS)
+    if rows is not None:
+        batches.append(np.ascontiguousarray(rows, dtype=np.float32))
+    worst = agrees(OnnxForest(graph), reference, batches)
+    if worst > PARITY_ATOL:
+        raise ForestMismatch(f"differs from XGBoost by {worst:.2e}")
+    with open(out_path, "wb") as f:
+        f.write(graph)
+    return worst
 
 
 def main(argv: list[str] | None = None) -> int:

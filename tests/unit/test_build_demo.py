@@ -1,4 +1,5 @@
-"""The demo build: deterministic artifacts, metadata contract, backend choice."""
+"""The demo build: deterministic artifacts, metadata contract, configs (the backend
+choice and the onnxruntime backend's versions: test_onnx_backend.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from feast_repo.data import VIEWS, generate_tables
 from feast_repo.definitions import TIMESTAMP_FIELD
 from router.pipeline.catalog import load_version
 from router.pipeline.schema import feature_schema_hash
-from triton_models.build import build_repository, choose_gbdt_backend, render_config
+from triton_models.build import build_repository, render_config
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +67,6 @@ def test_metadata_contract(
     v = load_version(repo, model, version)
     assert v.schema_ok and v.n_features == n and v.dq is not None
     assert (repo / model / str(version) / "model.py").exists()
-
-
-def test_backend_choice_follows_installed_backends() -> None:
-    assert choose_gbdt_backend(frozenset({"python"})) == "python"
-    assert choose_gbdt_backend(frozenset({"python", "fil"})) == "fil"
-    assert choose_gbdt_backend(frozenset({"python", "fil"}), "python") == "python"
-    with pytest.raises(RuntimeError):
-        choose_gbdt_backend(frozenset({"python"}), "fil")
 
 
 def _fil_params(cfg: str) -> dict[str, str]:

@@ -171,3 +171,25 @@ def test_format_table_rows() -> None:
         "| ranker (26->64->32->1) | int8 | 0.8207 | +0.0007 | 0.5042 "
         "| 12.0 | 0.50x | 20.0 | 0.65x |"
     )
+
+
+def test_cheap_tier_follows_the_ranker_onto_the_onnxruntime_backend(
+    ranker: dict[str, Any], tmp_path: Path
+) -> None:
+    from triton_models.onnx_io import INPUT, OUTPUT, ort_refusal
+
+    repo = tmp_path / "model_repository"
+    (repo / "ranker").mkdir(parents=True)
+    (repo / "ranker" / "config.pbtxt").write_text(tb.render_config("ranker", "onnxruntime", 26))
+    (tmp_path / "training").mkdir()
+    shutil.copyfile(ranker["src"], tmp_path / "training" / "ranker_v1.onnx")
+    vdir, _ = q.add_quantized_models(tmp_path, repo, ranker["model"], ranker["ds"])
+    assert sorted(p.name for p in vdir.iterdir()) == ["metadata.json", "model.onnx"]
+    config = (repo / "ranker_int8" / "config.pbtxt").read_text()
+    assert 'name: "ranker_int8"' in config and 'backend: "onnxruntime"' in config
+    graph = onnx.load(str(vdir / "model.onnx"))
+    # The QDQ graph keeps the ranker's tensors and what onnxruntime 1.19 reads.
+    assert ort_refusal(graph) is None, ort_refusal(graph)
+    assert [i.name for i in graph.graph.input] == [INPUT]
+    assert [o.name for o in graph.graph.output] == [OUTPUT]
+    assert load_version(repo, "ranker_int8", 1).schema_ok

@@ -102,7 +102,16 @@ def test_skip_path_says_why(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
 
 
 def test_triton_io_rename_keeps_scores(trained: Path, tmp_path: Path) -> None:
-    src = trained / "training" / "ranker_v1.onnx"
+    # An export with its own tensor names (the builder's ranker already uses Triton's).
+    model = onnx.load(str(trained / "training" / "ranker_v1.onnx"))
+    g = model.graph
+    theirs = {"input__0": "x", "output__0": "y"}
+    for node in g.node:
+        node.input[:] = [theirs.get(n, n) for n in node.input]
+        node.output[:] = [theirs.get(n, n) for n in node.output]
+    g.input[0].name, g.output[0].name = "x", "y"
+    src = tmp_path / "theirs.onnx"
+    onnx.save(model, str(src))
     renamed = tmp_path / "r.onnx"
     renamed.write_bytes(trtb.with_triton_io(src.read_bytes()))
     x = tb.ranker_dataset().x[:50]
