@@ -133,6 +133,23 @@ def build_features(out: Path, online_store: str, redis_url: str | None) -> Path:
     return repo
 
 
+TRITON_BACKENDS = frozenset(
+    {"python", "fil", "onnxruntime", "tensorrt", "pytorch", "tensorflow", "openvino"}
+)
+
+
+def backend_names(text: str) -> frozenset[str]:
+    """``--backends``: a comma-separated list of Triton backend names; a name
+    Triton does not have is an error, not a backend silently never chosen."""
+    names = frozenset(b.strip() for b in text.split(",") if b.strip())
+    unknown = sorted(names - TRITON_BACKENDS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown Triton backend(s) {unknown or [text]}; known: {sorted(TRITON_BACKENDS)}"
+        )
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("build"))
@@ -144,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dnn-backend", choices=["auto", "onnxruntime", "python"], default="auto")
     p.add_argument(
         "--backends",
-        type=lambda text: frozenset(b for b in text.split(",") if b),
+        type=backend_names,
         help="the target Triton's backends, comma-separated "
         "(default: those of this machine's Triton)",
     )

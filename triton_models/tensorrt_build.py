@@ -13,7 +13,8 @@ Layout written (``--name ranker_trt``):
     <repo>/ranker_trt/2/model.plan            INT8 (FP16 fallback), IInt8EntropyCalibrator2
     <repo>/ranker_trt/2/calibration.cache     TensorRT's cache (+ .json: what made it)
 
-The ONNX I/O is renamed to Triton's ``input__0``/``output__0`` first, so the
+The ONNX I/O is renamed to Triton's ``input__0``/``output__0`` first (the
+builder's own graphs already use them; an engineer's export may not), so the
 plans take the router's tensors unchanged. Engines have one optimization
 profile, batch 1..max (optimal at ``opt_batch``). Implicit INT8 calibration is
 deprecated in TensorRT 10 (explicit QDQ is the successor: the QDQ ONNX from

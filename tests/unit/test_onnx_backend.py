@@ -11,6 +11,7 @@ scores of each file (run by onnxruntime here) against the model it came from.
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 import re
@@ -186,3 +187,12 @@ def test_with_triton_io_renames_inputs_outputs_and_their_readers() -> None:
     two.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 2]))
     with pytest.raises(ValueError, match="one input and one output"):
         with_triton_io(two)
+
+
+def test_build_demo_builds_for_the_backends_it_is_told() -> None:
+    from scripts import build_demo
+
+    assert build_demo.backend_names("fil, onnxruntime,python") == {"fil", "onnxruntime", "python"}
+    for typo in ("onnx", "fil,pyhton", ","):
+        with pytest.raises(argparse.ArgumentTypeError, match="unknown Triton backend"):
+            build_demo.backend_names(typo)
