@@ -374,7 +374,7 @@ def choose_backend(kind: Kind, installed: frozenset[str], wanted: Backend = "aut
     if wanted not in PREFERENCE[kind]:
         raise RuntimeError(f"a {kind} cannot be served by Triton backend {wanted!r}")
     if wanted not in installed:
-        raise RuntimeError(f"Triton backend {wanted!r} is not installed here")
+        raise RuntimeError(f"Triton backend {wanted!r} is not installed in the target Triton")
     return wanted
 
 
@@ -406,53 +406,60 @@ def _write_version(
     (vdir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def _forest_files(
-    training: Path, boosters: dict[int, xgb.Booster], rows: np.ndarray
-) -> dict[int, dict[str, Any]]:
-    """Each fraud version's forest as ``fraud_v<N>.onnx`` for the onnxruntime
-    backend, checked against XGBoost on probe batches and ``rows``; raises
-    ``UnsupportedForest``/``ForestMismatch``."""
-    out = {}
-    for version, booster in boosters.items():
-        src = training / f"fraud_v{version}.json"
-        dst = training / f"fraud_v{version}.onnx"
-        reference = booster.inplace_predict
-        worst = write_forest(str(src), str(dst), reference, booster.num_features(), rows)
-        out[version] = {"path": dst, "source": src, "max_abs_diff": worst}
-    return out
+def gbdt_forests(
+    training: Path,
+    boosters: dict[int, xgb.Booster],
+    rows: np.ndarray,
+    installed: frozenset[str],
+    wanted: Backend = "auto",
+) -> tuple[str, dict[int, float]]:
+    """The GBDT's backend and, on onnxruntime, each version's forest written as
+    ``<training>/fraud_v<N>.onnx`` from ``fraud_v<N>.json`` once it agrees with
+    XGBoost on probe batches and ``rows`` (version -> largest difference). A
+    forest that does not convert or agree keeps the model off onnxruntime,
+    unless that backend was asked for by name."""
+    backend = choose_backend("gbdt", installed, wanted)
+    if backend != "onnxruntime":
+        return backend, {}
+    try:
+        return backend, {
+            v: write_forest(
+                str(training / f"fraud_v{v}.json"),
+                str(training / f"fraud_v{v}.onnx"),
+                b.inplace_predict,
+                b.num_features(),
+                rows,
+            )
+            for v, b in boosters.items()
+        }
+    except (UnsupportedForest, ForestMismatch) as e:
+        if wanted == "onnxruntime":
+            raise
+        print(f"fraud: not on the onnxruntime backend ({e}); Python backend", flush=True)
+        return choose_backend("gbdt", installed - {"onnxruntime"}), {}
 
 
 def _write_fraud(
     repo: Path, training: Path, installed: frozenset[str], gbdt: Backend, response_cache: bool
-) -> str:
-    """Train and write both fraud versions and the model's config; returns the backend."""
+) -> None:
+    """Train and write both fraud versions and the model's config."""
     fraud = fraud_dataset()
     trained = {v: train_fraud(fraud, v) for v in (1, 2)}
     for version, (booster, _) in trained.items():
         save_xgboost_json(booster, training / f"fraud_v{version}.json", fraud.x[:2000])
-    backend = choose_backend("gbdt", installed, gbdt)
-    forests: dict[int, dict[str, Any]] = {}
-    if backend == "onnxruntime":
-        try:
-            forests = _forest_files(
-                training, {v: b for v, (b, _) in trained.items()}, fraud.x[:2000]
-            )
-        except (UnsupportedForest, ForestMismatch) as e:
-            if gbdt == "onnxruntime":
-                raise
-            print(f"fraud: not on the onnxruntime backend ({e}); Python backend", flush=True)
-            backend = choose_backend("gbdt", installed - {"onnxruntime"})
+    boosters = {v: b for v, (b, _) in trained.items()}
+    backend, forests = gbdt_forests(training, boosters, fraud.x[:2000], installed, gbdt)
     for version, (_, info) in trained.items():
         source = training / f"fraud_v{version}.json"
-        forest = forests.get(version)
-        artifact = forest["path"] if forest else source
+        on_ort = version in forests
+        artifact = training / f"fraud_v{version}.onnx" if on_ort else source
         meta = metadata("fraud", version, "gbdt", "xgboost", artifact, fraud, info)
-        meta["artifact"]["file"] = "model.onnx" if forest else "xgboost.json"
-        if forest:
+        meta["artifact"]["file"] = "model.onnx" if on_ort else "xgboost.json"
+        if on_ort:
             meta["artifact"]["converted_from"] = {
                 "file": "xgboost.json",
                 "sha256": _sha256(source),
-                "max_abs_diff": forest["max_abs_diff"],
+                "max_abs_diff": forests[version],
             }
         # The onnxruntime backend's version keeps its source beside model.onnx.
         files = {"xgboost.json": source, meta["artifact"]["file"]: artifact}
@@ -460,7 +467,6 @@ def _write_fraud(
     (repo / "fraud" / "config.pbtxt").write_text(
         render_config("fraud", backend, fraud.x.shape[1], response_cache=response_cache)
     )
-    return backend
 
 
 def build_repository(

@@ -16,7 +16,6 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -126,26 +125,29 @@ def test_ranker_graph_is_the_python_backends_and_scores_like_sklearn(ort_build: 
     np.testing.assert_allclose(got, pipeline.predict_proba(x)[:, 1], atol=1e-5)
 
 
-def test_a_forest_that_does_not_convert_stays_on_the_python_backend(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_a_forest_that_does_not_convert_stays_off_the_onnxruntime_backend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def refuse(*_: Any, **__: Any) -> float:
-        raise xgb_onnx.UnsupportedForest("objective 'reg:squarederror'")
-
-    monkeypatch.setattr(tb, "write_forest", refuse)  # a model the converter cannot take
-    repo = tmp_path / "model_repository"
-    training = tmp_path / "training"
-    training.mkdir()
-    (repo / "fraud").mkdir(parents=True)
-    assert tb._write_fraud(repo, training, ORT_CLUSTER, "auto", False) == "python"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5)).astype(np.float32)
+    # A regression forest: its raw sum is the score, which the converter (built
+    # for probabilities) refuses rather than wrapping in a Sigmoid.
+    booster = xgb.train(
+        {"objective": "reg:squarederror", "max_depth": 3},
+        xgb.DMatrix(x, label=x[:, 0] * 2.0),
+        num_boost_round=5,
+    )
+    booster.save_model(str(tmp_path / "fraud_v1.json"))
+    boosters = {1: booster}
+    assert tb.gbdt_forests(tmp_path, boosters, x, ORT_CLUSTER) == ("python", {})
     said = capsys.readouterr().out
     assert "not on the onnxruntime backend (objective 'reg:squarederror')" in said
-    assert tb.served_backend(repo / "fraud") == "python"
-    assert (repo / "fraud" / "1" / "model.py").exists()
-    assert not (repo / "fraud" / "1" / "model.onnx").exists()
+    assert not (tmp_path / "fraud_v1.onnx").exists()
+    # FIL, where installed, needs no conversion at all.
+    assert tb.gbdt_forests(tmp_path, boosters, x, ORT_CLUSTER | {"fil"}) == ("fil", {})
     # Asked for by name, the refusal is an error, not a silent substitute.
     with pytest.raises(xgb_onnx.UnsupportedForest):
-        tb._write_fraud(repo, training, ORT_CLUSTER, "onnxruntime", False)
+        tb.gbdt_forests(tmp_path, boosters, x, ORT_CLUSTER, "onnxruntime")
 
 
 def _tiny(
