@@ -43,6 +43,7 @@ from bench.drill_core import (
     write_md,
 )
 from inferline_edge.certs import EDGE_DNS, DevPKI
+from inferline_edge.resources import ROUTER_HEALTH_INTERVAL_S
 from scripts.edge_stack import FullStack
 from scripts.stack import ROOT
 
@@ -50,8 +51,10 @@ TENANT_CERT = ("demo", "cli")
 ROUTER_ENV = {
     "INFERLINE_LOG__LEVEL": "warning",
     "INFERLINE_FEATURES__TIMEOUT_MS": "20",
-    # Keep serving ~2 health-check intervals of Envoy's (0.5 s) after NOT_SERVING.
-    "INFERLINE_SERVER__DRAIN_S": "1.0",
+    # Keep serving 3 of Envoy's health-check intervals after NOT_SERVING, as the
+    # chart does: with 2, on a loaded 2-core CI box where one check ran late, a
+    # request once still reached a router after its drain.
+    "INFERLINE_SERVER__DRAIN_S": str(3 * ROUTER_HEALTH_INTERVAL_S),
 }
 
 Faults = Callable[[FullStack], tuple[Callable[[], None], Callable[[], None] | None]]

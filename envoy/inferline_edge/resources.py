@@ -111,6 +111,10 @@ def _bucket(burst: int, tokens: int, interval_ms: int) -> dict[str, Any]:
 
 
 ROUTER_HEALTH_SERVICE = "inferline.v1.InferenceService"
+ROUTER_HEALTH_INTERVAL_S = 0.5
+"""Envoy's active health checks of the routers: a draining router (NOT_SERVING)
+leaves the rotation within about one interval, so routers drain for three
+(``server.drain_s``: the Helm chart's default, the restart drills)."""
 # Retry only what cannot have reached the router's pipeline (connection refused,
 # stream refused by a router that is going away, reset before any response
 # header): never an answered request, so no request is scored twice. Another
@@ -215,11 +219,11 @@ def _router_cluster(
     )
     cluster["health_checks"] = [
         {
-            "timeout": "0.5s",
-            "interval": "0.5s",
+            "timeout": f"{ROUTER_HEALTH_INTERVAL_S}s",
+            "interval": f"{ROUTER_HEALTH_INTERVAL_S}s",
             "unhealthy_threshold": 1,
             "healthy_threshold": 1,
-            "no_traffic_interval": "0.5s",
+            "no_traffic_interval": f"{ROUTER_HEALTH_INTERVAL_S}s",
             **check,
         }
     ]

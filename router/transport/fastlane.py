@@ -168,7 +168,14 @@ class _Connection(asyncio.Protocol):
         self._peers: frozenset[str] | None = None
         self._tls: ServerTls | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._receiving = False  # a request's first bytes are in, its last are not
         self.busy = False
+
+    @property
+    def idle(self) -> bool:
+        """No request being read, waiting its turn or being answered: the only
+        state in which stopping may close the connection without losing one."""
+        return not (self.busy or self._queue or self._receiving)
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -243,6 +250,9 @@ class _Connection(asyncio.Protocol):
         transport.close()
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._receiving = True
+
     def on_url(self, url: bytes) -> None:
         self._req.url += url
         self._count(len(url))
@@ -269,6 +279,7 @@ class _Connection(asyncio.Protocol):
         req.close = not self._parser.should_keep_alive()
         self._req = _Request()
         self._header_bytes = self._body_bytes = 0
+        self._receiving = False
         self._queue.append(req)
         wake = self._next
         if wake is not None:
@@ -424,9 +435,10 @@ class FastLane:
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace_s``),
-        then close every connection. Idle kept-alive connections close at once:
-        a request Envoy sends on one meets a reset before any response, which its
-        retry policy sends to another router."""
+        then close every connection. Idle kept-alive connections close at once;
+        one with a request still arriving or waiting its turn is answered first
+        (``connection: close``), then closed. A load balancer that stopped
+        sending (health NOT_SERVING, ``drain_s``) leaves only idle ones."""
         self.closing = True
         self.serving = False
         if self._server is not None:
@@ -434,7 +446,7 @@ class FastLane:
         end = time.monotonic() + grace_s
         while time.monotonic() < end:
             for conn in list(self.connections):
-                if not conn.busy and conn._transport is not None:
+                if conn.idle and conn._transport is not None:
                     conn.close()
             if not self.connections:
                 break

@@ -288,3 +288,26 @@ async def test_each_connection_has_its_own_task(lane: Any) -> None:
     server, servicer = lane
     await asyncio.gather(*(_exchange(server, _predict(f"c{i}")) for i in range(3)))
     assert len({id(t) for t in servicer.tasks}) == 3
+
+
+async def test_stop_answers_a_request_still_arriving_and_closes_idle_ones(lane: Any) -> None:
+    """Stopping closes idle kept-alive connections at once, but one whose request
+    has begun to arrive is answered (``connection: close``) before it closes:
+    closing it would lose a request the peer has already sent."""
+    server, _ = lane
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    raw = _predict("late")
+    writer.write(raw[:-3])  # the head and part of the body
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(server.stop(2.0))
+    assert await asyncio.wait_for(idle_reader.read(), 1.0) == b""  # closed at once
+    writer.write(raw[-3:])
+    status, headers, body = await _read_response(reader)
+    await stopping
+    assert status == 200 and headers.get("connection") == "close"
+    assert inference_pb2.PredictResponse.FromString(body).request_id == "late"
+    assert await asyncio.wait_for(reader.read(), 1.0) == b""
+    for w in (writer, idle_writer):
+        w.close()

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 import inferline_edge.tenants as edge_tenants
+from inferline_edge.resources import ROUTER_HEALTH_INTERVAL_S
 from router.pipeline.routing import RoutingTable
 from router.settings import Settings
 from scripts import capacity
@@ -172,6 +173,13 @@ def test_router_env_parses_with_the_routers_settings(
     assert (s.metrics.enabled, s.metrics.host, s.metrics.port) == (True, "0.0.0.0", 9464)
     assert s.server.workers == 1  # the HPA and capacity model count one process per pod
     assert (s.server.port, s.server.bridge_port) == (50051, 50052)  # Predict fast lane on
+    # Shutdown: Envoy's health checks (every 0.5 s) see NOT_SERVING before the
+    # router stops accepting, and the kubelet waits out preStop + drain + grace.
+    assert s.server.drain_s >= 3 * ROUTER_HEALTH_INTERVAL_S
+    pod = named(docs, "Deployment", f"{FULL}-router")["spec"]["template"]["spec"]
+    pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    budget = pre_stop + s.server.drain_s + s.server.grace_period_s
+    assert pod["terminationGracePeriodSeconds"] > budget
 
 
 def test_feast_and_edge_config() -> None:
