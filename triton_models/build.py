@@ -379,11 +379,13 @@ def choose_backend(kind: Kind, installed: frozenset[str], wanted: Backend = "aut
 
 
 def served_backend(model_dir: Path) -> str:
-    """The backend ``<model_dir>/config.pbtxt`` names ("python" without one)."""
-    config = model_dir / "config.pbtxt"
-    text = config.read_text() if config.exists() else ""
-    found = re.search(r'^backend:\s*"([^"]+)"', text, re.MULTILINE)
-    return found.group(1) if found else "python"
+    """The backend (or platform) ``<model_dir>/config.pbtxt`` names, read with
+    Triton's own config schema as the registry reads it; "python" without one."""
+    from router.backends.triton_repository import read_serving_config
+
+    if not (model_dir / "config.pbtxt").exists():
+        return "python"
+    return read_serving_config(model_dir)[0].backend
 
 
 def _write_version(
