@@ -216,6 +216,32 @@ def agrees(predict: Any, reference: Any, batches: list[np.ndarray]) -> float:
     return worst
 
 
+def checked_forest(
+    path: str,
+    reference: Callable[[np.ndarray], Any],
+    n_features: int,
+    threads: int = 1,
+    probe_rows: tuple[int, ...] = PROBE_ROWS,
+    rows: np.ndarray | None = None,
+) -> tuple[bytes, OnnxForest, float]:
+    """The forest of the XGBoost JSON at ``path``: its ONNX graph, that graph on
+    onnxruntime, and its largest difference from ``reference`` (XGBoost itself)
+    on the probe batches and ``rows``. Raises ``UnsupportedForest``,
+    ``ForestMismatch`` (over ``PARITY_ATOL``), or what reading the file or
+    onnxruntime raises."""
+    with open(path, "rb") as f:
+        model = json.load(f)
+    graph = forest_onnx(model)
+    forest = OnnxForest(graph, threads)
+    batches = probe_batches(model, n_features, probe_rows)
+    if rows is not None:
+        batches.append(np.ascontiguousarray(rows, dtype=np.float32))
+    worst = agrees(forest, reference, batches)
+    if worst > PARITY_ATOL:
+        raise ForestMismatch(f"differs from XGBoost by {worst:.2e}")
+    return graph, forest, worst
+
+
 def load_forest(
     path: str,
     reference: Callable[[np.ndarray], Any],
@@ -223,19 +249,15 @@ def load_forest(
     threads: int = 1,
     probe_rows: tuple[int, ...] = PROBE_ROWS,
 ) -> tuple[OnnxForest | None, str]:
-    """The forest of the XGBoost JSON at ``path`` on onnxruntime, if it converts,
-    loads and agrees with ``reference`` (XGBoost itself) within ``PARITY_ATOL``;
-    else None. Also says why, for the model's log line. Never raises: any
-    failure leaves the caller on XGBoost's own path."""
+    """Load time, in the Python backend: the checked forest (``checked_forest``)
+    on onnxruntime, or None, and why, for the model's log line. Never raises:
+    any failure leaves the caller on XGBoost's own path."""
     try:
-        with open(path, "rb") as f:
-            model = json.load(f)
-        forest = OnnxForest(forest_onnx(model), threads)
-        worst = agrees(forest, reference, probe_batches(model, n_features, probe_rows))
+        _, forest, worst = checked_forest(path, reference, n_features, threads, probe_rows)
+    except ForestMismatch as e:
+        return None, str(e)
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors are not RuntimeErrors
         return None, f"unusable ({type(e).__name__}: {e})"
-    if worst > PARITY_ATOL:
-        return None, f"differs from XGBoost by {worst:.2e}"
     return forest, f"agrees with XGBoost within {worst:.1e}"
 
 
@@ -246,21 +268,11 @@ def write_forest(
     n_features: int,
     rows: np.ndarray | None = None,
 ) -> float:
-    """Build time, for Triton's onnxruntime backend: write the forest of the
-    XGBoost JSON at ``json_path`` to ``out_path`` once it agrees with
-    ``reference`` (XGBoost itself) within ``PARITY_ATOL`` on the probe batches
-    and on ``rows``; returns the largest difference. Raises
-    ``UnsupportedForest`` or ``ForestMismatch`` and writes nothing otherwise:
-    no Python process runs the check again at load on that backend."""
-    with open(json_path, "rb") as f:
-        model = json.load(f)
-    graph = forest_onnx(model)
-    batches = probe_batches(model, n_features, PROBE_ROWS)
-    if rows is not None:
-        batches.append(np.ascontiguousarray(rows, dtype=np.float32))
-    worst = agrees(OnnxForest(graph), reference, batches)
-    if worst > PARITY_ATOL:
-        raise ForestMismatch(f"differs from XGBoost by {worst:.2e}")
+    """Build time, for Triton's onnxruntime backend: write the checked forest's
+    graph (``checked_forest``, probe batches and ``rows``) to ``out_path``;
+    returns its largest difference from XGBoost. Raises as ``checked_forest``
+    does and writes nothing then: no Python process checks it again at load."""
+    graph, _, worst = checked_forest(json_path, reference, n_features, rows=rows)
     with open(out_path, "wb") as f:
         f.write(graph)
     return worst

@@ -29,7 +29,7 @@ from router.pipeline.catalog import load_version
 from router.registry.validation import check_artifact, check_config, read_version
 from triton_models import build as tb
 from triton_models import xgb_onnx
-from triton_models.onnx_io import INPUT, OUTPUT, TRITON_2_51, ort_refusal, with_triton_io
+from triton_models.onnx_io import INPUT, OUTPUT, OrtLimits, ort_refusal, with_triton_io
 
 ORT_CLUSTER = frozenset({"onnxruntime", "python"})
 
@@ -175,7 +175,7 @@ def test_ort_refusal_names_what_triton_2_51_cannot_read() -> None:
     assert "unknown to" in str(ort_refusal(_tiny(8, [("", 17), ("ai.onnx.x", 1)], (INPUT, OUTPUT))))
     assert "not ['input__0']" in str(ort_refusal(_tiny(8, [("", 17)], ("x", "y"))))
     # A newer release's limits are a parameter, not an edit of the check.
-    newer = type(TRITON_2_51)("later", ir_version=11, opsets={"": 23})
+    newer = OrtLimits("later", ir_version=11, opsets={"": 23})
     assert ort_refusal(_tiny(11, [("", 22)], (INPUT, OUTPUT)), newer) is None
 
 
