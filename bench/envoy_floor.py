@@ -14,7 +14,9 @@ request read from ``/proc``:
   (the router and Triton take ~1.5 ms; Envoy's fault-filter delay comes out at
   ~4 ms on the dev VM, see the mean latency): the front Envoy goes idle between
   the request and the answer, and on this VM idling and being woken cost CPU.
-- ``lua``: ``proxy_wait`` plus the edge's two Lua filters (tenant and status).
+- ``lua``: ``proxy_wait`` plus the edge's Lua filter (tenant and priority, on
+  requests only; until 11-29 there was a second one, and both also ran on
+  responses: ``bench.edge_framing`` measures what that framing cost).
 - ``jwt_nocache``: ``proxy_wait`` plus ``jwt_authn`` with an ES256 token, no cache.
 - ``jwt``: ``proxy_wait`` plus the edge's ``jwt_authn`` filter as shipped
   (``listeners.jwt_filter``: verified tokens cached).
@@ -40,8 +42,8 @@ from bench.chain import machine_info
 from bench.drill_core import write_md
 from bench.h2load import run_for_cpu
 from inferline_edge.certs import DevPKI
-from inferline_edge.common import BRIDGE_LUA_FILTER, http_filter, typed
-from inferline_edge.listeners import LUA_BRIDGE_LOCAL_REPLY, LUA_TENANT_FILTER, jwt_filter
+from inferline_edge.common import http_filter, typed
+from inferline_edge.listeners import LUA_TENANT_FILTER, jwt_filter
 from scripts.edge_procs import envoy_binary
 from scripts.supervisor import Supervisor
 
@@ -134,17 +136,13 @@ def backend_config(port: int, pki: DevPKI, delay_ms: float) -> dict[str, Any]:
 def front_config(variant: str, port: int, *, upstream: int | None, pki: DevPKI) -> dict[str, Any]:
     filters: list[dict[str, Any]] = []
     if variant == "lua":
-        for name, code in (
-            ("envoy.filters.http.lua", LUA_TENANT_FILTER),
-            (BRIDGE_LUA_FILTER, LUA_BRIDGE_LOCAL_REPLY),
-        ):
-            filters.append(
-                http_filter(
-                    name,
-                    "envoy.extensions.filters.http.lua.v3.Lua",
-                    {"default_source_code": {"inline_string": code}},
-                )
+        filters.append(
+            http_filter(
+                "envoy.filters.http.lua",
+                "envoy.extensions.filters.http.lua.v3.Lua",
+                {"default_source_code": {"inline_string": LUA_TENANT_FILTER}},
             )
+        )
     elif variant in ("jwt", "jwt_nocache"):
         jwt = jwt_filter(pki.jwks.read_text())
         if variant == "jwt_nocache":
@@ -293,7 +291,7 @@ _WHAT = {
     "direct": "answers itself (TLS HTTP/2 in, no upstream)",
     "proxy": "+ upstream over TLS HTTP/1.1, answered at once",
     "proxy_wait": "+ the upstream answers after the delay: Envoy idles in between",
-    "lua": "`proxy_wait` + the edge's two Lua filters",
+    "lua": "`proxy_wait` + the edge's Lua filter",
     "jwt_nocache": "`proxy_wait` + `jwt_authn` (ES256), no cache",
     "jwt": "`proxy_wait` + `jwt_authn` as shipped (verified tokens cached)",
 }
@@ -331,7 +329,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"Idling between request and answer: {more(c1, 'proxy_wait', 'proxy')} per request "
-        f"at c1. The Lua filters: {more(c1, 'lua')} (c1), {more(c32, 'lua')} (c32). ES256 "
+        f"at c1. The Lua filter: {more(c1, 'lua')} (c1), {more(c32, 'lua')} (c32). ES256 "
         f"verification: {more(c1, 'jwt_nocache')} (c1) and {more(c32, 'jwt_nocache')} (c32) "
         f"without the cache, {more(c1, 'jwt')} and {more(c32, 'jwt')} with it.",
         "",

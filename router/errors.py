@@ -22,6 +22,7 @@ class Code(enum.Enum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     UNAVAILABLE = "UNAVAILABLE"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
     INTERNAL = "INTERNAL"
 
 
@@ -80,6 +81,13 @@ class Unavailable(InferlineError):
 
 class DeadlineExceeded(InferlineError):
     code = Code.DEADLINE_EXCEEDED
+
+
+class Unimplemented(InferlineError):
+    """A request the server understands but does not support (e.g. a compressed
+    gRPC message on the fast lane)."""
+
+    code = Code.UNIMPLEMENTED
 
 
 class ConfigError(Exception):

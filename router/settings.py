@@ -27,8 +27,9 @@ class ServerSettings(_Section):
     """gRPC port (0 picks a free one; the bound port is logged)."""
     bridge_port: int | None = Field(default=None, ge=0, le=65535)
     """Port of the HTTP/1.1 fast lane for Predict (None: off; 0: a free one).
-    Envoy's grpc_http1_reverse_bridge sends Predict here instead of to the gRPC
-    port: ~0.3 ms less router CPU per request. Same host and TLS as the gRPC port."""
+    The edge sends Predict here (gRPC framing over HTTP/1.1, the status in
+    trailers) instead of to the gRPC port: ~0.3 ms less router CPU per request.
+    Same host and TLS as the gRPC port."""
     workers: int = Field(default=1, ge=1, le=64)
     """Router processes sharing the port (SO_REUSEPORT): one Python process uses
     one core, so set this to the cores the pod has. Needs a fixed port."""

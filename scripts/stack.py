@@ -204,7 +204,7 @@ class RouterProcess(Supervisor):
 
     @property
     def bridge_address(self) -> str:
-        """The HTTP/1.1 fast lane (Predict behind Envoy's reverse bridge)."""
+        """The HTTP/1.1 fast lane (Predict from the edge, gRPC over HTTP/1.1)."""
         return f"127.0.0.1:{self.ports[2]}"
 
     def command(self) -> list[str]:

@@ -11,9 +11,6 @@ from typing import Any
 
 # Imported for their side effect: registering the @type URLs used by the builders.
 from envoy_data_plane.envoy.extensions.access_loggers.stream import v3 as _stream  # noqa: F401
-from envoy_data_plane.envoy.extensions.filters.http.grpc_http1_reverse_bridge import (
-    v3 as _bridge,  # noqa: F401
-)
 from envoy_data_plane.envoy.extensions.filters.http.header_mutation import v3 as _hm  # noqa: F401
 from envoy_data_plane.envoy.extensions.filters.http.jwt_authn import v3 as _jwt  # noqa: F401
 from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit import v3 as _lrl  # noqa: F401
@@ -45,9 +42,6 @@ ROUTER_CLUSTER = "router"
 ROUTER_FAST_CLUSTER = "router_fast"
 """The routers' HTTP/1.1 fast lane (router/transport/fastlane.py): Predict only."""
 PREDICT_PATH = "/inferline.v1.InferenceService/Predict"
-BRIDGE_FILTER = "envoy.filters.http.grpc_http1_reverse_bridge"
-BRIDGE_CONTENT_TYPE = "application/x-protobuf"
-BRIDGE_LUA_FILTER = "inferline.bridge_local_reply"
 RATELIMIT_CLUSTER = "ratelimit"
 RATELIMIT_DOMAIN = "inferline"
 TENANT_HEADER = "x-inferline-tenant"
@@ -77,7 +71,8 @@ class Topology:
     """More router endpoints beside ``upstream`` in the router cluster."""
     bridges: tuple[tuple[str, int], ...] = ()
     """The routers' HTTP/1.1 fast-lane endpoints. When set, Predict goes there
-    through the gRPC -> HTTP/1.1 reverse bridge; everything else stays on gRPC."""
+    (gRPC's framing over HTTP/1.1, status in trailers); everything else stays on
+    the routers' gRPC ports."""
     ratelimit: tuple[str, int] | None = None
     listen_address: str = "127.0.0.1"
     access_log: bool = False

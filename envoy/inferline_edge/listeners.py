@@ -7,9 +7,9 @@ Filter order on each request: header_mutation (drop client-sent identity headers
 -> jwt_authn (JWT listener only) -> Lua (derive ``x-inferline-tenant`` from the
 verified identity, normalise the priority) -> RBAC (deny unless a tenant policy
 from RDS allows) -> local rate limit (per-tenant bucket from RDS) -> global rate
-limit (quota service) -> gRPC/HTTP-1.1 reverse bridge (Predict to the routers'
-fast lane, when configured) -> router. On responses the order reverses: the
-bridge re-frames the fast lane's answer, then Lua restores its exact gRPC status.
+limit (quota service) -> router (Predict to the routers' HTTP/1.1 fast lane when
+configured: the gRPC request as is, its status back in HTTP/1.1 trailers, so no
+filter re-frames anything).
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ from typing import Any
 
 from inferline_edge.common import (
     ADS,
-    BRIDGE_CONTENT_TYPE,
-    BRIDGE_FILTER,
-    BRIDGE_LUA_FILTER,
     JWT_FILTER,
     JWT_METADATA_KEY,
     JWT_PAYLOAD_HEADER,
@@ -36,24 +33,6 @@ from inferline_edge.common import (
     typed,
 )
 from inferline_edge.tenants import EdgeConfig
-
-# Between the reverse bridge and the router, on bridged (Predict) routes only.
-# Envoy's own replies (no healthy router, timeout, reset) are gRPC
-# "trailers-only" replies: content-type application/grpc, status in headers. The
-# bridge would reject that content-type and answer UNKNOWN; restated as a fast-
-# lane error here, they pass it and LUA_TENANT_FILTER restores the status.
-LUA_BRIDGE_LOCAL_REPLY = r"""
-function envoy_on_response(handle)
-  local headers = handle:headers()
-  if headers:get("content-type") ~= "application/grpc" then return end
-  headers:replace("content-type", "application/x-protobuf")
-  headers:replace("x-inferline-grpc-status", headers:get("grpc-status") or "14")
-  local message = headers:get("grpc-message")
-  if message ~= nil then headers:replace("x-inferline-grpc-message", message) end
-  headers:remove("grpc-status")
-  headers:remove("grpc-message")
-end
-"""
 
 # Runs after the client-sent copies are removed (header_mutation): derive the
 # tenant from the verified peer certificate (or the verified JWT payload) and
@@ -86,33 +65,6 @@ function envoy_on_request(handle)
   if tenant ~= nil then headers:replace("x-inferline-tenant", tenant) end
   local p = headers:get("x-inferline-priority")
   if p == nil or not PRIORITIES[p] then headers:replace("x-inferline-priority", "standard") end
-end
-
--- The router's HTTP/1.1 fast lane sends an error's gRPC status in headers; the
--- reverse bridge (which runs before this on responses) only derives a coarse
--- grpc-status from the HTTP code. Put the real status into the trailers.
-function envoy_on_response(handle)
-  local headers = handle:headers()
-  local code = headers:get("x-inferline-grpc-status")
-  if code == nil then return end
-  local message = headers:get("x-inferline-grpc-message")
-  local details = headers:get("x-inferline-grpc-status-details-bin")
-  headers:remove("x-inferline-grpc-status")
-  headers:remove("x-inferline-grpc-message")
-  headers:remove("x-inferline-grpc-status-details-bin")
-  local trailers = handle:trailers()
-  if trailers == nil then
-    -- Headers only: an earlier filter's reply (RBAC, rate limit) that the bridge
-    -- never handled, restated by LUA_BRIDGE_LOCAL_REPLY: a trailers-only reply.
-    headers:replace("content-type", "application/grpc")
-    headers:replace("grpc-status", code)
-    if message ~= nil then headers:replace("grpc-message", message) end
-    if details ~= nil then headers:replace("grpc-status-details-bin", details) end
-    return
-  end
-  trailers:replace("grpc-status", code)
-  if message ~= nil then trailers:replace("grpc-message", message) end
-  if details ~= nil then trailers:replace("grpc-status-details-bin", details) end
 end
 """
 
@@ -221,24 +173,6 @@ def _hcm(name: str, *, jwt: bool, jwks: str, edge: EdgeConfig, topo: Topology) -
                         "transport_api_version": "V3",
                     },
                 },
-            )
-        )
-    if topo.bridges:
-        # Predict -> the routers' HTTP/1.1 fast lane: gRPC frame off on the way
-        # in, back on (with grpc-status trailers) on the way out. Routes that stay
-        # on gRPC disable it per route (resources.py).
-        filters.append(
-            http_filter(
-                BRIDGE_FILTER,
-                "envoy.extensions.filters.http.grpc_http1_reverse_bridge.v3.FilterConfig",
-                {"content_type": BRIDGE_CONTENT_TYPE, "withhold_grpc_frames": True},
-            )
-        )
-        filters.append(
-            http_filter(
-                BRIDGE_LUA_FILTER,
-                "envoy.extensions.filters.http.lua.v3.Lua",
-                {"default_source_code": {"inline_string": LUA_BRIDGE_LOCAL_REPLY}},
             )
         )
     filters.append(

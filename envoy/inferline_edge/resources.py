@@ -30,8 +30,6 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from inferline_edge.certs import ROUTER_DNS, ROUTER_SPIFFE_ID
 from inferline_edge.common import (
-    BRIDGE_FILTER,
-    BRIDGE_LUA_FILTER,
     CLUSTER,
     GRPC_PREFIXES,
     JWT_FILTER,
@@ -160,7 +158,9 @@ def _h1_options() -> dict[str, Any]:
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             {
-                "explicit_http_config": {"http_protocol_options": {}},
+                # The fast lane answers gRPC over HTTP/1.1: its grpc-status is a
+                # trailer, which the HTTP/1 codec drops unless told otherwise.
+                "explicit_http_config": {"http_protocol_options": {"enable_trailers": True}},
                 "common_http_protocol_options": {"idle_timeout": "300s"},
             },
         )
@@ -205,7 +205,7 @@ def _router_cluster(
     name: str, endpoints: tuple[tuple[str, int], ...], *, fast_lane: bool
 ) -> dict[str, Any]:
     """A cluster of routers over mTLS: their gRPC ports, or (``fast_lane``) their
-    HTTP/1.1 fast-lane ports for bridged Predict calls."""
+    HTTP/1.1 fast-lane ports for Predict."""
     cluster = _static_cluster(name, endpoints[0], "1s", *endpoints[1:])
     if fast_lane:
         cluster["typed_extension_protocol_options"] = _h1_options()
@@ -306,13 +306,7 @@ def _tenant_principals(tid: str, t: Tenant) -> list[dict[str, Any]]:
     return out
 
 
-_LUA_PER_ROUTE = "envoy.extensions.filters.http.lua.v3.LuaPerRoute"
-_BRIDGE_PER_ROUTE = (
-    "envoy.extensions.filters.http.grpc_http1_reverse_bridge.v3.FilterConfigPerRoute"
-)
-
-
-def _route_config(edge: EdgeConfig, *, bridged: bool = False) -> dict[str, Any]:
+def _route_config(edge: EdgeConfig, *, fast_lane: bool = False) -> dict[str, Any]:
     policies = {
         f"tenant-{tid}": {"permissions": [{"any": True}], "principals": principals}
         for tid, t in sorted(edge.tenants.items())
@@ -386,42 +380,23 @@ def _route_config(edge: EdgeConfig, *, bridged: bool = False) -> dict[str, Any]:
     }
     routes: list[dict[str, Any]] = []
     crit = {"name": PRIORITY_HEADER, "string_match": {"exact": "critical"}}
-    if bridged:
-        # Predict through the reverse bridge to the fast lane; the gRPC frame and
-        # status are restored on the way back (listeners.py). No gRPC matcher: the
-        # bridge rewrites the content-type and then re-matches the route.
-        # No max_stream_duration here: the bridge re-matches the route after
-        # rewriting the content-type, and a deadline found expired at that moment
-        # is answered from inside the bridge, which mangles the reply to UNKNOWN.
-        # The router enforces the caller's grpc-timeout (forwarded) itself, and a
-        # caller giving up resets the stream, which cancels the router's work.
-        fast = {k: v for k, v in action.items() if k != "max_stream_duration"}
-        fast["cluster"] = ROUTER_FAST_CLUSTER
-        match: dict[str, Any] = {"path": PREDICT_PATH}
+    if fast_lane:
+        # Predict to the routers' HTTP/1.1 fast lane, the gRPC request forwarded
+        # as is: same deadline, retries and priorities as the gRPC routes.
+        fast = {**action, "cluster": ROUTER_FAST_CLUSTER}
+        match: dict[str, Any] = {"path": PREDICT_PATH, "grpc": {}}
         routes.append(
             {"match": {**match, "headers": [crit]}, "route": {**fast, "priority": "HIGH"}}
         )
         routes.append({"match": match, "route": fast})
-    no_bridge = (
-        {
-            BRIDGE_FILTER: typed(_BRIDGE_PER_ROUTE, {"disabled": True}),
-            BRIDGE_LUA_FILTER: typed(_LUA_PER_ROUTE, {"disabled": True}),
-        }
-        if bridged
-        else {}
-    )
     for prefix in GRPC_PREFIXES:
-        grpc_routes: list[dict[str, Any]] = [
+        routes.append(
             {
                 "match": {"prefix": prefix, "grpc": {}, "headers": [crit]},
                 "route": {**action, "priority": "HIGH"},
-            },
-            {"match": {"prefix": prefix, "grpc": {}}, "route": action},
-        ]
-        for r in grpc_routes:
-            if no_bridge:
-                r["typed_per_filter_config"] = no_bridge
-            routes.append(r)
+            }
+        )
+        routes.append({"match": {"prefix": prefix, "grpc": {}}, "route": action})
     routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404}})
     vhost: dict[str, Any] = {
         "name": "inferline",
@@ -485,7 +460,7 @@ def build(edge: EdgeConfig, topo: Topology) -> dict[str, dict[str, betterproto2.
         SECRET: _secrets(topo.secret_files),
         CLUSTER: _clusters(topo),
         LISTENER: [listener("public_mtls", topo.mtls_port, jwt=False, edge=edge, topo=topo)],
-        ROUTE: [_route_config(edge, bridged=bool(topo.bridges))],
+        ROUTE: [_route_config(edge, fast_lane=bool(topo.bridges))],
     }
     if topo.jwt_port is not None:
         raw[LISTENER].append(listener("public_jwt", topo.jwt_port, jwt=True, edge=edge, topo=topo))

@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "--bridge",
         default=None,
         help="the routers' HTTP/1.1 fast-lane host:port[,...]: Predict goes there "
-        "through Envoy's gRPC -> HTTP/1.1 reverse bridge (default: gRPC to --upstream)",
+        "as gRPC over HTTP/1.1, status in trailers (default: gRPC to --upstream)",
     )
     p.add_argument("--ratelimit", default=None, help="rate-limit service host:port")
     p.add_argument(

@@ -4,18 +4,22 @@ Why: a grpc.aio server spends ~0.34 ms of CPU per unary call on this hardware
 before any handler code runs (C-core HTTP/2, its polling thread, the hand-off to
 the event loop); an asyncio HTTP/1.1 server with a C parser (httptools) spends
 ~0.03 ms (docs/benchmarks.md). The router's whole budget is 0.5 ms. Envoy
-already terminates the caller's gRPC (HTTP/2, mTLS), so its
-``grpc_http1_reverse_bridge`` filter forwards Predict to this listener as a plain
-HTTP/1.1 POST of the serialized ``PredictRequest`` (no gRPC frame), and turns the
-answer back into gRPC. Callers still speak gRPC and see the same statuses:
+already terminates the caller's HTTP/2 (mTLS), so it forwards Predict here over
+HTTP/1.1 and callers still speak gRPC and see the same statuses. Two framings,
+chosen by the request's content-type:
 
-- success: ``200``, ``content-type: application/x-protobuf``, the serialized
-  ``PredictResponse``;
-- error: an empty ``application/x-protobuf`` body with the gRPC status in
-  ``x-inferline-grpc-status`` / ``-message`` / ``-status-details-bin`` headers,
-  which the edge's Lua filter copies into the gRPC trailers (the bridge alone
-  maps HTTP codes to a few gRPC codes only). The HTTP code is a rough match for
-  plain-HTTP readers.
+- ``application/grpc`` (what the edge sends): gRPC's own framing carried over
+  HTTP/1.1. The body is one length-prefixed message; the answer is ``200``,
+  chunked, the length-prefixed ``PredictResponse`` (none for an error) and the
+  status in HTTP/1.1 trailers (``grpc-status``, ``grpc-message``,
+  ``grpc-status-details-bin``), which Envoy (``enable_trailers`` on the
+  cluster) passes on as the caller's gRPC trailers. Envoy needs no filter for
+  it, and its own replies (no healthy router, timeout) are native gRPC ones.
+- ``application/x-protobuf`` (plain-HTTP callers, load generators, and an edge
+  still on ``grpc_http1_reverse_bridge`` during a rollout): the bare serialized
+  message; an error is an empty body with the status in
+  ``x-inferline-grpc-status`` / ``-message`` / ``-status-details-bin`` headers
+  and a rough HTTP code.
 
 Same pipeline, identity rules, deadline, log line and metrics as the gRPC
 servicer: the request goes through ``InferenceServicer.handle``. One request at
@@ -44,7 +48,7 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from inferline.v1 import inference_pb2
-from router.errors import InferlineError, InvalidArgument
+from router.errors import InferlineError, InvalidArgument, Unimplemented
 from router.logging import clear_request
 from router.observability.metrics import Metrics
 from router.settings import ServerSettings, TlsSettings
@@ -60,7 +64,9 @@ PREDICT_PATH = b"/inferline.v1.InferenceService/Predict"
 METHOD = PREDICT_PATH.decode()
 HEALTH_PATH = b"/healthz"
 CONTENT_TYPE_STR = "application/x-protobuf"
+GRPC_CONTENT_TYPES = frozenset({"application/grpc", "application/grpc+proto"})
 STATUS_HEADER = "x-inferline-grpc-status"
+_GRPC_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n"
 _MAX_HEADER_BYTES = 16 * 1024
 _MAX_HEADERS = 100
 # A rough HTTP code per gRPC status, for plain-HTTP readers and logs; the gRPC
@@ -107,13 +113,16 @@ def _response(status: bytes, body: bytes, extra: bytes = b"", close: bool = Fals
     )
 
 
+def _grpc_message(message: str) -> bytes:
+    return urllib.parse.quote(message, safe=" !#$&'()*+,/:;=?@[]~").encode()  # gRPC's encoding
+
+
 def error_response(ws: WireStatus, close: bool = False, http_status: bytes | None = None) -> bytes:
-    """An error as the fast lane sends it (see the module docstring)."""
-    message = urllib.parse.quote(ws.message, safe=" !#$&'()*+,/:;=?@[]~")  # gRPC's encoding
+    """An error in the ``application/x-protobuf`` framing (module docstring)."""
     extra = b"%s: %d\r\nx-inferline-grpc-message: %s\r\n" % (
         STATUS_HEADER.encode(),
         ws.number,
-        message.encode(),
+        _grpc_message(ws.message),
     )
     if ws.details is not None:
         extra += b"x-inferline-grpc-status-details-bin: %s\r\n" % base64.b64encode(
@@ -124,6 +133,46 @@ def error_response(ws: WireStatus, close: bool = False, http_status: bytes | Non
     if http_status is None:
         http_status = _HTTP_CODES.get(ws.code, b"500 Internal Server Error")
     return _response(http_status, b"", extra, close)
+
+
+def grpc_response(message: bytes) -> bytes:
+    """A success in the ``application/grpc`` framing: one chunk holding the
+    length-prefixed message, then ``grpc-status: 0`` as a trailer."""
+    n = len(message)
+    return b"".join(
+        (
+            _GRPC_HEAD,
+            b"\r\n%x\r\n\x00" % (n + 5),
+            n.to_bytes(4, "big"),
+            message,
+            b"\r\n0\r\ngrpc-status: 0\r\n\r\n",
+        )
+    )
+
+
+def grpc_error(ws: WireStatus, close: bool = False) -> bytes:
+    """An error in the ``application/grpc`` framing: no message, the status in
+    trailers (``retry-after`` stays a header: initial metadata for the caller)."""
+    head = _GRPC_HEAD + (b"connection: close\r\n" if close else b"")
+    if ws.retry_after is not None:
+        head += b"retry-after: %d\r\n" % ws.retry_after
+    trailers = b"grpc-status: %d\r\ngrpc-message: %s\r\n" % (
+        ws.number,
+        _grpc_message(ws.message),
+    )
+    if ws.details is not None:
+        trailers += b"grpc-status-details-bin: %s\r\n" % base64.b64encode(ws.details).rstrip(b"=")
+    return b"".join((head, b"\r\n0\r\n", trailers, b"\r\n"))
+
+
+def _grpc_unframe(data: bytes) -> bytes:
+    """The one message of a unary gRPC request body (5-byte prefix: compressed
+    flag, big-endian length)."""
+    if len(data) < 5 or len(data) != 5 + int.from_bytes(data[1:5], "big"):
+        raise InvalidArgument("request body is not one length-prefixed gRPC message")
+    if data[0] != 0:
+        raise Unimplemented("compressed gRPC messages are not supported")
+    return data[5:]
 
 
 def _peer_uris(ssl_object: ssl.SSLObject | None) -> frozenset[str]:
@@ -296,10 +345,12 @@ class _Connection(asyncio.Protocol):
 
     def _reject(self, status: bytes, message: str) -> None:
         """Answer a request that could not be read and close: the stream's framing
-        can no longer be trusted."""
+        can no longer be trusted. A gRPC-framed one gets its status in trailers."""
         code = "RESOURCE_EXHAUSTED" if status.startswith(b"413") else "INVALID_ARGUMENT"
         if self._transport is not None and not self._transport.is_closing():
-            self.write(error_response(WireStatus(code, message), True, status))
+            ws = WireStatus(code, message)
+            grpc = self._req.headers.get("content-type") in GRPC_CONTENT_TYPES
+            self.write(grpc_error(ws, True) if grpc else error_response(ws, True, status))
             self.close()
 
     def peers(self) -> frozenset[str]:
@@ -467,30 +518,43 @@ class FastLane:
         if req.method == b"GET" and path == HEALTH_PATH:
             status = b"200 OK" if self.serving else b"503 Service Unavailable"
             return b"HTTP/1.1 %s\r\ncontent-length: 0\r\n\r\n" % status, None
-        return error_response(WireStatus("UNIMPLEMENTED", "unknown method")), None
+        ws = WireStatus("UNIMPLEMENTED", "unknown method")
+        grpc = req.headers.get("content-type") in GRPC_CONTENT_TYPES
+        return (grpc_error(ws) if grpc else error_response(ws)), None
 
     async def _predict(self, req: _Request, peers: Callable[[], frozenset[str]]) -> Reply:
         """Predict's response (an error as the module docstring says), and its
         log line and metrics to record once it is written."""
         clear_request()
         t0 = time.monotonic()
+        content_type = req.headers.get("content-type")
+        grpc = content_type in GRPC_CONTENT_TYPES
         try:
-            if req.headers.get("content-type") != CONTENT_TYPE_STR:
-                raise InvalidArgument("content-type must be application/x-protobuf")
+            body = b"".join(req.body)
+            if grpc:
+                body = _grpc_unframe(body)
+            elif content_type != CONTENT_TYPE_STR:
+                raise InvalidArgument(
+                    "content-type must be application/grpc or application/x-protobuf"
+                )
             try:
-                request = inference_pb2.PredictRequest.FromString(b"".join(req.body))
+                request = inference_pb2.PredictRequest.FromString(body)
             except DecodeError as e:
                 raise InvalidArgument("request body is not a valid protobuf message") from e
             timeout = grpc_timeout(req.headers.get("grpc-timeout"))
             resp = await self._servicer.handle(request, req.headers, peers, timeout)
-            response, code = _response(b"200 OK", resp.SerializeToString()), "OK"
+            data = resp.SerializeToString()
+            response = grpc_response(data) if grpc else _response(b"200 OK", data)
+            code = "OK"
         except InferlineError as e:
-            response, code = error_response(wire_status(e)), e.code.name
+            ws, code = wire_status(e), e.code.name
+            response = grpc_error(ws) if grpc else error_response(ws)
         except asyncio.CancelledError:
             # No answer will be written: record now (the caller went away).
             record_rpc(self._metrics, METHOD, "CANCELLED", time.monotonic() - t0)
             raise
         except Exception:
             log.exception("rpc.unhandled_error", method=METHOD)
-            response, code = error_response(WireStatus("INTERNAL", "internal error")), "INTERNAL"
+            ws, code = WireStatus("INTERNAL", "internal error"), "INTERNAL"
+            response = grpc_error(ws) if grpc else error_response(ws)
         return response, partial(record_rpc, self._metrics, METHOD, code, time.monotonic() - t0)

@@ -1,4 +1,5 @@
-"""Predict through Envoy's gRPC -> HTTP/1.1 reverse bridge into the router's fast lane.
+"""Predict through Envoy into the router's HTTP/1.1 fast lane (gRPC's framing
+over HTTP/1.1, the status in trailers that Envoy passes on).
 
 The whole chain is real (Triton, router in edge mode, Envoy + xDS + rate-limit
 service): the caller speaks gRPC and must not be able to tell which lane served
@@ -64,22 +65,25 @@ async def _code(
 
 
 async def test_same_answer_as_the_grpc_port(stack: FullStack) -> None:
-    """Through the bridge vs straight to the router's gRPC port (as the edge would
-    call it): same model, version, scores, freshness."""
+    """Through the fast lane vs straight to the router's gRPC port (as the edge
+    would call it): same model, version, scores, freshness."""
     req = fraud_request([1, 2, 3])
     async with _channel(stack, ("demo", "cli")) as ch:
-        bridged = await inference_pb2_grpc.InferenceServiceStub(ch).Predict(req, timeout=10)
+        laned = await inference_pb2_grpc.InferenceServiceStub(ch).Predict(req, timeout=10)
     xfcc = (("x-forwarded-client-cert", "URI=spiffe://inferline/tenant/demo/svc/cli"),)
     async with _channel(stack, ("demo", "cli"), direct=True) as ch:
         direct = await inference_pb2_grpc.InferenceServiceStub(ch).Predict(
             req, metadata=xfcc, timeout=10
         )
-    assert bridged.model == direct.model and bridged.model.name == "fraud"
-    assert [s.score for s in bridged.scores] == [s.score for s in direct.scores]
-    assert [s.candidate_id for s in bridged.scores] == ["acct-1", "acct-2", "acct-3"]
-    fresh = [[(f.feature_view, f.status) for f in s.freshness] for s in bridged.scores]
+    assert stack.edge is not None and stack.edge.envoy is not None
+    served = stack.edge.envoy.stats("cluster.router_fast.upstream_rq_")
+    assert served.get("cluster.router_fast.upstream_rq_200", 0) >= 1  # the fast lane, not gRPC
+    assert laned.model == direct.model and laned.model.name == "fraud"
+    assert [s.score for s in laned.scores] == [s.score for s in direct.scores]
+    assert [s.candidate_id for s in laned.scores] == ["acct-1", "acct-2", "acct-3"]
+    fresh = [[(f.feature_view, f.status) for f in s.freshness] for s in laned.scores]
     assert fresh == [[(f.feature_view, f.status) for f in s.freshness] for s in direct.scores]
-    assert not bridged.degraded
+    assert not laned.degraded
 
 
 async def test_router_errors_keep_their_status(stack: FullStack) -> None:
@@ -98,6 +102,14 @@ async def test_router_errors_keep_their_status(stack: FullStack) -> None:
     assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert empty.details() == "at least one candidate is required"
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+    # The router's status arrives as gRPC trailers, with nothing of the HTTP/1.1
+    # hop (no x-inferline-grpc-* headers, no content-length) in the metadata.
+    for err in (unknown, empty, denied):
+        keys = {k for k, _ in (err.trailing_metadata() or ())} | {
+            k for k, _ in (err.initial_metadata() or ())
+        }
+        assert not {k for k in keys if k.startswith("x-inferline-grpc")}, keys
+        assert "content-length" not in keys
 
 
 async def test_concurrent_calls_all_answered(stack: FullStack) -> None:
@@ -111,7 +123,7 @@ async def test_concurrent_calls_all_answered(stack: FullStack) -> None:
 
 async def test_edge_refusals_still_reach_the_caller(stack: FullStack) -> None:
     """A burst over feed's bucket (50/s, burst 50): the edge refuses the excess
-    RESOURCE_EXHAUSTED with details (a reply the bridge never sees); what passes
+    RESOURCE_EXHAUSTED with details (Envoy's own gRPC reply); what passes
     reaches the router, which refuses fraud to feed PERMISSION_DENIED."""
     async with _channel(stack, ("feed", "web")) as ch:
         stub = inference_pb2_grpc.InferenceServiceStub(ch)
@@ -217,8 +229,8 @@ async def test_fast_lane_tls_serves_the_edge_and_refuses_the_rest(stack: FullSta
 
 
 async def test_no_router_is_unavailable(stack: FullStack) -> None:
-    """Envoy's own reply (no healthy upstream) keeps its gRPC status through the
-    bridge. Runs last in this module: it stops the router."""
+    """Envoy's own reply (no healthy upstream) is a gRPC UNAVAILABLE. Runs last in
+    this module: it stops the router."""
     assert stack.router is not None
     await asyncio.to_thread(stack.router.stop)
     await asyncio.sleep(1.2)  # two health-check intervals

@@ -1,8 +1,9 @@
 """The HTTP/1.1 fast lane on a real asyncio server, spoken to over raw sockets.
 
 The servicer behind it is a stand-in (the pipeline has its own tests; the full
-chain through Envoy's reverse bridge is in tests/integration/test_fastlane.py):
-this checks framing, limits, status headers and ordering."""
+chain through Envoy is in tests/integration/test_fastlane.py):
+this checks both framings (bare protobuf with status headers, and gRPC framing
+with status trailers), limits and ordering."""
 
 from __future__ import annotations
 
@@ -142,7 +143,7 @@ def _status(headers: dict[str, str]) -> tuple[int, str]:
 async def test_pipeline_error_keeps_code_and_public_message(lane: Any) -> None:
     [(status, headers, body)] = await _exchange(lane[0], _predict("not-found"))
     assert status == 404 and body == b""
-    assert headers["content-type"] == "application/x-protobuf"  # the bridge requires it
+    assert headers["content-type"] == "application/x-protobuf"
     assert _status(headers) == (code_pb2.NOT_FOUND, "unknown model 'x'")
 
 
@@ -311,3 +312,135 @@ async def test_stop_answers_a_request_still_arriving_and_closes_idle_ones(lane: 
     assert await asyncio.wait_for(reader.read(), 1.0) == b""
     for w in (writer, idle_writer):
         w.close()
+
+
+# gRPC's own framing over HTTP/1.1 (what the edge sends): the request body is one
+# length-prefixed message, sent chunked as Envoy does; the answer is chunked
+# with the status in trailers.
+
+
+def _grpc_post(message: bytes, *, flag: int = 0, length: int | None = None) -> bytes:
+    n = len(message) if length is None else length
+    body = bytes([flag]) + n.to_bytes(4, "big") + message
+    head = (
+        f"POST {PREDICT} HTTP/1.1\r\nhost: router\r\ncontent-type: application/grpc\r\n"
+        "te: trailers\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    return head.encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+def _grpc_predict(request_id: str) -> bytes:
+    return _grpc_post(inference_pb2.PredictRequest(request_id=request_id).SerializeToString())
+
+
+async def _read_grpc(
+    reader: asyncio.StreamReader,
+) -> tuple[int, dict[str, str], bytes | None, dict[str, str]]:
+    """(HTTP status, headers, the one message or None, trailers) of a chunked answer."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(
+        (k.strip().lower(), v.strip()) for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)
+    )
+    assert headers["transfer-encoding"] == "chunked" and "content-length" not in headers
+    body = b""
+    while (size := int((await reader.readline()).strip(), 16)) > 0:
+        body += await reader.readexactly(size)
+        assert await reader.readexactly(2) == b"\r\n"
+    trailers = {}
+    while (line := await reader.readline()) != b"\r\n":
+        k, v = line.decode("latin-1").split(":", 1)
+        trailers[k.strip().lower()] = v.strip()
+    message = None
+    if body:
+        assert body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
+        message = body[5:]
+    return int(lines[0].split()[1]), headers, message, trailers
+
+
+async def _grpc_exchange(
+    lane: FastLane, *payloads: bytes
+) -> list[tuple[int, dict[str, str], bytes | None, dict[str, str]]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
+    try:
+        writer.write(b"".join(payloads))
+        return [await _read_grpc(reader) for _ in payloads]
+    finally:
+        writer.close()
+
+
+def _trailer_status(trailers: dict[str, str]) -> tuple[int, str]:
+    return int(trailers["grpc-status"]), urllib.parse.unquote(trailers["grpc-message"])
+
+
+async def test_grpc_framed_predict_answers_with_status_trailer(lane: Any) -> None:
+    server, servicer = lane
+    got = await _grpc_exchange(server, _grpc_predict("g1"), _grpc_predict("g2"))
+    for (status, headers, message, trailers), want in zip(got, ("g1", "g2"), strict=True):
+        assert status == 200 and headers["content-type"] == "application/grpc"
+        assert message is not None
+        assert inference_pb2.PredictResponse.FromString(message).request_id == want
+        assert trailers == {"grpc-status": "0"}
+    assert [rid for rid, _ in servicer.seen] == ["g1", "g2"]
+
+
+async def test_grpc_framed_errors_carry_status_in_trailers(lane: Any) -> None:
+    server, _ = lane
+    missing, quota, bug = await _grpc_exchange(
+        server, _grpc_predict("not-found"), _grpc_predict("quota"), _grpc_predict("bug")
+    )
+    for status, headers, message, _ in (missing, quota, bug):
+        # gRPC callers read the trailer, not the HTTP code, and no message is sent.
+        assert status == 200 and headers["content-type"] == "application/grpc"
+        assert message is None
+    assert _trailer_status(missing[3]) == (code_pb2.NOT_FOUND, "unknown model 'x'")
+    assert _trailer_status(quota[3]) == (code_pb2.RESOURCE_EXHAUSTED, "over quota")
+    assert quota[1]["retry-after"] == "2"
+    raw = quota[3]["grpc-status-details-bin"]
+    st = status_pb2.Status.FromString(base64.b64decode(raw + "=" * (-len(raw) % 4)))
+    retry = error_details_pb2.RetryInfo()
+    assert st.details[0].Unpack(retry) and retry.retry_delay.seconds == 2
+    assert _trailer_status(bug[3]) == (code_pb2.INTERNAL, "internal error")
+    assert "passwd" not in str(bug)
+
+
+async def test_bad_grpc_frames_are_refused_with_a_status(lane: Any) -> None:
+    server, servicer = lane
+    message = inference_pb2.PredictRequest(request_id="x").SerializeToString()
+    short, long, compressed, garbage, empty = await _grpc_exchange(
+        server,
+        _grpc_post(message, length=len(message) - 1),
+        _grpc_post(message, length=len(message) + 1),
+        _grpc_post(message, flag=1),
+        _grpc_post(b"\xff\xff\xff"),
+        b"POST %s HTTP/1.1\r\nhost: r\r\ncontent-type: application/grpc\r\n"
+        b"content-length: 0\r\n\r\n" % PREDICT.encode(),
+    )
+    for _, _, _, trailers in (short, long, garbage, empty):
+        assert int(trailers["grpc-status"]) == code_pb2.INVALID_ARGUMENT
+    assert int(compressed[3]["grpc-status"]) == code_pb2.UNIMPLEMENTED
+    assert servicer.seen == []  # none reached the pipeline
+
+
+async def test_oversized_grpc_body_is_refused_in_trailers_and_closed(lane: Any) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", lane[0].port)
+    writer.write(_grpc_post(b"x" * 4096))
+    status, headers, message, trailers = await _read_grpc(reader)
+    assert status == 200 and headers["connection"] == "close" and message is None
+    assert int(trailers["grpc-status"]) == code_pb2.RESOURCE_EXHAUSTED
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+    writer.close()
+
+
+async def test_stop_closes_a_grpc_framed_answer_cleanly(lane: Any) -> None:
+    server, _ = lane
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(_grpc_post(inference_pb2.PredictRequest(request_id="slow").SerializeToString()))
+    await asyncio.sleep(0.05)  # in flight
+    stopping = asyncio.create_task(server.stop(2.0))
+    status, headers, message, trailers = await _read_grpc(reader)
+    await stopping
+    assert status == 200 and headers.get("connection") == "close"
+    assert message is not None and trailers == {"grpc-status": "0"}
+    assert inference_pb2.PredictResponse.FromString(message).request_id == "slow"
+    writer.close()
