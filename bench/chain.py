@@ -29,7 +29,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 import bench.loadgen as lg
-from router.transport.fastlane import CONTENT_TYPE_STR, STATUS_HEADER
 
 
 def latency_deltas(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
@@ -129,7 +128,7 @@ class Endpoint:
     metadata: tuple[tuple[str, str], ...] = ()
     tls: tuple[bytes, bytes, bytes] | None = None  # CA, client key, client cert
     server_name: str = ""
-    fast_lane: bool = False  # HTTP/1.1 as Envoy's bridge sends Predict, not gRPC
+    fast_lane: bool = False  # gRPC over HTTP/1.1, as the edge sends Predict to the fast lane
 
     async def connect(self, stack: contextlib.AsyncExitStack, timeout_s: float) -> lg.Call:
         """Open a channel, then check one real answer: never benchmark an error path."""
@@ -150,11 +149,12 @@ class Endpoint:
         host, port = self.address.rsplit(":", 1)
         pool = FastLanePool(host, int(port), ctx, self.server_name)
         stack.push_async_callback(pool.close)
+        body = b"\x00" + len(self.request).to_bytes(4, "big") + self.request
         head = [f"POST {self.method} HTTP/1.1", f"host: {self.server_name}"]
-        head += [f"content-type: {CONTENT_TYPE_STR}", f"content-length: {len(self.request)}"]
-        head += [f"grpc-timeout: {max(1, int(timeout_s * 1000))}m"]
+        head += ["content-type: application/grpc", "te: trailers"]
+        head += [f"content-length: {len(body)}", f"grpc-timeout: {max(1, int(timeout_s * 1000))}m"]
         head += [f"{k}: {v}" for k, v in self.metadata]
-        request = ("\r\n".join(head) + "\r\n\r\n").encode() + self.request
+        request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
         return lambda: pool.call(request, timeout_s)
 
     async def _grpc(self, stack: contextlib.AsyncExitStack, timeout_s: float) -> lg.Call:
@@ -171,13 +171,13 @@ class Endpoint:
 
 
 _STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-_STATUS_HEADER = STATUS_HEADER.encode()
 
 
 class FastLanePool:
     """Kept-alive HTTP/1.1 connections over mTLS to the router's fast lane, one
     request at a time on each (as Envoy's pool to it): a connection per
-    concurrent caller, reused."""
+    concurrent caller, reused. Answers are gRPC over HTTP/1.1: chunked, the
+    length-prefixed message, ``grpc-status`` in the trailers."""
 
     def __init__(self, host: str, port: int, ctx: ssl.SSLContext, server_name: str) -> None:
         self._where, self._ctx, self._sni = (host, port), ctx, server_name
@@ -195,19 +195,19 @@ class FastLanePool:
         async with asyncio.timeout(timeout_s):
             writer.write(request)
             status = await reader.readline()
-            length, grpc_status = 0, None
+            await reader.readuntil(b"\r\n\r\n")  # headers: nothing needed from them
+            body = b""
+            while (size := int((await reader.readline()).strip(), 16)) > 0:
+                body += (await reader.readexactly(size + 2))[:-2]  # the chunk, CRLF off
+            grpc_status = None
             while (line := await reader.readline()) not in (b"\r\n", b""):
                 key, _, value = line.partition(b":")
-                key = key.strip().lower()
-                if key == b"content-length":
-                    length = int(value)
-                elif key == _STATUS_HEADER:
+                if key.strip().lower() == b"grpc-status":
                     grpc_status = int(value)
-            body = await reader.readexactly(length)
         self._idle.append((reader, writer))
-        if grpc_status is not None or not status.startswith(b"HTTP/1.1 200"):
+        if grpc_status != 0 or not status.startswith(b"HTTP/1.1 200"):
             raise lg.CallError(_STATUS_NAMES.get(grpc_status or 2, "UNKNOWN"))
-        return body
+        return body[5:]  # the message, its 5-byte frame prefix off
 
     async def close(self) -> None:
         for writer in self._all:

@@ -59,12 +59,14 @@ async def test_cpu_watch_reports_client_and_machine() -> None:
 
 
 async def test_fast_lane_pool_speaks_mtls_http1_and_counts_grpc_statuses(tmp_path: Path) -> None:
-    """The router path's client against a real TLS server answering as the fast
-    lane does: a body on 200, an empty body and the gRPC status in a header on
-    an error; connections kept alive and reused, one request at a time each."""
+    """The router path's client against a real TLS server answering with the fast
+    lane's own bytes (gRPC over HTTP/1.1: the message chunked, the status in
+    trailers); connections kept alive and reused, one request at a time each."""
     import ssl
 
     from bench.loadgen import closed_loop
+    from router.transport.fastlane import grpc_error, grpc_response
+    from router.transport.status import WireStatus
 
     pki = DevPKI.create(tmp_path / "pki", tenants=[("demo", "cli")], days=1)
     seen: list[bytes] = []
@@ -81,13 +83,11 @@ async def test_fast_lane_pool_speaks_mtls_http1_and_counts_grpc_statuses(tmp_pat
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             body = await reader.readexactly(length)
             seen.append(head)
-            if body == b"over":
-                writer.write(
-                    b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\n"
-                    b"x-inferline-grpc-status: 8\r\n\r\n"
-                )
+            assert body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
+            if body[5:] == b"over":
+                writer.write(grpc_error(WireStatus("RESOURCE_EXHAUSTED", "over", retry_after=1)))
             else:
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nyes")
+                writer.write(grpc_response(b"yes"))
             await writer.drain()
 
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki.ca.cert)
@@ -115,8 +115,8 @@ async def test_fast_lane_pool_speaks_mtls_http1_and_counts_grpc_statuses(tmp_pat
         over = await endpoint(b"over")._fast_lane(stack, 5.0)
         s = await closed_loop(over, 1, requests=3)
         assert s.errors == {"RESOURCE_EXHAUSTED": 3} and not s.latencies_s
-    # Envoy's bridge shape: the serialized request, its metadata, a grpc-timeout.
+    # What the edge sends: the gRPC request as is, its metadata, a grpc-timeout.
     assert seen[0].startswith(b"POST /inferline.v1.InferenceService/Predict HTTP/1.1\r\n")
-    assert b"content-type: application/x-protobuf\r\n" in seen[0]
+    assert b"content-type: application/grpc\r\n" in seen[0]
     assert b"x-inferline-tenant: demo\r\n" in seen[0] and b"grpc-timeout: 5000m\r\n" in seen[0]
     assert 1 + 4 + 1 >= conns >= 2  # one per concurrent caller at most, reused

@@ -14,6 +14,7 @@ import inferline_edge.listeners as listeners
 import inferline_edge.resources as resources
 import inferline_edge.tenants as tenants
 from inferline_edge.certs import DevPKI
+from inferline_edge.common import PREDICT_PATH
 from scripts.stack import ROOT
 
 
@@ -168,3 +169,40 @@ def test_build_rejects_unknown_field(tmp_path: Path) -> None:
 
     with pytest.raises(KeyError):
         Listener.from_dict({"name": "x", "per_conection_buffer_limit_bytes": 1})
+
+
+def test_predict_reaches_the_fast_lane_as_grpc_over_http1(tmp_path: Path) -> None:
+    """With fast-lane endpoints, Predict (and only Predict) goes to the HTTP/1.1
+    cluster unchanged: gRPC-matched, with the gRPC routes' deadline, retries and
+    priorities; the cluster keeps HTTP/1.1 trailers (the status travels in
+    them); no filter re-frames anything."""
+    pki = DevPKI.create(tmp_path / "pki", days=1)
+    topo = resources.Topology(
+        pki=pki, mtls_port=10443, upstream=("127.0.0.1", 5000), bridges=(("127.0.0.1", 5002),)
+    )
+    out = resources.build(tenants.load(ROOT / "envoy" / "tenants.yaml"), topo)
+    built = {t: {n: m.to_dict() for n, m in items.items()} for t, items in out.items()}
+    fast = built[resources.CLUSTER]["router_fast"]
+    opts = fast["typedExtensionProtocolOptions"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert opts["explicitHttpConfig"]["httpProtocolOptions"] == {"enableTrailers": True}
+    assert fast["healthChecks"][0]["httpHealthCheck"]["path"] == "/healthz"
+    routes = built[resources.ROUTE]["inferline"]["virtualHosts"][0]["routes"]
+    predict = [r for r in routes if r.get("route", {}).get("cluster") == "router_fast"]
+    assert [r["match"]["path"] for r in predict] == [PREDICT_PATH] * 2
+    grpc_route = next(r for r in routes if r.get("route", {}).get("cluster") == "router")
+    for r in predict:
+        assert r["match"]["grpc"] == {}
+        assert "typedPerFilterConfig" not in r
+        same = ("timeout", "maxStreamDuration", "retryPolicy")
+        assert {k: r["route"][k] for k in same} == {k: grpc_route["route"][k] for k in same}
+    assert [r["route"].get("priority") for r in predict] == ["HIGH", None]
+    for listener in built[resources.LISTENER].values():
+        names = [f["name"] for f in _hcm(listener)["httpFilters"]]
+        assert not any("bridge" in n for n in names)
+        assert names.count("envoy.filters.http.lua") == 1
+        lua = next(
+            f for f in _hcm(listener)["httpFilters"] if f["name"] == "envoy.filters.http.lua"
+        )
+        assert "envoy_on_response" not in lua["typedConfig"]["defaultSourceCode"]["inlineString"]
