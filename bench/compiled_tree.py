@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOT_MODULES = (
     "router/errors.py",
     "router/transport/fastlane.py",
+    "router/transport/h1_framing.py",
     "router/transport/identity.py",
     "router/pipeline/predict.py",
     "router/pipeline/features.py",

@@ -50,7 +50,7 @@ from bench.h2load import grpc_frame
 from inferline_edge.certs import EDGE_DNS, DevPKI
 from inferline_edge.common import PREDICT_PATH, http_filter
 from inferline_edge.listeners import LUA_TENANT_FILTER
-from router.transport.fastlane import grpc_response
+from router.transport.h1_framing import grpc_response
 
 VARIANTS = ("bridge", "grpc_h1")
 MARKER = "edge-framing"

@@ -5,21 +5,12 @@ before any handler code runs (C-core HTTP/2, its polling thread, the hand-off to
 the event loop); an asyncio HTTP/1.1 server with a C parser (httptools) spends
 ~0.03 ms (docs/benchmarks.md). The router's whole budget is 0.5 ms. Envoy
 already terminates the caller's HTTP/2 (mTLS), so it forwards Predict here over
-HTTP/1.1 and callers still speak gRPC and see the same statuses. Two framings,
-chosen by the request's content-type:
-
-- ``application/grpc`` (what the edge sends): gRPC's own framing carried over
-  HTTP/1.1. The body is one length-prefixed message; the answer is ``200``,
-  chunked, the length-prefixed ``PredictResponse`` (none for an error) and the
-  status in HTTP/1.1 trailers (``grpc-status``, ``grpc-message``,
-  ``grpc-status-details-bin``), which Envoy (``enable_trailers`` on the
-  cluster) passes on as the caller's gRPC trailers. Envoy needs no filter for
-  it, and its own replies (no healthy router, timeout) are native gRPC ones.
-- ``application/x-protobuf`` (plain-HTTP callers, load generators, and an edge
-  still on ``grpc_http1_reverse_bridge`` during a rollout): the bare serialized
-  message; an error is an empty body with the status in
-  ``x-inferline-grpc-status`` / ``-message`` / ``-status-details-bin`` headers
-  and a rough HTTP code.
+HTTP/1.1 and callers still speak gRPC and see the same statuses. The request's
+content-type picks the framing (``h1_framing``): ``application/grpc`` (what the
+edge sends: the caller's gRPC request as is, the status back in HTTP/1.1
+trailers, so Envoy needs no filter for it) or ``application/x-protobuf`` (the
+bare message, the status in headers: plain-HTTP callers, load generators, and an
+edge still on ``grpc_http1_reverse_bridge`` during a rollout).
 
 Same pipeline, identity rules, deadline, log line and metrics as the gRPC
 servicer: the request goes through ``InferenceServicer.handle``. One request at
@@ -31,13 +22,11 @@ answered in order). ``GET /healthz`` answers 200 while the router is SERVING and
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import ssl
 import tempfile
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -48,10 +37,20 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from inferline.v1 import inference_pb2
-from router.errors import InferlineError, InvalidArgument, Unimplemented
+from router.errors import InferlineError, InvalidArgument
 from router.logging import clear_request
 from router.observability.metrics import Metrics
 from router.settings import ServerSettings, TlsSettings
+from router.transport.h1_framing import (
+    CONTENT_TYPE_STR,
+    GRPC_CONTENT_TYPES,
+    error_response,
+    grpc_error,
+    grpc_response,
+    grpc_timeout,
+    grpc_unframe,
+    protobuf_response,
+)
 from router.transport.interceptors import record_rpc
 from router.transport.servicer import InferenceServicer
 from router.transport.status import WireStatus, wire_status
@@ -63,116 +62,9 @@ log = structlog.get_logger("router.rpc")
 PREDICT_PATH = b"/inferline.v1.InferenceService/Predict"
 METHOD = PREDICT_PATH.decode()
 HEALTH_PATH = b"/healthz"
-CONTENT_TYPE_STR = "application/x-protobuf"
-GRPC_CONTENT_TYPES = frozenset({"application/grpc", "application/grpc+proto"})
-STATUS_HEADER = "x-inferline-grpc-status"
-_GRPC_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n"
 _MAX_HEADER_BYTES = 16 * 1024
 _MAX_HEADERS = 100
-# A rough HTTP code per gRPC status, for plain-HTTP readers and logs; the gRPC
-# status itself travels in STATUS_HEADER.
-_HTTP_CODES: dict[str, bytes] = {
-    "INVALID_ARGUMENT": b"400 Bad Request",
-    "UNAUTHENTICATED": b"401 Unauthorized",
-    "PERMISSION_DENIED": b"403 Forbidden",
-    "NOT_FOUND": b"404 Not Found",
-    "UNIMPLEMENTED": b"404 Not Found",
-    "FAILED_PRECONDITION": b"412 Precondition Failed",
-    "RESOURCE_EXHAUSTED": b"429 Too Many Requests",
-    "UNAVAILABLE": b"503 Service Unavailable",
-    "DEADLINE_EXCEEDED": b"408 Request Timeout",
-    "CANCELLED": b"499 Client Closed Request",
-}
 _HANDSHAKE_TIMEOUT_S = 10.0  # a connection that never completes its handshake is dropped
-_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-
-
-def grpc_timeout(value: str | None) -> float | None:
-    """Seconds in a ``grpc-timeout`` header (``100m``, ``5S``...); None if absent
-    or malformed (the router's default deadline applies)."""
-    if not value or len(value) > 9 or value[-1] not in _TIMEOUT_UNITS:
-        return None
-    digits = value[:-1]
-    if not digits.isdigit():
-        return None
-    return int(digits) * _TIMEOUT_UNITS[value[-1]]
-
-
-def _response(status: bytes, body: bytes, extra: bytes = b"", close: bool = False) -> bytes:
-    return b"".join(
-        (
-            b"HTTP/1.1 ",
-            status,
-            b"\r\ncontent-type: application/x-protobuf\r\ncontent-length: ",
-            str(len(body)).encode(),
-            b"\r\nconnection: close\r\n" if close else b"\r\n",
-            extra,
-            b"\r\n",
-            body,
-        )
-    )
-
-
-def _grpc_message(message: str) -> bytes:
-    return urllib.parse.quote(message, safe=" !#$&'()*+,/:;=?@[]~").encode()  # gRPC's encoding
-
-
-def error_response(ws: WireStatus, close: bool = False, http_status: bytes | None = None) -> bytes:
-    """An error in the ``application/x-protobuf`` framing (module docstring)."""
-    extra = b"%s: %d\r\nx-inferline-grpc-message: %s\r\n" % (
-        STATUS_HEADER.encode(),
-        ws.number,
-        _grpc_message(ws.message),
-    )
-    if ws.details is not None:
-        extra += b"x-inferline-grpc-status-details-bin: %s\r\n" % base64.b64encode(
-            ws.details
-        ).rstrip(b"=")
-    if ws.retry_after is not None:
-        extra += b"retry-after: %d\r\n" % ws.retry_after
-    if http_status is None:
-        http_status = _HTTP_CODES.get(ws.code, b"500 Internal Server Error")
-    return _response(http_status, b"", extra, close)
-
-
-def grpc_response(message: bytes) -> bytes:
-    """A success in the ``application/grpc`` framing: one chunk holding the
-    length-prefixed message, then ``grpc-status: 0`` as a trailer."""
-    n = len(message)
-    return b"".join(
-        (
-            _GRPC_HEAD,
-            b"\r\n%x\r\n\x00" % (n + 5),
-            n.to_bytes(4, "big"),
-            message,
-            b"\r\n0\r\ngrpc-status: 0\r\n\r\n",
-        )
-    )
-
-
-def grpc_error(ws: WireStatus, close: bool = False) -> bytes:
-    """An error in the ``application/grpc`` framing: no message, the status in
-    trailers (``retry-after`` stays a header: initial metadata for the caller)."""
-    head = _GRPC_HEAD + (b"connection: close\r\n" if close else b"")
-    if ws.retry_after is not None:
-        head += b"retry-after: %d\r\n" % ws.retry_after
-    trailers = b"grpc-status: %d\r\ngrpc-message: %s\r\n" % (
-        ws.number,
-        _grpc_message(ws.message),
-    )
-    if ws.details is not None:
-        trailers += b"grpc-status-details-bin: %s\r\n" % base64.b64encode(ws.details).rstrip(b"=")
-    return b"".join((head, b"\r\n0\r\n", trailers, b"\r\n"))
-
-
-def _grpc_unframe(data: bytes) -> bytes:
-    """The one message of a unary gRPC request body (5-byte prefix: compressed
-    flag, big-endian length)."""
-    if len(data) < 5 or len(data) != 5 + int.from_bytes(data[1:5], "big"):
-        raise InvalidArgument("request body is not one length-prefixed gRPC message")
-    if data[0] != 0:
-        raise Unimplemented("compressed gRPC messages are not supported")
-    return data[5:]
 
 
 def _peer_uris(ssl_object: ssl.SSLObject | None) -> frozenset[str]:
@@ -532,7 +424,8 @@ class FastLane:
         try:
             body = b"".join(req.body)
             if grpc:
-                body = _grpc_unframe(body)
+                encoding = req.headers.get("grpc-encoding")
+                body = grpc_unframe(body, encoding, self.max_body)
             elif content_type != CONTENT_TYPE_STR:
                 raise InvalidArgument(
                     "content-type must be application/grpc or application/x-protobuf"
@@ -544,7 +437,7 @@ class FastLane:
             timeout = grpc_timeout(req.headers.get("grpc-timeout"))
             resp = await self._servicer.handle(request, req.headers, peers, timeout)
             data = resp.SerializeToString()
-            response = grpc_response(data) if grpc else _response(b"200 OK", data)
+            response = grpc_response(data) if grpc else protobuf_response(b"200 OK", data)
             code = "OK"
         except InferlineError as e:
             ws, code = wire_status(e), e.code.name

@@ -1,9 +1,10 @@
 """An ``InferlineError`` as a gRPC status, independent of how it is sent.
 
 The gRPC interceptor sends it as a status and trailers; the HTTP/1.1 fast lane
-(``transport/fastlane.py``) sends the same fields as response headers that the
-edge turns back into gRPC trailers. One function decides both, so a caller sees
-the same status, message and details whichever way its request travelled.
+(``transport/fastlane.py``) sends the same fields as HTTP/1.1 trailers that the
+edge passes on (or as headers, in its ``application/x-protobuf`` framing). One
+function decides all of them, so a caller sees the same status, message and
+details whichever way its request travelled.
 """
 
 from __future__ import annotations

@@ -112,6 +112,23 @@ async def test_router_errors_keep_their_status(stack: FullStack) -> None:
         assert "content-length" not in keys
 
 
+async def test_compressed_calls_are_answered(stack: FullStack) -> None:
+    """A caller that compresses its messages (gzip, deflate) gets the same answer
+    through the fast lane as uncompressed (Envoy forwards the message as sent)."""
+    req = fraud_request([4])
+    answers = []
+    for compression in (
+        grpc.Compression.NoCompression,
+        grpc.Compression.Gzip,
+        grpc.Compression.Deflate,
+    ):
+        async with _channel(stack, ("demo", "cli")) as ch:
+            stub = inference_pb2_grpc.InferenceServiceStub(ch)
+            answers.append(await stub.Predict(req, timeout=10, compression=compression))
+    assert [[s.score for s in a.scores] for a in answers[1:]] == [[answers[0].scores[0].score]] * 2
+    assert all(a.scores[0].candidate_id == "acct-4" for a in answers)
+
+
 async def test_concurrent_calls_all_answered(stack: FullStack) -> None:
     async with _channel(stack, ("demo", "cli")) as ch:
         stub = inference_pb2_grpc.InferenceServiceStub(ch)

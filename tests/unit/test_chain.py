@@ -65,7 +65,7 @@ async def test_fast_lane_pool_speaks_mtls_http1_and_counts_grpc_statuses(tmp_pat
     import ssl
 
     from bench.loadgen import closed_loop
-    from router.transport.fastlane import grpc_error, grpc_response
+    from router.transport.h1_framing import grpc_error, grpc_response
     from router.transport.status import WireStatus
 
     pki = DevPKI.create(tmp_path / "pki", tenants=[("demo", "cli")], days=1)

@@ -20,7 +20,8 @@ from inferline.v1 import inference_pb2
 from router.errors import NotFound, ResourceExhausted
 from router.logging import bind_request, request_fields
 from router.settings import ServerSettings, TlsSettings
-from router.transport.fastlane import FastLane, grpc_timeout
+from router.transport.fastlane import FastLane
+from router.transport.h1_framing import grpc_timeout
 
 PREDICT = "/inferline.v1.InferenceService/Predict"
 
@@ -444,3 +445,44 @@ async def test_stop_closes_a_grpc_framed_answer_cleanly(lane: Any) -> None:
     assert message is not None and trailers == {"grpc-status": "0"}
     assert inference_pb2.PredictResponse.FromString(message).request_id == "slow"
     writer.close()
+
+
+def _grpc_compressed(request_id: str, encoding: str, data: bytes | None = None) -> bytes:
+    """A compressed gRPC request (flag 1) with its ``grpc-encoding`` header."""
+    import gzip
+    import zlib
+
+    message = inference_pb2.PredictRequest(request_id=request_id).SerializeToString()
+    if data is None:
+        data = gzip.compress(message) if encoding == "gzip" else zlib.compress(message)
+    raw = _grpc_post(data, flag=1)
+    return raw.replace(b"te: trailers\r\n", f"grpc-encoding: {encoding}\r\n".encode(), 1)
+
+
+async def test_compressed_grpc_requests_are_read_as_the_grpc_port_reads_them(lane: Any) -> None:
+    """gzip and deflate messages are decompressed (answers stay uncompressed); an
+    encoding the lane does not speak is UNIMPLEMENTED, a corrupt one
+    INVALID_ARGUMENT, and one that inflates past the size limit (1 KiB here)
+    RESOURCE_EXHAUSTED without being inflated whole."""
+    import gzip
+
+    server, servicer = lane
+    bomb = gzip.compress(b"\x00" * 10_000_000)  # ~10 KB on the wire
+    got = await _grpc_exchange(
+        server,
+        _grpc_compressed("gz", "gzip"),
+        _grpc_compressed("df", "deflate"),
+        _grpc_compressed("br", "br", b"\x01\x02"),
+        _grpc_compressed("bad", "gzip", b"not gzip at all"),
+        _grpc_compressed("bomb", "gzip", bomb[:900]),  # truncated: under the body limit
+    )
+    (gz, df, br, bad, big) = got
+    for (status, headers, message, trailers), want in ((gz, "gz"), (df, "df")):
+        assert status == 200 and trailers == {"grpc-status": "0"}
+        assert "grpc-encoding" not in headers
+        assert message is not None
+        assert inference_pb2.PredictResponse.FromString(message).request_id == want
+    assert int(br[3]["grpc-status"]) == code_pb2.UNIMPLEMENTED
+    assert int(bad[3]["grpc-status"]) == code_pb2.INVALID_ARGUMENT
+    assert int(big[3]["grpc-status"]) == code_pb2.RESOURCE_EXHAUSTED
+    assert [rid for rid, _ in servicer.seen] == ["gz", "df"]
