@@ -4,9 +4,10 @@ Starts Triton + one router (plaintext, tenant from the header, canary probes
 off; the SQLite online store, or a fresh Redis with ``--online-store redis``) on
 loopback, then replays one serialized ``fraud:prod`` Predict (one
 account: 30 Feast features + 3 request-time ones) with h2load (``--concurrency``
-clients, default 1) on the HTTP/1.1 fast lane and on the gRPC port, ``--repeats``
-times each, and reads the router's CPU from ``/proc``. This is the loop used to profile and cut
-the router (docs/benchmarks.md, "What else was cut"); no Envoy, no TLS.
+clients, default 1) on the HTTP/1.1 fast lane (the bare message, and gRPC's
+framing as the edge sends it) and on the gRPC port, ``--repeats`` times each,
+and reads the router's CPU from ``/proc``. This is the loop used to profile and
+cut the router (docs/benchmarks.md, "What else was cut"); no Envoy, no TLS.
 
 ``--against REV`` measures a code change instead: this tree's router and one
 started from a git worktree of REV, on one Triton, in alternating runs; a
@@ -100,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         online_store=args.online_store,
         allocator=args.allocator,
     )
-    results: dict[str, list[float]] = {"fast lane (HTTP/1.1)": [], "gRPC port": []}
+    results: dict[str, list[float]] = {
+        "fast lane (HTTP/1.1)": [],
+        "fast lane, gRPC framing": [],
+        "gRPC port": [],
+    }
     rates: dict[str, list[float]] = {k: [] for k in results}
     with stack, tempfile.TemporaryDirectory() as d:
         assert stack.router is not None
@@ -112,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         common = _common(args.concurrency)
         cmds = {
             "fast lane (HTTP/1.1)": _fast_lane(router, raw, args.concurrency),
+            # What the edge sends since 11-29: the gRPC request as is, the status
+            # back in HTTP/1.1 trailers (router/transport/h1_framing.py).
+            "fast lane, gRPC framing": [
+                *common, "--h1", "-d", str(framed), "-H", "content-type: application/grpc",
+                f"http://{router.bridge_address}{ROUTER_METHOD}",
+            ],
             "gRPC port": [
                 *common, "-d", str(framed), "-H", "content-type: application/grpc",
                 "-H", "te: trailers", f"http://{router.address}{ROUTER_METHOD}",
