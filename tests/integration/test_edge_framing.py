@@ -24,3 +24,18 @@ def test_each_framing_answers_a_grpc_caller(variant: str, tmp_path: Path) -> Non
             FloorEnvoy(tmp_path, variant, partial(ef.front_config, variant, upstream=up, pki=pki))
         )
         ef.grpc_check(front.port, pki)  # raises unless OK with the upstream's message
+
+
+def test_a_short_run_measures_both_fronts_at_both_loads() -> None:
+    """The whole benchmark, cut short: every variant measured at c1 and c32 with
+    Envoy CPU read from /proc, and the report renders from the result."""
+    import argparse
+
+    args = argparse.Namespace(machine="test", repeats=1, requests=100, upstream_delay_ms=0.5)
+    result = ef.run(args)
+    for load in ("c1", "c32"):
+        for variant in ef.VARIANTS:
+            [only] = result["runs"][load][variant]
+            assert only["envoy_us"] > 0 and only["rps"] > 0
+            assert result["median"][load][variant] == only
+    assert "Envoy CPU per request, gRPC over HTTP/1.1 / bridge" in ef.markdown(result)
