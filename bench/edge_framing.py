@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import ssl
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -51,6 +50,7 @@ from bench.envoy_floor import (
     measure_rotating,
     report_head,
     report_row,
+    result_of,
 )
 from bench.h2load import grpc_frame
 from inferline_edge.certs import EDGE_DNS, DevPKI
@@ -245,17 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.requests,
                 args.repeats,
             )
-    return {
-        "machine": machine,
-        "command": "python -m bench.edge_framing " + " ".join(sys.argv[1:]),
-        "plan": {
-            "repeats": args.repeats,
-            "requests_c1": args.requests,
-            "upstream_delay_ms": args.upstream_delay_ms,
-        },
-        "runs": runs,
-        "median": median,
-    }
+    return result_of("bench.edge_framing", machine, args, runs, median)
 
 
 _WHAT = {

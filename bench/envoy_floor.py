@@ -291,9 +291,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.requests,
                 args.repeats,
             )
+    return result_of("bench.envoy_floor", machine, args, runs, median)
+
+
+def result_of(
+    module: str,
+    machine: dict[str, Any],
+    args: argparse.Namespace,
+    runs: Runs,
+    median: dict[str, dict[str, dict[str, float]]],
+) -> dict[str, Any]:
+    """What a run records (``--json``) and ``markdown`` renders."""
     return {
         "machine": machine,
-        "command": "python -m bench.envoy_floor " + " ".join(sys.argv[1:]),
+        "command": f"python -m {module} " + " ".join(sys.argv[1:]),
         "plan": {
             "repeats": args.repeats,
             "requests_c1": args.requests,
