@@ -44,8 +44,7 @@ from router.settings import ServerSettings, TlsSettings
 from router.transport.h1_framing import (
     CONTENT_TYPE_STR,
     GRPC_CONTENT_TYPES,
-    error_response,
-    grpc_error,
+    error_answer,
     grpc_response,
     grpc_timeout,
     grpc_unframe,
@@ -242,7 +241,7 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             ws = WireStatus(code, message)
             grpc = self._req.headers.get("content-type") in GRPC_CONTENT_TYPES
-            self.write(grpc_error(ws, True) if grpc else error_response(ws, True, status))
+            self.write(error_answer(ws, grpc, True, status))
             self.close()
 
     def peers(self) -> frozenset[str]:
@@ -412,7 +411,7 @@ class FastLane:
             return b"HTTP/1.1 %s\r\ncontent-length: 0\r\n\r\n" % status, None
         ws = WireStatus("UNIMPLEMENTED", "unknown method")
         grpc = req.headers.get("content-type") in GRPC_CONTENT_TYPES
-        return (grpc_error(ws) if grpc else error_response(ws)), None
+        return error_answer(ws, grpc), None
 
     async def _predict(self, req: _Request, peers: Callable[[], frozenset[str]]) -> Reply:
         """Predict's response (an error as the module docstring says), and its
@@ -440,8 +439,7 @@ class FastLane:
             response = grpc_response(data) if grpc else protobuf_response(b"200 OK", data)
             code = "OK"
         except InferlineError as e:
-            ws, code = wire_status(e), e.code.name
-            response = grpc_error(ws) if grpc else error_response(ws)
+            response, code = error_answer(wire_status(e), grpc), e.code.name
         except asyncio.CancelledError:
             # No answer will be written: record now (the caller went away).
             record_rpc(self._metrics, METHOD, "CANCELLED", time.monotonic() - t0)
@@ -449,5 +447,5 @@ class FastLane:
         except Exception:
             log.exception("rpc.unhandled_error", method=METHOD)
             ws, code = WireStatus("INTERNAL", "internal error"), "INTERNAL"
-            response = grpc_error(ws) if grpc else error_response(ws)
+            response = error_answer(ws, grpc)
         return response, partial(record_rpc, self._metrics, METHOD, code, time.monotonic() - t0)

@@ -90,6 +90,13 @@ def error_response(ws: WireStatus, close: bool = False, http_status: bytes | Non
     return protobuf_response(http_status, b"", extra, close)
 
 
+def error_answer(
+    ws: WireStatus, grpc: bool, close: bool = False, http_status: bytes | None = None
+) -> bytes:
+    """An error in the request's framing: gRPC's (``grpc``) or the bare one's."""
+    return grpc_error(ws, close) if grpc else error_response(ws, close, http_status)
+
+
 def grpc_response(message: bytes) -> bytes:
     """A success in the ``application/grpc`` framing: one chunk holding the
     length-prefixed message, then ``grpc-status: 0`` as a trailer."""
