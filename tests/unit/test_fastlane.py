@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -24,6 +24,7 @@ from router.transport.fastlane import FastLane
 from router.transport.h1_framing import grpc_timeout
 
 PREDICT = "/inferline.v1.InferenceService/Predict"
+_T = TypeVar("_T")
 
 
 class _Servicer:
@@ -97,10 +98,19 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
 
 
 async def _exchange(lane: FastLane, *payloads: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    return await _exchange_with(_read_response, lane, payloads)
+
+
+async def _exchange_with(
+    read: Callable[[asyncio.StreamReader], Awaitable[_T]],
+    lane: FastLane,
+    payloads: tuple[bytes, ...],
+) -> list[_T]:
+    """Send ``payloads`` on one connection (pipelined), read one answer each with ``read``."""
     reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
     try:
         writer.write(b"".join(payloads))
-        return [await _read_response(reader) for _ in payloads]
+        return [await read(reader) for _ in payloads]
     finally:
         writer.close()
 
@@ -362,12 +372,7 @@ async def _read_grpc(
 async def _grpc_exchange(
     lane: FastLane, *payloads: bytes
 ) -> list[tuple[int, dict[str, str], bytes | None, dict[str, str]]]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
-    try:
-        writer.write(b"".join(payloads))
-        return [await _read_grpc(reader) for _ in payloads]
-    finally:
-        writer.close()
+    return await _exchange_with(_read_grpc, lane, payloads)
 
 
 def _trailer_status(trailers: dict[str, str]) -> tuple[int, str]:
