@@ -110,7 +110,7 @@ def process_groups(full: Any) -> dict[str, list[int]]:
     e = full.edge
     return {
         "envoy": [e.envoy.pid],
-        "router": [full.router.pid],
+        "router": [r.pid for r in full.routers],
         "ratelimit": [e.ratelimit.pid, e.redis.pid],
         "xds": [e.xds.pid],
         "triton": [full.base.triton.pid],

@@ -172,6 +172,23 @@ def triton_counts(metrics_text: str, model: str) -> dict[str, float]:
     return out
 
 
+_EXEC = re.compile(
+    r"^nv_inference_(exec_count|queue_duration_us|compute_infer_duration_us)\{([^}]*)\} (\S+)$",
+    re.M,
+)
+
+
+def triton_batching(metrics_text: str, model: str) -> dict[str, float]:
+    """Triton's model executions for one model (all versions) and the time its
+    requests spent queued and computing (us, summed): requests per execution is
+    the batch its dynamic batcher formed."""
+    out = {"exec_count": 0.0, "queue_duration_us": 0.0, "compute_infer_duration_us": 0.0}
+    for kind, labels, value in _EXEC.findall(metrics_text):
+        if f'model="{model}"' in labels:
+            out[kind] += float(value)
+    return out
+
+
 def run_target(
     target: Target, args: argparse.Namespace, metrics: Any, model: str
 ) -> dict[str, Any]:

@@ -17,7 +17,11 @@ at ``--clients`` x ``--streams`` concurrency, alternating *full* and *triton*
 runs. h2load cannot present a client certificate, so the full path enters
 through Envoy's JWT listener (TLS + a signed token, the same filter chain after
 authentication). Every request on either path is one Triton inference, so
-Triton's own success counter checks that h2load's HTTP 200s were gRPC OKs.
+Triton's own success counter checks that h2load's HTTP 200s were gRPC OKs,
+and its execution counter gives the batch its dynamic batcher formed per path.
+
+``--routers N`` puts N router processes behind Envoy (CPU summed over them) and
+``--envoy-workers N`` sets Envoy's worker threads: the topology questions.
 
 With ``--grpc-lane`` Envoy sends Predict to the router's gRPC port instead of
 its HTTP/1.1 fast lane: the before/after comparison. ``--perf`` adds one more
@@ -48,7 +52,7 @@ import yaml
 import bench.loadgen as lg
 from bench import perf_profile
 from bench.chain import CpuWatch, endpoints, machine_info, median_deltas, process_groups
-from bench.h2load import grpc_frame, parse_h2load, triton_counts
+from bench.h2load import grpc_frame, parse_h2load, triton_batching, triton_counts
 from scripts.allocator import MODES, resolve
 
 TARGETS = {"p50_ms": 1.0, "p99_ms": 3.0, "router_cpu_ms": 0.5, "throughput_ratio": 0.40}
@@ -184,25 +188,32 @@ def throughput(full: Any, pki: Any, args: argparse.Namespace, cores: Cores) -> d
         for order in lg.block_order(["full", "triton"], args.repeats):
             for name in order:
                 cores.path(name)
-                before = triton_counts(metrics(), "fraud")
+                text = metrics()
+                before, exec0 = triton_counts(text, "fraud"), triton_batching(text, "fraud")
                 watch = CpuWatch(pgids)
                 proc = subprocess.run(cmds[name], capture_output=True, text=True, check=False)
                 cpu = watch.stop()
                 time.sleep(2.5)  # Triton's counters lag ~2 s
-                after = triton_counts(metrics(), "fraud")
+                text = metrics()
+                after, exec1 = triton_counts(text, "fraud"), triton_batching(text, "fraud")
                 if proc.returncode != 0:
                     raise RuntimeError(f"h2load: {proc.stderr}\n{proc.stdout}")
                 r = parse_h2load(proc.stdout)
                 delta = {k: after[k] - before[k] for k in after}
+                execs = {k: exec1[k] - exec0[k] for k in exec1}
+                n = max(delta["success"], 1)
                 rec = {
                     "rps": r.req_per_s,
                     "h2load_2xx": r.status_2xx,
                     "h2load_done": r.total - r.failed - r.errored - r.timeout,
                     "triton_delta": delta,
+                    # What Triton's dynamic batcher made of this path's arrivals.
+                    "triton_batch": delta["success"] / max(execs["exec_count"], 1),
+                    "triton_queue_ms": execs["queue_duration_us"] / n / 1e3,
                     "mean_ms": r.latency_ms["mean"],
                     # CPU covers warm-up too, so per request uses Triton's count.
                     "cpu_ms_per_req": {
-                        k: 1e3 * cpu[f"{k}_s"] / max(delta["success"], 1) for k in pgids
+                        k: 1e3 * cpu[f"{k}_s"] / n for k in pgids
                     },
                 }
                 out[name].append(rec)
@@ -267,6 +278,10 @@ def markdown(r: dict[str, Any]) -> str:
     lane += f", {r['plan'].get('online_store', 'sqlite')} online store"
     if alloc := r["plan"].get("router_allocator"):
         lane += f", router on the {alloc} allocator"
+    if (n := r["plan"].get("routers", 1)) != 1:
+        lane += f", {n} router processes (`--routers`)"
+    if (w := r["plan"].get("envoy_workers", 2)) != 2:
+        lane += f", {w} Envoy worker{'s' if w > 1 else ''} (`--envoy-workers`)"
     pin = bool(r["plan"].get("pin"))
     if pin:
         lane += "; full path with the router on a core of its own (`--pin`)"
@@ -303,8 +318,8 @@ def markdown(r: dict[str, Any]) -> str:
     rows += [
         "",
         f"| concurrency {conc} (h2load) | runs (rps) | median | mean latency | router CPU / req "
-        "| envoy CPU / req | triton CPU / req | Triton OK / h2load 2xx |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| envoy CPU / req | triton CPU / req | Triton batch / queue | Triton OK / h2load 2xx |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, runs in tp["runs"].items():
         mid = statistics.median(x["mean_ms"] for x in runs)
@@ -314,10 +329,15 @@ def markdown(r: dict[str, Any]) -> str:
         }
         ok = sum(x["triton_delta"]["success"] for x in runs)
         two = sum(x["h2load_2xx"] for x in runs)
+        batch = "-"  # results recorded before the batch was
+        if "triton_batch" in runs[0]:
+            b = statistics.median(x["triton_batch"] for x in runs)
+            q = statistics.median(x["triton_queue_ms"] for x in runs)
+            batch = f"{b:.1f} / {q:.2f} ms"
         rows.append(
             f"| {name} | {', '.join(format(x['rps'], ',.0f') for x in runs)} | "
             f"{tp['median_rps'][name]:,.0f} rps | {mid:.2f} ms | {cpu['router']:.3f} ms | "
-            f"{cpu['envoy']:.3f} ms | {cpu['triton']:.3f} ms | {ok:,.0f} / {two:,} |"
+            f"{cpu['envoy']:.3f} ms | {cpu['triton']:.3f} ms | {batch} | {ok:,.0f} / {two:,} |"
         )
     rows += ["", f"Throughput ratio full / triton: **{tp['ratio']:.2f}**.", ""]
     rows += ["| target | measured | goal | met |", "| --- | --- | --- | --- |"]
@@ -389,11 +409,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         online_store=args.online_store,
         router_env={"INFERLINE_RELIABILITY__PROBE_INTERVAL_S": "0"},
         router_allocator=args.router_allocator,
+        replicas=args.routers,
+        envoy_workers=args.envoy_workers,
     )
     result: dict[str, Any] = {"machine": machine_info(args.machine)}
     keys = ("repeats", "blocks", "duration", "warmup", "clients", "streams", "h2_duration",
             "h2_warmup", "grpc_lane", "online_store", "pin", "router_allocator",
-            "perf")  # fmt: skip
+            "perf", "routers", "envoy_workers")  # fmt: skip
     result["plan"] = {k: getattr(args, k) for k in keys}
     result["plan"]["router_allocator"] = resolve(args.router_allocator)  # as on this machine
     result["command"] = "python -m bench.overhead " + " ".join(sys.argv[1:])
@@ -432,6 +454,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=MODES,
         default="auto",
         help="the router's memory allocator (scripts/allocator.py)",
+    )
+    p.add_argument(
+        "--routers",
+        type=int,
+        default=1,
+        help="router processes behind Envoy (each its own ports; CPU summed over them)",
+    )
+    p.add_argument(
+        "--envoy-workers", type=int, default=2, help="Envoy's worker threads (--concurrency)"
     )
     p.add_argument(
         "--perf",

@@ -66,6 +66,8 @@ class EdgeStack:
     """Kubernetes-secret dirs the control plane serves over SDS (None: the dev PKI)."""
     bridge: str | None = None
     """The routers' HTTP/1.1 fast-lane addresses (host:port,...): Predict goes there."""
+    envoy_workers: int = 2
+    """Envoy's worker threads (``--concurrency``; the chart: match the CPU limit)."""
     redis: RedisServer | None = dataclasses.field(default=None, init=False)
     ratelimit: RateLimitProcess | None = dataclasses.field(default=None, init=False)
     xds: ControlPlaneProcess | None = dataclasses.field(default=None, init=False)
@@ -101,6 +103,7 @@ class EdgeStack:
                     self.log_dir,
                     xds_port=self.xds.ads_port,
                     public=self.public,
+                    concurrency=self.envoy_workers,
                     hot_restart=self.hot_restart,
                 )
             )
@@ -209,6 +212,8 @@ class FullStack:
     deployment); False keeps every call on the routers' gRPC port."""
     router_allocator: Allocator = "auto"
     """The routers' memory allocator (scripts/allocator.py)."""
+    envoy_workers: int = 2
+    """Passed to EdgeStack.envoy_workers."""
     base: Stack | None = dataclasses.field(default=None, init=False)
     edge: EdgeStack | None = dataclasses.field(default=None, init=False)
     router: TlsRouterProcess | None = dataclasses.field(default=None, init=False)
@@ -240,6 +245,7 @@ class FullStack:
                     hot_restart=self.hot_restart,
                     secrets_dir=self.edge_secrets_dir,
                     bridge=",".join(f"127.0.0.1:{p}" for p in bridges) if self.fast_lane else None,
+                    envoy_workers=self.envoy_workers,
                 )
             )
             env = {

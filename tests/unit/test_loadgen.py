@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
-from bench.h2load import grpc_frame, h2load_command, parse_h2load, triton_counts
+from bench.h2load import (
+    grpc_frame,
+    h2load_command,
+    parse_h2load,
+    triton_batching,
+    triton_counts,
+)
 from bench.loadgen import (
     ROUTER_METHOD,
     TRITON_METHOD,
@@ -261,6 +267,28 @@ def test_triton_counts_sums_versions_of_one_model() -> None:
         'nv_inference_request_success{model="ranker",version="1"} 99\n'
     )
     assert triton_counts(text, "fraud") == {"success": 15.0, "failure": 2.0, "canceled": 3.0}
+
+
+def test_triton_batching_sums_executions_and_durations_of_one_model() -> None:
+    text = (
+        "# HELP nv_inference_exec_count Number of model executions performed\n"
+        'nv_inference_exec_count{model="fraud",version="1"} 4\n'
+        'nv_inference_exec_count{model="fraud",version="2"} 1\n'
+        'nv_inference_exec_count{model="ranker",version="1"} 70\n'
+        'nv_inference_queue_duration_us{model="fraud",version="1"} 1200\n'
+        'nv_inference_compute_infer_duration_us{model="fraud",version="1"} 3000.5\n'
+        'nv_inference_request_success{model="fraud",version="1"} 10\n'
+    )
+    assert triton_batching(text, "fraud") == {
+        "exec_count": 5.0,
+        "queue_duration_us": 1200.0,
+        "compute_infer_duration_us": 3000.5,
+    }
+    assert triton_batching(text, "absent") == {
+        "exec_count": 0.0,
+        "queue_duration_us": 0.0,
+        "compute_infer_duration_us": 0.0,
+    }
 
 
 def test_run_for_cpu_counts_the_servers_cpu_per_answered_request() -> None:
