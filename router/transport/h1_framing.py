@@ -46,7 +46,8 @@ def grpc_timeout(value: str | None) -> float | None:
     if not value or len(value) > 9 or value[-1] not in _TIMEOUT_UNITS:
         return None
     digits = value[:-1]
-    if not digits.isdigit():
+    # ASCII only: str.isdigit() also accepts e.g. "²", which int() refuses.
+    if not (digits.isascii() and digits.isdigit()):
         return None
     return int(digits) * _TIMEOUT_UNITS[value[-1]]
 

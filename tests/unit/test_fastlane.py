@@ -139,9 +139,22 @@ def test_grpc_timeout_units(value: str, seconds: float) -> None:
     assert grpc_timeout(value) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("value", [None, "", "m", "12", "1.5S", "-1S", "1234567890S", "5x"])
+@pytest.mark.parametrize(
+    "value",
+    [None, "", "m", "12", "1.5S", "-1S", "1234567890S", "5x", " 5S", "\xb2S", "\u0661\u0662S"],
+)
 def test_grpc_timeout_malformed_means_default(value: str | None) -> None:
     assert grpc_timeout(value) is None
+
+
+async def test_a_non_ascii_grpc_timeout_is_ignored_not_an_internal_error(lane: Any) -> None:
+    """Header bytes are read as latin-1: b"\xb2" is "²", a digit to str.isdigit()."""
+    server, servicer = lane
+    raw = _predict("r3", **{"grpc-timeout": "XS"}).replace(b": XS\r\n", b": \xb2S\r\n")
+    [(status, _, body)] = await _exchange(server, raw)
+    assert status == 200
+    assert inference_pb2.PredictResponse.FromString(body).request_id == "r3"
+    assert servicer.seen == [("r3", None)]  # the router's default deadline
 
 
 def _status(headers: dict[str, str]) -> tuple[int, str]:
