@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -110,6 +111,87 @@ async def test_router_errors_keep_their_status(stack: FullStack) -> None:
         }
         assert not {k for k in keys if k.startswith("x-inferline-grpc")}, keys
         assert "content-length" not in keys
+
+
+def _fuzzed(rng: random.Random) -> bytes:
+    """A valid fraud request with 0-2 random defects, as bytes; one in ten is then
+    corrupted on the wire (a flipped bit, a cut, inserted bytes)."""
+    v = pb.Value
+    aliases = ["", "fraud", "nope:prod", "fraud:nope", "x" * 500, "fräud:prod"]
+    versions = ["fraud@1", "fraud@999", "fraud@-1", "fraud@²", "@", "ranker@1"]
+    odd_values = [
+        v(double_value=float("nan")), v(double_value=float("inf")), v(double_value=1e300),
+        v(int64_value=-(2**63)), v(string_value="x" * 300), v(bool_value=True), v(),
+    ]  # fmt: skip
+    req = fraud_request([rng.choice([1, 2, 3, 42, 10**12]) for _ in range(rng.choice([1, 1, 2]))])
+    for _ in range(rng.choice([0, 0, 1, 1, 2])):
+        kind = rng.randrange(8)
+        cand = rng.choice(req.candidates) if req.candidates else None
+        if kind == 0:
+            req.alias = rng.choice(aliases)
+        elif kind == 1:
+            req.version = rng.choice(versions)
+        elif kind == 2:
+            req.request_id = rng.choice(["r", "r" * 129, "\u00e4\n"])
+        elif kind == 3 and cand is not None:
+            name = rng.choice(["amount", "hour_of_day", "is_international", "unknown"])
+            cand.features[name].CopyFrom(rng.choice(odd_values))
+        elif kind == 4 and cand is not None:
+            cand.entities[rng.choice(["account_id", "user_id"])].CopyFrom(rng.choice(odd_values))
+        elif kind == 5:
+            del req.candidates[:]
+            req.candidates.extend(fraud_request(list(range(1, rng.choice([0, 65]) + 1))).candidates)
+        elif kind == 6:
+            req.idempotency_key = "k" * 129
+        elif kind == 7 and cand is not None and "amount" in cand.features:
+            del cand.features["amount"]
+    body = bytearray(req.SerializeToString())
+    if rng.random() < 0.1 and body:
+        at = rng.randrange(len(body))
+        cut = rng.randrange(3)
+        if cut == 0:
+            body[at] ^= 1 << rng.randrange(8)
+        elif cut == 1:
+            del body[at:]
+        else:
+            body[at:at] = bytes(rng.randrange(256) for _ in range(4))
+    return bytes(body)
+
+
+async def _outcome(
+    call: grpc.aio.UnaryUnaryMultiCallable, body: bytes, metadata: tuple[tuple[str, str], ...]
+) -> tuple[object, ...]:
+    """(status, message) of a refusal, or (OK, model served, scores, degradations) of an answer."""
+    try:
+        raw = await call(body, metadata=metadata, timeout=10)
+    except grpc.aio.AioRpcError as e:
+        return (e.code(), e.details())
+    resp = pb.PredictResponse.FromString(raw)
+    scores = [(s.candidate_id, s.score) for s in resp.scores]
+    return (grpc.StatusCode.OK, resp.model.SerializeToString(), scores, list(resp.degraded_reasons))
+
+
+async def test_fuzzed_requests_get_the_same_status_on_either_lane(stack: FullStack) -> None:
+    """120 seeded requests, valid or with random defects (bad references, odd
+    values, missing features, too many candidates, corrupt protobuf): through
+    Envoy into the fast lane and straight to the router's gRPC port, each gets
+    the same status and message, or the same scores; none is INTERNAL or UNKNOWN."""
+    rng = random.Random(7)
+    bodies = [_fuzzed(rng) for _ in range(120)]
+    xfcc = (("x-forwarded-client-cert", "URI=spiffe://inferline/tenant/demo/svc/cli"),)
+    outcomes: dict[str, list[tuple[object, ...]]] = {}
+    for lane, direct, metadata in (("edge", False, ()), ("grpc port", True, xfcc)):
+        async with _channel(stack, ("demo", "cli"), direct=direct) as ch:
+            call = ch.unary_unary("/inferline.v1.InferenceService/Predict")
+            outcomes[lane] = [await _outcome(call, b, metadata) for b in bodies]
+    for body, laned, straight in zip(bodies, outcomes["edge"], outcomes["grpc port"], strict=True):
+        assert laned == straight, body
+    codes = Counter(o[0] for o in outcomes["edge"])
+    assert not {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN} & set(codes), codes
+    # The seed covers both answers and refusals.
+    assert codes[grpc.StatusCode.OK] >= 30 and codes[grpc.StatusCode.INVALID_ARGUMENT] >= 10, codes
+    assert stack.router is not None
+    stack.router.check_alive()
 
 
 async def test_compressed_calls_are_answered(stack: FullStack) -> None:
