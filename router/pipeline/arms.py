@@ -12,11 +12,14 @@ failed request or a fallback rung (the caller got an answer, the arm failed).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from router.errors import InvalidArgument
 
 
 class ArmWindow:
@@ -136,10 +139,16 @@ class ArmStats:
 
     def join(self, outcomes: Iterable[tuple[str, float]]) -> tuple[list[JoinedOutcome], int]:
         """Attach (request id, outcome value) pairs to the arm that served them.
-        Returns the joined rows and how many ids were unknown (too old or never seen)."""
+        Returns the joined rows and how many ids were unknown (too old or never seen);
+        a non-finite value refuses the whole batch (InvalidArgument), joining none."""
+        pairs = list(outcomes)
+        for i, (_, value) in enumerate(pairs):
+            # Checked before any is joined: one NaN would poison its arm's sums.
+            if not math.isfinite(value):
+                raise InvalidArgument(f"outcome {i} has a non-finite value")
         joined: list[JoinedOutcome] = []
         unknown = 0
-        for request_id, value in outcomes:
+        for request_id, value in pairs:
             served = self._recent.pop(request_id, None)
             if served is None:
                 unknown += 1

@@ -27,7 +27,9 @@ _SCALE = float(2**64)
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No NaN or infinity in any weight, fraction, score or TTL: e.g. an infinite
+    # arm weight would silently send every unit to the other arms.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Arm(_Frozen):

@@ -24,7 +24,9 @@ _VERSION_REF = re.compile(rf"^({_NAME})@([1-9][0-9]{{0,8}})$")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No NaN or infinity in any weight, fraction, score or TTL: e.g. an infinite
+    # arm weight would silently send every unit to the other arms.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class FallbackPolicy(_Frozen):

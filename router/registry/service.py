@@ -397,7 +397,7 @@ class RegistryService:
                 return await self._commit(
                     ReleaseChange(actor, "shadow", drop_shadows=(model,), detail={"model": model})
                 )
-            if fraction > 1:
+            if not fraction <= 1:  # NaN too
                 raise RegistrationError("invalid_argument", "shadow fraction must be in (0, 1]")
             self._require(model, version)
             spec = ShadowSpec(model=model, version=version, fraction=fraction)

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from pydantic import ValidationError
 
 from inferline.v1 import admin_pb2, admin_pb2_grpc
 from router.errors import InvalidArgument, PermissionDenied
 from router.pipeline.arms import ArmStats
 from router.pipeline.auth import authenticate
-from router.pipeline.experiment import Arm, Experiment
+from router.pipeline.experiment import Experiment
 from router.pipeline.snapshot import Snapshot
 from router.registry.audit import AuditEvent
 from router.registry.canary import CONTROL, CanaryController
@@ -28,6 +29,15 @@ from router.transport.identity import caller_tenant, peer_uris
 
 ADMIN_SCOPE = "admin"
 SERVICE_NAME: str = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+def _problems(e: ValidationError) -> str:
+    """``field: problem; ...``: what the caller must change, without pydantic's
+    links, type codes or an echo of the input."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in err['loc']) or 'experiment'}: {err['msg']}"
+        for err in e.errors(include_url=False, include_input=False)
+    )
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -110,19 +120,22 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         model = self._model(request.model)
         actor = self._actor(context, "experiment", model)
         try:
-            exp = Experiment(
-                model=model,
-                name=request.name,
-                kind="ab",
-                alias=request.alias or "prod",
-                salt=request.salt,
-                arms=tuple(
-                    Arm(name=a.name, version=a.version, weight=a.weight) for a in request.arms
-                ),
-                unit=request.unit or "entity",  # type: ignore[arg-type]
+            exp = Experiment.model_validate(
+                {
+                    "model": model,
+                    "name": request.name,
+                    "kind": "ab",
+                    "alias": request.alias or "prod",
+                    "salt": request.salt,
+                    "arms": [
+                        {"name": a.name, "version": a.version, "weight": a.weight}
+                        for a in request.arms
+                    ],
+                    "unit": request.unit or "entity",
+                }
             )
-        except ValueError as e:
-            raise InvalidArgument(f"invalid experiment: {e}") from e
+        except ValidationError as e:
+            raise InvalidArgument(f"invalid experiment: {_problems(e)}") from e
         return admin_pb2.ReleaseResponse(revision=await self._service.set_experiment(exp, actor))
 
     async def KillExperiment(

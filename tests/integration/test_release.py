@@ -247,6 +247,53 @@ async def test_ab_arms_outcomes_and_kill_switch(
 
 
 @pytest.mark.usefixtures("registered")
+async def test_non_finite_numbers_and_bad_experiments_are_clear_refusals(admin: Any) -> None:
+    """NaN and infinity never reach release state or the arms' outcome sums, and
+    an invalid experiment is named field by field, without pydantic's internals."""
+    nan, inf = float("nan"), float("inf")
+    before = await drill.status(admin)
+
+    def experiment(weight: float, salt: str = "s") -> Any:
+        arms = [
+            admin_pb2.ExperimentArm(name="a", version=1, weight=weight),
+            admin_pb2.ExperimentArm(name="b", version=2, weight=1.0),
+        ]
+        req = admin_pb2.SetExperimentRequest(model="fraud", name="ab", salt=salt, arms=arms)
+        return admin.SetExperiment(req, metadata=ADMIN, timeout=30)
+
+    refused = [
+        await _refused(experiment(nan, salt="")),
+        await _refused(experiment(inf)),
+        await _refused(
+            admin.SetShadow(
+                admin_pb2.SetShadowRequest(model="fraud", version=2, fraction=nan),
+                metadata=ADMIN,
+                timeout=30,
+            )
+        ),
+        await _refused(
+            admin.IngestOutcomes(
+                admin_pb2.IngestOutcomesRequest(
+                    outcomes=[admin_pb2.Outcome(request_id="r", value=v) for v in (1.0, nan)]
+                ),
+                metadata=ADMIN,
+                timeout=30,
+            )
+        ),
+    ]
+    assert {e.code() for e in refused} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert [e.details() for e in refused] == [
+        "invalid experiment: salt: String should have at least 1 character; "
+        "arms.0.weight: Input should be a finite number",
+        "invalid experiment: arms.0.weight: Input should be a finite number",
+        "invalid_argument: shadow fraction must be in (0, 1]",
+        "outcome 1 has a non-finite value",
+    ]
+    after = await drill.status(admin)
+    assert (after["experiment"], after["shadow"]) == (before["experiment"], before["shadow"])
+
+
+@pytest.mark.usefixtures("registered")
 async def test_shadow_mirrors_without_changing_answers(
     admin: Any, chan: grpc.aio.Channel, rstack: Stack
 ) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from router.errors import Code, InvalidArgument
 from router.observability.release import ReleaseMetrics
 from router.pipeline.arms import ArmStats, ArmWindow
 from router.registry.canary import CanaryPolicy, evaluate, score_psi
@@ -92,6 +94,21 @@ def test_outcome_join_by_request_id() -> None:
     w = stats.window("fraud", "canary")
     assert (w.outcomes, w.kpi()) == (2, 0.5)
     assert abs((w.calibration_gap() or 0) - 0.0) < 1e-9  # mean score 0.5 vs mean outcome 0.5
+
+
+def test_a_non_finite_outcome_refuses_the_batch_and_joins_nothing() -> None:
+    stats = ArmStats(window=100, join_entries=10)
+    stats.observe("r1", "fraud", "canary", 2, 0.005, True, [0.4])
+    stats.observe("r2", "fraud", "canary", 2, 0.005, True, [0.6])
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(InvalidArgument) as exc:
+            stats.join([("r1", 1.0), ("r2", bad)])
+        assert exc.value.code is Code.INVALID_ARGUMENT
+        assert exc.value.public_message == "outcome 1 has a non-finite value"
+    assert stats.window("fraud", "canary").outcomes == 0
+    joined, unknown = stats.join([("r1", 1.0), ("r2", 0.0)])  # both still joinable
+    assert (len(joined), unknown) == (2, 0)
+    assert stats.window("fraud", "canary").kpi() == 0.5
 
 
 def test_release_metrics_per_arm_and_shadow() -> None:

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 from scipy.stats import chisquare
 
-from router.pipeline.experiment import Arm, Experiment, assign, bucket, unit_id
+from router.pipeline.experiment import Arm, Experiment, ShadowSpec, assign, bucket, unit_id
 from router.pipeline.types import CandidateIn
 
 N = 100_000
@@ -68,3 +68,13 @@ def test_unit_is_the_entity_key_or_the_request() -> None:
 def test_invalid_experiments_are_refused(arms: tuple[Arm, ...]) -> None:
     with pytest.raises(ValidationError):
         Experiment(model="fraud", name="x", salt="s", arms=arms)
+
+
+@pytest.mark.parametrize("weight", [float("inf"), float("nan")])
+def test_non_finite_weights_are_refused(weight: float) -> None:
+    """An infinite weight would send every unit to the other arm (its running sum
+    never exceeds the bucket); NaN would break the split the same way."""
+    with pytest.raises(ValidationError):
+        Arm(name="a", version=1, weight=weight)
+    with pytest.raises(ValidationError):
+        ShadowSpec(model="fraud", version=2, fraction=weight)

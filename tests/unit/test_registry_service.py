@@ -125,6 +125,8 @@ async def test_kill_switch_shadow_and_refusals(
         service.set_alias("m", "Bad Alias", 1, "ops"),
         service.set_alias("m", "prod", 1, "ops", tenant="../x"),
         service.set_shadow("m", 3, 1.5, "ops"),
+        service.set_shadow("m", 3, float("nan"), "ops"),
+        service.start_canary("m", 2, float("nan"), "ops"),
         service.start_canary("m", 2, 1.0, "ops"),
     ):
         with pytest.raises(RegistrationError) as exc:

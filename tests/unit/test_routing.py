@@ -108,6 +108,9 @@ def test_unknown_or_missing_tenant_is_unauthenticated(
         lambda t: t["tenants"]["a"]["models"].append("ghost"),  # unknown model
         lambda t: t.update({"surprise": 1}),  # extra key
         lambda t: t["models"]["fraud"].update({"versions": []}),
+        # NaN or infinity anywhere: a NaN static default would be served as a score.
+        lambda t: t["models"]["fraud"].update({"fallback": {"default_score": float("nan")}}),
+        lambda t: t["models"]["fraud"].update({"feature_cache_ttl_s": float("inf")}),
     ],
 )
 def test_invalid_tables_rejected(mutate, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
