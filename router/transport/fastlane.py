@@ -109,6 +109,7 @@ class _Connection(asyncio.Protocol):
         self._tls: ServerTls | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._receiving = False  # a request's first bytes are in, its last are not
+        self._eof = False  # the peer half-closed: answer what it sent, then close
         self.busy = False
 
     @property
@@ -135,6 +136,15 @@ class _Connection(asyncio.Protocol):
             self._handshake_timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the caller is gone: stop spending on it (as gRPC does)
+
+    def eof_received(self) -> bool:
+        """The peer will send nothing more (a half-close, as ``nc -N`` or a
+        shutdown(SHUT_WR) does): requests it sent in full are still answered,
+        then the connection closes. True keeps the write side open for them."""
+        if not (self.busy or self._queue):
+            return False  # nothing to answer (a request cut short is dropped)
+        self._eof = True
+        return True
 
     def data_received(self, data: bytes) -> None:
         tls = self._tls
@@ -279,6 +289,9 @@ class _Connection(asyncio.Protocol):
                 if req.close or self._lane.closing:
                     self.close()
                     return
+            if self._eof:
+                self.close()
+                return
             self._next = self._loop.create_future()
             await self._next
 

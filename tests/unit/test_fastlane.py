@@ -125,6 +125,37 @@ async def test_predict_answers_protobuf(lane: Any) -> None:
     assert servicer.seen == [("r1", None)]
 
 
+async def test_a_half_closed_connection_still_gets_its_answers(lane: Any) -> None:
+    """A client that sends its requests and then shuts its sending side (a
+    half-close) gets every complete request answered, in order, then the close;
+    one cut short by the half-close is dropped without an answer."""
+    server, servicer = lane
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        cut_short = _predict("r-cut")[:-3]
+        writer.write(_predict("r-slow-1") + _predict("slow") + cut_short)
+        writer.write_eof()
+        answers = [await _read_response(reader) for _ in range(2)]
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # then closed
+    finally:
+        writer.close()
+    assert [a[0] for a in answers] == [200, 200]
+    ids = [inference_pb2.PredictResponse.FromString(a[2]).request_id for a in answers]
+    assert ids == ["r-slow-1", "slow"]
+    assert [rid for rid, _ in servicer.seen] == ["r-slow-1", "slow"]
+
+
+async def test_a_half_close_with_nothing_to_answer_closes(lane: Any) -> None:
+    server, _ = lane
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(_predict("r-cut")[:-3])
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+
+
 async def test_grpc_timeout_header_is_the_deadline(lane: Any) -> None:
     server, servicer = lane
     await _exchange(server, _predict("r2", **{"grpc-timeout": "250m"}))
