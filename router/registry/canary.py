@@ -29,7 +29,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import structlog
@@ -46,7 +46,8 @@ CONTROL, CANARY = "control", "canary"
 
 
 class CanaryPolicy(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN would make every comparison below false: a canary never rolled back.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     min_samples: int = Field(default=200, ge=1)
     """Requests each arm needs in its window before any decision."""
@@ -66,8 +67,9 @@ class CanaryPolicy(BaseModel):
     """Joined outcomes per arm before the KPI may excuse a latency regression."""
     min_kpi_lift: float = 0.0
     """KPI (mean outcome, higher is better) lift required for that excuse."""
-    ramp: tuple[float, ...] = ()
-    """Canary weights to step through, one per hold, before promotion."""
+    ramp: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = ()
+    """Canary weights to step through, one per hold, before promotion (each in
+    (0, 1), as the registry accepts: one outside would stall the canary)."""
 
 
 @dataclass(frozen=True, slots=True)

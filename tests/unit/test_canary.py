@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import ValidationError
 
 from router.errors import Code, InvalidArgument
 from router.observability.release import ReleaseMetrics
@@ -36,6 +37,24 @@ def window(
     if kpi is not None:
         w.outcomes, w.outcome_sum, w.outcome_score_sum = 100, 100 * kpi, 100 * score_mu
     return w
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"ramp": [0.25, 1.5]},  # the registry refuses a weight of 1.5: the canary would stall
+        {"ramp": [0.0]},
+        {"p99_ratio": float("nan")},  # NaN compares false: never a rollback
+        {"min_kpi_lift": float("nan")},
+        {"max_score_psi": float("inf")},
+    ],
+)
+def test_policies_that_would_disarm_the_controller_are_refused(
+    override: dict[str, object],
+) -> None:
+    with pytest.raises(ValidationError):
+        CanaryPolicy.model_validate(override)
+    assert CanaryPolicy.model_validate({"ramp": [0.05, 0.25, 0.5]}).ramp == (0.05, 0.25, 0.5)
 
 
 def test_waits_for_samples() -> None:
