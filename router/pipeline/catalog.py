@@ -25,7 +25,10 @@ from router.pipeline.schema import feature_schema_hash
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # Finite numbers only: a NaN feature default (a column mean taken over
+    # missing values) would be imputed into every request, a NaN default score
+    # served; an unbounded range is min/max None, not infinity.
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
 
 class FeatureProfile(_Frozen):

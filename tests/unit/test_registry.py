@@ -187,6 +187,20 @@ def test_metadata_problems(tmp_path: Path) -> None:
     assert reason(exc) == "metadata_invalid"
 
 
+@pytest.mark.parametrize("where", ["default_score", "feature default"])
+def test_non_finite_metadata_numbers_are_refused(tmp_path: Path, where: str) -> None:
+    """A NaN feature default (e.g. a column mean over missing values) would be
+    imputed into every request; a NaN default score served as a fallback."""
+    if where == "default_score":
+        write_version(tmp_path, default_score=float("nan"))
+    else:
+        features = [dict(FEATURES[0], default=float("inf")), *FEATURES[1:]]
+        write_version(tmp_path, features=features, schema_hash=feature_schema_hash(features))
+    with pytest.raises(RegistrationError) as exc:
+        validation.read_version(tmp_path, "m", 1)
+    assert reason(exc) == "metadata_invalid"
+
+
 def record(version: int, artifact: str = "a" * 64) -> VersionRecord:
     return VersionRecord(
         model="m",
