@@ -24,8 +24,8 @@ _VERSION_REF = re.compile(rf"^({_NAME})@([1-9][0-9]{{0,8}})$")
 
 
 class _Frozen(BaseModel):
-    # No NaN or infinity in any weight, fraction, score or TTL: e.g. an infinite
-    # arm weight would silently send every unit to the other arms.
+    # No NaN or infinity in any score, ratio or TTL: e.g. a NaN
+    # fallback.default_score would be served to callers as a score.
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
