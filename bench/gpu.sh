@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."
 KIT=${GPU_KIT:-build/gpu_kit}
 STUB_PY=3.12            # the CUDA machine's Python: pick the matching stub
 NUMPY1=numpy==1.26.4    # the pytriton 0.7.0 stub is built against NumPy 1.x
+LIBPY_DEB=http://archive.ubuntu.com/ubuntu/pool/main/p/python3.12/libpython3.12t64_3.12.3-1ubuntu0.8_amd64.deb
 
 prepare() {
   local build=${1:-build} py=.venv/bin/python
@@ -38,6 +39,10 @@ prepare() {
   mkdir -p "$stage/a/b" && mv "$stage/tritonserver" "$stage/a/b/" && cp -r "$site/nvidia_pytriton.libs" "$stage/a/"
   tar -C "$stage" -cf - a | xz -T2 -6 > "$KIT/triton.tar.xz"
   rm -rf "$stage"
+  # The 3.12 stub links libpython3.12.so.1.0, which a CUDA image may lack (Ubuntu's
+  # python3.12 is static): carry Ubuntu noble's shared libpython as a fallback.
+  curl -fsSL --max-time 60 -o "$KIT/wheels/libpython3.12t64.deb" "$LIBPY_DEB" \
+    || echo "warning: no libpython3.12 fallback ($LIBPY_DEB unreachable)" >&2
   "$py" -m pip download -q --no-deps --only-binary=:all: --python-version "$STUB_PY" \
     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$KIT/wheels" "$NUMPY1"
@@ -62,7 +67,18 @@ run() {
   # Model processes: NumPy 1.x first (the stub's ABI), then the torch venv.
   INFERLINE_EXTRA_SITE_PACKAGES="$work/stub-site:$("$py" -c 'import site; print(":".join(site.getsitepackages()))')"
   # The 3.12 stub links libpython3.12.so.1.0: where this Python keeps it.
-  LD_LIBRARY_PATH="$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))'):${LD_LIBRARY_PATH:-}"
+  local libdir; libdir=$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
+  LD_LIBRARY_PATH="$libdir:${LD_LIBRARY_PATH:-}"
+  if [[ ! -e $libdir/libpython$STUB_PY.so.1.0 ]] && ! ldconfig -p 2>/dev/null | grep -q "libpython$STUB_PY.so.1.0"; then
+    if [[ -f $KIT/wheels/libpython3.12t64.deb ]]; then
+      echo "libpython$STUB_PY.so.1.0 not installed: using the kit's copy"
+      dpkg-deb -x "$KIT/wheels/libpython3.12t64.deb" "$work/libpy" || dpkg -x "$KIT/wheels/libpython3.12t64.deb" "$work/libpy"
+      LD_LIBRARY_PATH="$work/libpy/usr/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH"
+    else
+      echo "warning: libpython$STUB_PY.so.1.0 not found and no fallback in the kit" >&2
+    fi
+  fi
+  ldd "$tri/backends/python/triton_python_backend_stub" | grep -E "python|not found" || true
   export INFERLINE_EXTRA_SITE_PACKAGES LD_LIBRARY_PATH OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
   local rc=0
   "$py" -m bench.gpu_bench run --kit "$KIT" --triton "$tri" --out "$out" --workdir "$work" "$@" || rc=$?

@@ -328,9 +328,9 @@ class GpuSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            out = _smi("utilization.gpu")
-            if out and out.split(",")[0].strip().isdigit():
-                self.samples.append(float(out.split(",")[0]))
+            value = util_pct(_smi("utilization.gpu"))
+            if value is not None:
+                self.samples.append(value)
 
     def __enter__(self) -> GpuSampler:
         self._t.start()
@@ -339,6 +339,12 @@ class GpuSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._t.join()
+
+
+def util_pct(text: str) -> float | None:
+    """nvidia-smi's "37 %" as 37.0; None for "[N/A]" or nothing."""
+    value = text.split(" ")[0]
+    return float(value) if value.isdigit() else None
 
 
 def _smi(query: str) -> str:
@@ -409,6 +415,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           if gpu.samples else None}  # fmt: skip
                     report["results"].append(r)
                     print(format_row(r), flush=True)
+                    # after every row: a run cut off by its time limit keeps what it measured
+                    (out / "gpu.json").write_text(json.dumps(report, indent=2) + "\n")
     finally:
         triton.stop()
     return report

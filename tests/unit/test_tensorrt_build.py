@@ -9,6 +9,7 @@ bench/gpu_bench.py + bench/gpu.sh: the hand-encoded ModelInfer wire format
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,33 @@ def test_gpu_sh_usage_and_syntax() -> None:
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "usage:" in r.stderr
     assert "  prepare) " in script.read_text() and "  run) " in script.read_text()
+
+
+def test_gpu_utilisation_reads_nvidia_smis_percent() -> None:
+    # nvidia-smi --format=csv,noheader prints "37 %": the first run on a real H200
+    # recorded no utilisation at all because the sampler wanted bare digits.
+    assert gb.util_pct("37 %") == 37.0 and gb.util_pct("0 %") == 0.0
+    assert gb.util_pct("[N/A]") is None and gb.util_pct("") is None
+
+
+def test_recorded_gpu_results_back_the_docs() -> None:
+    """docs/gpu/*.json are the H200 runs the docs quote: every variant passed its
+    score check, no request failed, and the capacity model's GPU figure is the
+    recorded 4-instance, 256-row throughput."""
+    runs = sorted((ROOT / "docs" / "gpu").glob("*.json"))
+    assert len(runs) >= 2
+    for path in runs:
+        report = json.loads(path.read_text())
+        assert report["gpu"].startswith("NVIDIA"), path
+        assert report["checks"] and all(c["ok"] for c in report["checks"].values()), path
+        assert report["results"] and all(r["errors"] == 0 for r in report["results"]), path
+        assert gb.format_table(report).count("\n| ranker") == len(report["results"])
+    wide_json = ROOT / "docs" / "gpu" / "2026-11-29-ranker-wide-4-instances.json"
+    wide = json.loads(wide_json.read_text())
+    (sized,) = [r for r in wide["results"] if r["model"] == "ranker_wide_gpu_fp32"
+                and r["batch"] == 256 and r["load"] == "throughput"]  # fmt: skip
+    assert sized["p99_ms"] <= 10.0 and wide["instances"] == 4
+    measured = json.loads((ROOT / "docs" / "measurements.json").read_text())["measurements"]
+    assert measured["gpu_mlp_rps_4_instances_p99_10ms"]["value"] == round(sized["rps"])
+    doc = (ROOT / "docs" / "benchmarks-batching.md").read_text()
+    assert f"{round(sized['rps']):,} rps" in doc and f"{sized['p99_ms']:.2f} ms" in doc
