@@ -10,10 +10,18 @@ surface would, then restarts a component mid-run:
 - **Envoy crash**: SIGKILL, then started again on its ports (the kubelet's
   restart). Requests meanwhile fail fast with UNAVAILABLE, none at its deadline.
 - **Rolling router restart, two replicas**: each router in turn gets SIGTERM
-  (health NOT_SERVING, ``server.drain_s`` of service while Envoy's health check
-  takes it out, then a graceful stop), and is started again on its port.
+  (health NOT_SERVING on both ports for good, ``server.drain_s`` of service while
+  Envoy's health checks take it out and Envoy closes its connections to it, then
+  a graceful stop), and is started again on its port.
 - **Router restart, one replica**: the same with nobody to take over: Envoy
   answers UNAVAILABLE (no healthy upstream) until it is back.
+
+Envoy writes an access log (``envoy.log`` in the drill's log directory); each
+result says which response flags Envoy gave failed requests (``envoy_flags``:
+UC, a connection the router closed under a request; UF, a connection refused;
+UH, no healthy router) and Envoy's upstream counters for the router clusters
+(``envoy_upstream``: retries, refused connections, connections closed under a
+request).
 
     python -m bench.edge_drills --build build --md docs/reliability.md
 """
@@ -24,9 +32,11 @@ import argparse
 import asyncio
 import concurrent.futures
 import os
+import re
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,8 +53,9 @@ from bench.drill_core import (
     write_md,
 )
 from inferline_edge.certs import EDGE_DNS, DevPKI
+from inferline_edge.common import ROUTER_CLUSTER, ROUTER_FAST_CLUSTER
 from inferline_edge.resources import ROUTER_HEALTH_INTERVAL_S
-from scripts.edge_stack import FullStack
+from scripts.edge_stack import FullStack, TlsRouterProcess
 from scripts.stack import ROOT
 
 TENANT_CERT = ("demo", "cli")
@@ -58,6 +69,44 @@ ROUTER_ENV = {
 }
 
 Faults = Callable[[FullStack], tuple[Callable[[], None], Callable[[], None] | None]]
+
+UPSTREAM_COUNTERS = (
+    "upstream_rq_retry",  # Envoy sent the request again (to the other router)
+    "upstream_cx_connect_fail",  # a router's port refused the connection
+    "upstream_cx_destroy_remote_with_active_rq",  # a router closed it under a request
+)
+_FLAGS = re.compile(r" grpc=(\S+) flags=(\S+) details=(\S+) ")
+
+
+def upstream_counters(full: FullStack) -> dict[str, int]:
+    """``UPSTREAM_COUNTERS`` summed over Envoy's two router clusters (gRPC and
+    fast lane); empty if Envoy's admin port does not answer."""
+    assert full.edge is not None and full.edge.envoy is not None
+    try:
+        stats = full.edge.envoy.stats("cluster.router")
+    except OSError:
+        return {}
+    clusters = (ROUTER_CLUSTER, ROUTER_FAST_CLUSTER)
+    return {
+        name: sum(
+            v
+            for k, v in stats.items()
+            if k.split(".")[1] in clusters and k.rpartition(".")[2] == name
+        )
+        for name in UPSTREAM_COUNTERS
+    }
+
+
+def envoy_flags(logs: Path) -> dict[str, int]:
+    """Failed requests in Envoy's access logs, by response flags and details
+    (e.g. ``UC:upstream_reset_before_response_started{connection_termination}``)."""
+    seen: Counter[str] = Counter()
+    for path in sorted(logs.glob("envoy*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            m = _FLAGS.search(line)
+            if m and (m[2] != "-" or m[1] not in ("0", "-")):
+                seen[f"{m[2]}:{m[3]}"] += 1
+    return dict(seen)
 
 
 def _channel_factory(pki: DevPKI, address: str) -> Callable[[], grpc.aio.Channel]:
@@ -82,6 +131,7 @@ async def _edge_drill(
 ) -> DrillResult:
     """Steady load through Envoy; inject at 1/4 of the run, clear at 1/2."""
     pki = DevPKI.create(logs / "pki", tenants=[TENANT_CERT], days=1)
+    full_kw.setdefault("access_log", True)  # the flags of a failed request say why
     full = FullStack(build, logs, pki, router_env=ROUTER_ENV, **full_kw)
     # From a worker thread: no preexec_fn, so no fork after this process used gRPC.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -101,6 +151,7 @@ async def _edge_drill(
         for action in (inject, clear):
             if isinstance(action, Background):
                 await asyncio.to_thread(action.wait)
+        upstream = await asyncio.to_thread(upstream_counters, full)
     finally:
         await asyncio.to_thread(full.stop)
     done = [a for a in (clear, inject) if isinstance(a, Background) and a.done_at is not None]
@@ -110,8 +161,10 @@ async def _edge_drill(
         r.extra["restart_done_at_s"] = round(cleared, 2)
     r.extra["fault_at_s"] = round(marks[inject.__name__], 2)
     errors_at = [o.sent_at for o in out if o.code != "OK"]
+    r.extra["envoy_upstream"] = upstream
     if errors_at:  # the window in which callers saw a (clear) error status
         r.extra["error_window_s"] = round(max(errors_at) - min(errors_at), 3)
+        r.extra["envoy_flags"] = envoy_flags(logs)
         ok_after = [o.sent_at for o in out if o.code == "OK" and o.sent_at > max(errors_at)]
         if ok_after:
             r.time_to_recover_s = round(min(ok_after) - marks[inject.__name__], 3)
@@ -166,10 +219,31 @@ async def drill_envoy_crash(
     )
 
 
-def _restart_routers(full: FullStack) -> None:
+def in_rotation(full: FullStack, router: TlsRouterProcess) -> bool:
+    """Envoy's health checks pass for ``router`` on its router clusters (gRPC
+    port; fast lane when the stack has one)."""
+    assert full.edge is not None and full.edge.envoy is not None
+    want = {f"{ROUTER_CLUSTER}::{router.address}::health_flags::healthy"}
+    if full.fast_lane:
+        want.add(f"{ROUTER_FAST_CLUSTER}::{router.bridge_address}::health_flags::healthy")
+    try:
+        lines = set(full.edge.envoy.admin("/clusters", timeout=1.0).decode().splitlines())
+    except OSError:
+        return False
+    return want <= lines
+
+
+def _restart_routers(full: FullStack, settle_s: float = 0.5, timeout_s: float = 10.0) -> None:
+    """SIGTERM each router in turn and start it again. Before the next one goes,
+    Envoy must have the restarted one back in rotation (as a rollout waits for
+    the new pod to be ready), then ``settle_s`` more: a fixed pause can be
+    outrun by a health check on a loaded box."""
     for i, router in enumerate(full.routers):
         if i:
-            time.sleep(1.0)  # let Envoy's health check see the restarted one first
+            end = time.monotonic() + timeout_s
+            while not in_rotation(full, full.routers[i - 1]) and time.monotonic() < end:
+                time.sleep(0.05)
+            time.sleep(settle_s)
         router.stop()
         router.relaunch()
 

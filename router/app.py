@@ -7,7 +7,9 @@ registry on (``router.release``), its state overlays the table in every
 snapshot, registered versions are loaded in Triton before serving, and the
 AdminService is served next to Predict.
 Stop, in reverse: health NOT_SERVING -> drain gRPC -> reloader -> compliance
-(flush audit and captures) -> Triton client -> feature store.
+(flush audit and captures) -> Triton client -> feature store. Health stays
+NOT_SERVING through the drain although the canary prober still runs
+(``GrpcServer.set_serving`` changes nothing once ``stop`` began).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Same pipeline, identity rules, deadline, log line and metrics as the gRPC
 servicer: the request goes through ``InferenceServicer.handle``. One request at
 a time per connection (Envoy does not pipeline HTTP/1.1; pipelined requests are
 answered in order). ``GET /healthz`` answers 200 while the router is SERVING and
-503 otherwise, for Envoy's active health check.
+503 otherwise, for Envoy's active health check; from ``drain`` on, 503 for good.
 """
 
 from __future__ import annotations
@@ -321,12 +321,35 @@ class FastLane:
         self._reloader = reloader
         self.max_body = settings.max_receive_message_bytes
         self.connections: set[_Connection] = set()
-        self.serving = False
+        self._serving = False
         self.closing = False
+        """Draining or stopping: ``/healthz`` answers 503 whatever ``serving``
+        is set to, and every answer says ``connection: close`` and closes."""
         self.port = 0
         self._server: asyncio.Server | None = None
         self._material: TlsMaterial | None = None
         self._ssl: ssl.SSLContext | None = None
+
+    @property
+    def serving(self) -> bool:
+        """What ``GET /healthz`` says (200 or 503)."""
+        return self._serving
+
+    @serving.setter
+    def serving(self, value: bool) -> None:
+        # Never SERVING again once draining: the canary prober sets it every
+        # round, and it once put a draining router back in Envoy's rotation
+        # until the router closed its kept-alive connections under a request.
+        self._serving = value and not self.closing
+
+    def drain(self) -> None:
+        """Health NOT_SERVING for good, still accepting and answering (what
+        ``GrpcServer.stop`` does for ``server.drain_s`` before ``stop``). A
+        request that still comes in is answered with ``connection: close``,
+        so the peer drops that connection itself instead of reusing it when
+        this router closes it."""
+        self.closing = True
+        self._serving = False
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -394,8 +417,7 @@ class FastLane:
         one with a request still arriving or waiting its turn is answered first
         (``connection: close``), then closed. A load balancer that stopped
         sending (health NOT_SERVING, ``drain_s``) leaves only idle ones."""
-        self.closing = True
-        self.serving = False
+        self.drain()
         if self._server is not None:
             self._server.close()
         end = time.monotonic() + grace_s

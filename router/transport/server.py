@@ -1,11 +1,17 @@
 """Build the grpc.aio server (Predict, health, reflection, one interceptor) and,
-when configured, the HTTP/1.1 fast lane for Predict beside it."""
+when configured, the HTTP/1.1 fast lane for Predict beside it.
+
+Health is set here for both ports: the gRPC health service and the fast lane's
+``GET /healthz``, which Envoy checks on its two router clusters. Once ``stop``
+has begun both stay NOT_SERVING, whatever the canary prober reports meanwhile.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 import grpc
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -21,6 +27,8 @@ from router.transport.tls_reload import CertReloader
 
 SERVICE_NAME: str = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 ADMIN_SERVICE: str = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+log = structlog.get_logger("router.server")
 
 
 class GrpcServer:
@@ -86,6 +94,9 @@ class GrpcServer:
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
+        """Health on both ports (the canary prober calls it every round). After
+        ``stop`` began it changes nothing: the gRPC health service ignores it
+        after ``enter_graceful_shutdown`` and the fast lane after ``drain``."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -97,9 +108,13 @@ class GrpcServer:
             self.fastlane.serving = serving
 
     async def stop(self) -> None:
+        """Health NOT_SERVING on both ports for good, keep serving ``drain_s``
+        while the load balancers' health checks take this router out, then stop
+        accepting and let in-flight requests finish (``grace_period_s``)."""
         await self.health.enter_graceful_shutdown()
         if self.fastlane is not None:
-            self.fastlane.serving = False
+            self.fastlane.drain()
+        log.info("server.draining", drain_s=self._settings.drain_s)
         if self._settings.drain_s:
             await asyncio.sleep(self._settings.drain_s)
         grace = self._settings.grace_period_s
