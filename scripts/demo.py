@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +104,23 @@ def fmt(ms: np.ndarray) -> str:
     return f"p50={p50:6.2f} ms  p95={p95:6.2f} ms  p99={p99:6.2f} ms"
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence this process's stderr (fd 2) for a call expected to fail: gRPC's
+    C core logs a refused handshake there itself ("Corruption detected", ...),
+    which reads like a fault in a demo that shows the refusal on purpose."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _tls_channel(address: str, pki: DevPKI, tenant: str | None, svc: str) -> grpc.aio.Channel:
     """An mTLS channel to the edge with a tenant's client certificate (or none)."""
     key = cert = None
@@ -180,9 +200,10 @@ async def run(full: FullStack, pki: DevPKI, n: int) -> None:
             )
         async with _tls_channel(edge, pki, None, "") as anon:
             try:
-                await inference_pb2_grpc.InferenceServiceStub(anon).Predict(
-                    fraud_request([1]), timeout=5
-                )
+                with _quiet_stderr():
+                    await inference_pb2_grpc.InferenceServiceStub(anon).Predict(
+                        fraud_request([1]), timeout=5
+                    )
             except grpc.aio.AioRpcError as e:
                 print(f"   {'no client cert':18} -> {e.code().name} (TLS handshake refused)")
 
