@@ -147,7 +147,7 @@ async def _read(
     misses: list[ViewRead] = []
     for r in reads:
         cached: list[Row | None] = (
-            [cache.get((r.view, k)) for k in r.keys]
+            [cache.get((r.view, r.features, k)) for k in r.keys]
             if cache is not None and use_cache
             else [None] * len(r.keys)
         )
@@ -205,7 +205,7 @@ def _merge(
             if row_list[j] is None:
                 row_list[j] = got[k]
                 if cache is not None and use_cache and got[k][0] is not None:
-                    cache.put((r.view, k), got[k], cache_ttl_s)
+                    cache.put((r.view, r.features, k), got[k], cache_ttl_s)
     return [[row for row in rows if row is not None] for rows in results]
 
 

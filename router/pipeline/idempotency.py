@@ -46,7 +46,7 @@ class Idempotency:
     def __init__(self, store: IdempotencyStore, ttl_s: float) -> None:
         self._store = store
         self._ttl_s = ttl_s
-        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
         self.replayed = 0
 
     @staticmethod
@@ -62,24 +62,33 @@ class Idempotency:
     async def run(
         self, key: str, fingerprint: bytes, compute: Callable[[], Awaitable[bytes]]
     ) -> bytes:
-        """The stored response for ``key``, or ``compute()``'s, stored for the TTL."""
-        stored = await self._store.get(key)
-        if stored is not None:
-            return self._unwrap(stored, fingerprint)
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return self._unwrap(await asyncio.shield(pending), fingerprint)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        """The stored response for ``key``, or ``compute()``'s, stored for the TTL.
+
+        A retry that arrives while the first attempt is in flight waits for it;
+        if that attempt ends without an answer (an error, its own deadline, its
+        caller gone), the retry runs its own ``compute()`` rather than inheriting
+        a failure that was not its own.
+        """
+        while True:
+            stored = await self._store.get(key)
+            if stored is not None:
+                return self._unwrap(stored, fingerprint)
+            pending = self._inflight.get(key)
+            if pending is None:
+                break
+            # shield: this caller's own cancellation must not cancel the attempt
+            # the others wait on. None: that attempt gave no answer; go again.
+            value = await asyncio.shield(pending)
+            if value is not None:
+                return self._unwrap(value, fingerprint)
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        value = None
         try:
             response = await compute()
             value = fingerprint + response
             await self._store.put(key, value, self._ttl_s)
-            future.set_result(value)
             return response
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()  # mark retrieved: waiters re-raise, nobody else must
-            raise
         finally:
             del self._inflight[key]
+            future.set_result(value)

@@ -1,6 +1,6 @@
 """The feature store breaker's half-open trial against a real Redis online store
 (the demo's features) reached through bench.delay_proxy, which makes it slow,
-silent or refusing on demand."""
+silent or refusing on demand; and the row cache every model version shares."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from bench.delay_proxy import DelayProxy
 from router.backends.feast_redis import RespClient, encode
 from router.backends.feast_store import FeastFeatureStore
 from router.pipeline.breaker import CircuitBreaker, State
+from router.pipeline.cache import TtlCache
 from router.pipeline.catalog import ModelVersion, ViewPlan
-from router.pipeline.features import assemble
+from router.pipeline.features import Row, assemble
 from router.pipeline.types import CandidateIn
 from scripts.build_demo import build_features
 from scripts.stack import RedisServer
@@ -189,3 +190,42 @@ async def test_only_timeouts_with_the_full_budget_open_the_breaker(
     assert (breaker.state is State.OPEN) is opens
     await asyncio.sleep(0.3)  # the cut reads still reach Redis, late
     assert await redis.hmgets() == before + (3 if opens else 5)
+
+
+def _reading(version: int, features: tuple[str, ...]) -> ModelVersion:
+    n = len(features)
+    plan = ViewPlan(VIEW, ("account_id",), features, tuple(range(n)), (-1.0,) * n)
+    return ModelVersion(
+        model="m",
+        version=version,
+        input_name="i",
+        output_name="o",
+        n_features=n,
+        schema_hash=f"h{version}",
+        default_score=0.1,
+        views=(plan,),
+        request_features=(),
+        defaults=(-1.0,) * n,
+    )
+
+
+async def test_versions_sharing_the_row_cache_get_their_own_feature_order(
+    store: FeastFeatureStore,
+) -> None:
+    """One row cache serves every model version; two versions that read the
+    same view for other features, or in another order, must not get each
+    other's cached rows."""
+    cache: TtlCache[Row] = TtlCache(100)
+    pair = ("txn_count_24h", "txn_amount_sum_24h")
+    rows = []
+    for version, features in ((1, pair), (2, pair[::-1]), (3, (*pair, "txn_count_7d"))):
+        batch = await assemble(
+            _reading(version, features), CANDS, store, 1.0, cache=cache, cache_ttl_s=60
+        )
+        assert batch.reasons == set()
+        rows.append(batch.matrix[0].tolist())
+    assert rows[0][0] != rows[0][1] and rows[1] == rows[0][::-1]
+    assert rows[2][:2] == rows[0] and len(rows[2]) == 3
+    assert cache.hits == 0 and len(cache) == 3
+    again = await assemble(_reading(2, pair[::-1]), CANDS, store, 1.0, cache=cache, cache_ttl_s=60)
+    assert again.matrix[0].tolist() == rows[1] and cache.hits == 1
