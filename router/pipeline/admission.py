@@ -40,14 +40,16 @@ class Ticket:
 class Admission:
     def __init__(self, max_in_flight: int) -> None:
         self.max_in_flight = max_in_flight
+        # At least one slot per class: a share of a tiny capacity must not
+        # round down to a class that is always shed.
+        self._limits = {p: max(1, int(max_in_flight * s)) for p, s in CLASS_SHARE.items()}
         self.in_flight = 0
         self._per_tenant: defaultdict[str, int] = defaultdict(int)
         self.shed: defaultdict[tuple[str, str], int] = defaultdict(int)
         """(reason, priority) -> count of refused requests."""
 
     def admit(self, tenant: str, priority: str, tenant_cap: int) -> Ticket:
-        limit = int(self.max_in_flight * CLASS_SHARE[priority])
-        if self.in_flight >= limit:
+        if self.in_flight >= self._limits[priority]:
             self.shed[("overload", priority)] += 1
             raise ResourceExhausted(
                 "server overloaded, retry later",

@@ -2,7 +2,8 @@
 
     1 PRIMARY          the routed version (breaker closed, or its half-open trial)
     2 LAST_KNOWN_GOOD  the model's fallback version, if the retry budget allows
-    3 CACHED_SCORE     a recent score for the same input row, where policy allows
+    3 CACHED_SCORE     the routed version's recent score for the same input row,
+                       where policy allows
     4 STATIC_DEFAULT   the model's static default score
 
 Every rung below the first marks the answer degraded. The ladder never fails a
@@ -46,9 +47,11 @@ class LadderResult:
     reasons: list[str] = field(default_factory=list)
 
 
-def _row_keys(model: str, batch: np.ndarray) -> list[bytes]:
-    """The score cache's key per input row (model + the row's float32 bytes)."""
-    prefix = model.encode()
+def _row_keys(version: ModelVersion, batch: np.ndarray) -> list[bytes]:
+    """The score cache's key per input row: model, version and the row's
+    float32 bytes. Per version, so a cached score is only ever the routed
+    version's own (not another arm's, nor the version before a promotion)."""
+    prefix = f"{version.model}\0{version.version}\0".encode()
     raw = batch.tobytes()
     width = len(raw) // len(batch) if len(batch) else 0
     return [
@@ -128,7 +131,7 @@ class Ladder:
             out = None
         if out is not None:
             if policy.cache_scores:
-                for key, s in zip(_row_keys(version.model, batch), out[1], strict=True):
+                for key, s in zip(_row_keys(version, batch), out[1], strict=True):
                     self._cache.put(key, s, policy.cache_ttl_s)
             return LadderResult(out[0], FallbackLevel.PRIMARY, version.version, out[1])
         if version.schema_ok:
@@ -145,7 +148,7 @@ class Ladder:
             reasons.append("last_known_good_unavailable")
 
         if policy.cache_scores:
-            cached = [self._cache.get(k) for k in _row_keys(version.model, batch)]
+            cached = [self._cache.get(k) for k in _row_keys(version, batch)]
             if all(c is not None for c in cached):
                 values = [float(c) for c in cached if c is not None]
                 scores = np.asarray(values, dtype=np.float64)

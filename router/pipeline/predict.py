@@ -291,7 +291,13 @@ class Predictor:
             shadow = snap.shadows.get(route.model)
             if self._shadow is not None and shadow is not None and route.alias == shadow.alias:
                 self._shadow.submit(
-                    shadow, route.pool, catalog, cmd.request_id, batch.matrix, result.scores
+                    shadow,
+                    route.pool,
+                    catalog,
+                    cmd.request_id,
+                    version.assembled_hash,
+                    batch.matrix,
+                    result.scores,
                 )
         t3 = time.monotonic()
         timings["inference"] = int((t3 - t2) * 1e6)

@@ -47,16 +47,22 @@ class ShadowMirror:
         pool: str,
         catalog: ModelCatalog,
         request_id: str,
+        assembled_hash: str,
         matrix: np.ndarray,
         primary: np.ndarray,
     ) -> None:
-        """Mirror this request if it is in the sampled fraction (never raises)."""
+        """Mirror this request if it is in the sampled fraction (never raises).
+
+        ``assembled_hash`` is the schema ``matrix`` was assembled for: only a
+        candidate trained on that very schema can consume it (the same number
+        of columns in another order would be scored on misaligned features).
+        """
         if bucket(f"shadow:{spec.model}", request_id) >= spec.fraction:
             return
         if (spec.model, spec.version) not in catalog:
             return
         version = catalog.get(spec.model, spec.version)
-        if not version.schema_ok or version.n_features != matrix.shape[1]:
+        if not version.schema_ok or version.schema_hash != assembled_hash:
             return
         if self.in_flight >= self._max:
             self._on_result(spec.model, spec.version, "dropped", 0.0, 0.0)

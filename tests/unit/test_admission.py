@@ -52,3 +52,13 @@ def test_tenant_cap_isolates_tenants() -> None:
 )
 def test_effective_priority(requested: str | None, allowed: str, expected: str) -> None:
     assert effective_priority(requested, allowed) == expected
+
+
+def test_every_class_gets_a_slot_at_the_smallest_capacity() -> None:
+    adm = Admission(max_in_flight=1)  # batch's 0.5 share must not round to 0
+    for priority in ("batch", "standard", "critical"):
+        ticket = adm.admit("t", priority, 10)
+        with pytest.raises(InferlineError) as exc:
+            adm.admit("u", "critical", 10)
+        assert exc.value.code is Code.RESOURCE_EXHAUSTED
+        adm.release(ticket)

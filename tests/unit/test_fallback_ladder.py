@@ -92,6 +92,21 @@ async def test_primary_then_each_rung_in_order() -> None:
     assert await _run(ladder, FallbackPolicy()) == (FallbackLevel.STATIC_DEFAULT, [0.07, 0.07], 2)
 
 
+async def test_a_cached_score_is_only_ever_the_routed_versions_own() -> None:
+    """After v1 scored a row, v2 (a promotion, or the other arm) must not
+    answer that row with v1's cached score when v2 cannot be reached."""
+    server = FaultyServer(failing=set())
+    ladder = _ladder(server)
+    policy = FallbackPolicy(cache_scores=True)
+    v1_route = Route(model="m", version=1, alias="prod")
+    r = await ladder.run(v1_route, _version(1), X, time.monotonic() + 1, policy, CATALOG)
+    assert (r.level, r.values) == (FallbackLevel.PRIMARY, [4.0, 8.0])
+    server.failing = {1, 2}
+    assert await _run(ladder, policy) == (FallbackLevel.STATIC_DEFAULT, [0.07, 0.07], 2)
+    r = await ladder.run(v1_route, _version(1), X, time.monotonic() + 1, policy, CATALOG)
+    assert (r.level, r.values, r.version) == (FallbackLevel.CACHED_SCORE, [4.0, 8.0], 1)
+
+
 async def test_open_breaker_skips_the_call() -> None:
     server = FaultyServer(failing={2})
     ladder = _ladder(server)
