@@ -118,6 +118,44 @@ def inference_header(n: int, f: int, input_name: str, output_name: str) -> bytes
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+_FP32_OUTPUT = b'"datatype":"FP32"'
+_NUMERIC: dict[str, str] = {
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+}
+
+
+def decode_scores(headers: dict[bytes, bytes], body: bytes, n: int) -> np.ndarray:
+    """The binary output tensor after the JSON header, read as the datatype
+    the header declares (FP32, the usual case, without parsing the JSON).
+    Anything unreadable is the model server's fault: UNAVAILABLE, so the
+    fallback ladder answers instead."""
+    try:
+        json_len = int(headers.get(b"inference-header-content-length", b"0"))
+        if not 0 <= json_len <= len(body):
+            raise ValueError("inference header past the body")
+        if _FP32_OUTPUT in body[:json_len]:
+            dtype = "<f4"
+        else:
+            (output,) = json.loads(body[:json_len])["outputs"]
+            dtype = _NUMERIC[output["datatype"]]
+        out = np.frombuffer(body, dtype=dtype, offset=json_len)
+    except (ValueError, KeyError, TypeError) as e:
+        raise Unavailable("model returned an invalid result") from e
+    if out.size != n:
+        raise Unavailable("model returned an invalid result")
+    return out if dtype == "<f4" else out.astype(np.float32)
+
+
 class TritonHttpClient:
     """Minimal keep-alive HTTP/1.1 client for Triton's v2 infer endpoint."""
 
@@ -176,8 +214,13 @@ class TritonHttpClient:
             if idle and idle[-1].usable():
                 conn = idle.pop()
             else:
-                async with asyncio.timeout(timeout_s):  # a new connection: rare
+                # A new connection (rare): connecting spends the same budget as
+                # the exchange, so a slow connect cannot double the timeout.
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + timeout_s
+                async with asyncio.timeout_at(deadline):
                     conn = await self._acquire()
+                timeout_s = deadline - loop.time()
             waiter = conn.send(request)
             assert conn.loop is not None  # set with the connection
             timer = conn.loop.call_later(timeout_s, _expire, waiter)
@@ -207,11 +250,7 @@ class TritonHttpClient:
             self.pool.park(conn)
         if status != 200:
             raise map_http_status(status)
-        json_len = int(headers.get(b"inference-header-content-length", b"0"))
-        out = np.frombuffer(body, dtype=np.float32, offset=json_len)
-        if out.size != n:
-            raise Unavailable("model returned an invalid result")
-        return out
+        return decode_scores(headers, body, n)
 
     async def close(self) -> None:
         self.pool.close()

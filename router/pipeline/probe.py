@@ -12,7 +12,6 @@ score, so load balancers prefer routers that can.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -83,6 +82,12 @@ class Prober:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(InferlineError):
+            try:
                 await self._on_round(await self.probe_once())
+            except InferlineError:
+                pass
+            except Exception:
+                # A bug in one round must not end probing for the process's
+                # life (breakers would then only ever learn from live traffic).
+                log.exception("probe.round_failed")
             await asyncio.sleep(self._interval_s)

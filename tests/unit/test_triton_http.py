@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from router.backends.triton_http import TritonHttpClient
+from router.backends.triton_http import TritonHttpClient, decode_scores
 from router.errors import Code, DeadlineExceeded, InferlineError, Unavailable
 
 
@@ -181,3 +181,46 @@ async def test_unreachable_is_unavailable() -> None:
     client = TritonHttpClient("127.0.0.1", 1)
     with pytest.raises(Unavailable):
         await _infer(client)
+
+
+def _answer(datatype: str, values: np.ndarray, compact: bool) -> tuple[dict[bytes, bytes], bytes]:
+    seps = (",", ":") if compact else (", ", ": ")
+    header = json.dumps(
+        {"outputs": [{"name": "y", "datatype": datatype}]}, separators=seps
+    ).encode()
+    return {b"inference-header-content-length": b"%d" % len(header)}, header + values.tobytes()
+
+
+def _truncated(answer: tuple[dict[bytes, bytes], bytes]) -> tuple[dict[bytes, bytes], bytes]:
+    return answer[0], answer[1][:-1]
+
+
+@pytest.mark.parametrize("compact", [True, False])
+@pytest.mark.parametrize(
+    ("datatype", "dtype"),
+    [("FP32", np.float32), ("FP16", np.float16), ("FP64", np.float64), ("INT32", np.int32)],
+)
+def test_output_is_read_as_the_datatype_triton_declares(
+    datatype: str, dtype: type, compact: bool
+) -> None:
+    """An INT32 output read as FP32 would be a tiny denormal served as a score;
+    an FP16 output of an odd number of rows would not even fit FP32's width."""
+    values = np.asarray([1, 0, 3], dtype=dtype)
+    out = decode_scores(*_answer(datatype, values, compact), 3)
+    assert out.dtype == np.float32 and out.tolist() == [1.0, 0.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({b"inference-header-content-length": b"999"}, b"{}"),  # header past the body
+        ({b"inference-header-content-length": b"x"}, b"{}"),
+        ({b"inference-header-content-length": b"2"}, b"{}" + b"\0" * 12),  # no outputs
+        _answer("BYTES", np.zeros(3, dtype=np.float32), True),
+        _truncated(_answer("FP16", np.zeros(3, dtype=np.float16), True)),  # half an FP16
+        _answer("FP32", np.zeros(2, dtype=np.float32), True),  # 2 scores for 3 rows
+    ],
+)
+def test_an_unreadable_output_is_unavailable(headers: dict[bytes, bytes], body: bytes) -> None:
+    with pytest.raises(Unavailable):
+        decode_scores(headers, body, 3)
