@@ -63,6 +63,19 @@ METHOD = PREDICT_PATH.decode()
 HEALTH_PATH = b"/healthz"
 _MAX_HEADER_BYTES = 16 * 1024
 _MAX_HEADERS = 100
+# Raw bytes of a request's head (request line, headers, separators) before it is
+# refused. httptools buffers a header line until its CRLF before any callback
+# sees it, so the per-header count alone would not bound a line that never ends.
+_MAX_HEAD_BYTES = _MAX_HEADER_BYTES + 4 * _MAX_HEADERS + 8 * 1024
+_SWEEP_S = 15.0
+"""How often the lane looks for stuck connections: a request whose bytes are
+still arriving after one to two sweeps is refused (408), a connection idle for
+``_IDLE_SWEEPS`` sweeps is closed (longer than Envoy's 300 s upstream idle
+timeout, so Envoy closes its own first)."""
+_IDLE_SWEEPS = 40
+_LINGER_S = 2.0  # how long a refused connection drains the peer's bytes before closing
+_REFUSAL_CODES = {b"413": "RESOURCE_EXHAUSTED", b"408": "DEADLINE_EXCEEDED"}
+"""The gRPC status of a refusal by its HTTP code; INVALID_ARGUMENT otherwise."""
 _HANDSHAKE_TIMEOUT_S = 10.0  # a connection that never completes its handshake is dropped
 
 
@@ -79,7 +92,7 @@ Reply = tuple[bytes, Callable[[], None] | None]
 
 
 class _Request:
-    __slots__ = ("body", "close", "headers", "method", "url")
+    __slots__ = ("body", "close", "headers", "method", "refusal", "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -87,6 +100,8 @@ class _Request:
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.close = False
+        self.refusal: bytes | None = None
+        """The answer of a request that could not be read: sent in its turn."""
 
 
 class _Connection(asyncio.Protocol):
@@ -109,8 +124,14 @@ class _Connection(asyncio.Protocol):
         self._tls: ServerTls | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._receiving = False  # a request's first bytes are in, its last are not
+        self._in_body = False  # the current request's head is complete
+        self._head_bytes = 0  # raw bytes read while no head was complete
         self._eof = False  # the peer half-closed: answer what it sent, then close
+        self._done_reading = False  # the stream can no longer be parsed: ignore the rest
         self.busy = False
+        self.messages = 0  # requests begun (the lane's sweep compares it between rounds)
+        self.swept = 0
+        self.stale_sweeps = 0
 
     @property
     def idle(self) -> bool:
@@ -152,6 +173,10 @@ class _Connection(asyncio.Protocol):
             data = self._decrypt(tls, data)
             if not data:
                 return
+        if self._done_reading:
+            return
+        if not self._in_body:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, _TooLarge) as e:
@@ -161,6 +186,19 @@ class _Connection(asyncio.Protocol):
                 self._reject(cause.status, cause.message)
             else:
                 self._reject(b"400 Bad Request", "malformed HTTP/1.1 request")
+            return
+        except httptools.HttpParserUpgrade:
+            # Upgrade or CONNECT: not spoken here. The request itself is complete
+            # and queued; it is answered (not upgraded), then the connection
+            # closes, since what follows it is not HTTP/1.1.
+            self._stop_reading()
+            if self._queue:
+                self._queue[-1].close = True
+            elif not self.busy:
+                self.close()
+            return
+        if not self._in_body and self._head_bytes > _MAX_HEAD_BYTES:
+            self._reject(b"431 Request Header Fields Too Large", "request headers too large")
 
     def _decrypt(self, tls: ServerTls, data: bytes) -> bytes:
         transport = self._transport
@@ -202,6 +240,10 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._receiving = True
+        self.messages += 1
+
+    def on_headers_complete(self) -> None:
+        self._in_body = True
 
     def on_url(self, url: bytes) -> None:
         self._req.url += url
@@ -228,8 +270,11 @@ class _Connection(asyncio.Protocol):
         req.method = self._parser.get_method()
         req.close = not self._parser.should_keep_alive()
         self._req = _Request()
-        self._header_bytes = self._body_bytes = 0
-        self._receiving = False
+        self._header_bytes = self._body_bytes = self._head_bytes = 0
+        self._receiving = self._in_body = False
+        self._enqueue(req)
+
+    def _enqueue(self, req: _Request) -> None:
         self._queue.append(req)
         wake = self._next
         if wake is not None:
@@ -245,14 +290,49 @@ class _Connection(asyncio.Protocol):
             raise _TooLarge(b"431 Request Header Fields Too Large", "request headers too large")
 
     def _reject(self, status: bytes, message: str) -> None:
-        """Answer a request that could not be read and close: the stream's framing
-        can no longer be trusted. A gRPC-framed one gets its status in trailers."""
-        code = "RESOURCE_EXHAUSTED" if status.startswith(b"413") else "INVALID_ARGUMENT"
-        if self._transport is not None and not self._transport.is_closing():
-            ws = WireStatus(code, message)
-            grpc = self._req.headers.get("content-type") in GRPC_CONTENT_TYPES
-            self.write(error_answer(ws, grpc, True, status))
-            self.close()
+        """Refuse a request that could not be read, then close: the stream's
+        framing can no longer be trusted. The refusal waits its turn behind
+        the requests read before it (pipelined answers stay in order); a
+        gRPC-framed one gets its status in trailers."""
+        code = _REFUSAL_CODES.get(status[:3], "INVALID_ARGUMENT")
+        if self._transport is None or self._transport.is_closing() or self._done_reading:
+            return
+        self._stop_reading()
+        grpc = self._req.headers.get("content-type") in GRPC_CONTENT_TYPES
+        refused, self._req = self._req, _Request()
+        refused.refusal = error_answer(WireStatus(code, message), grpc, True, status)
+        refused.close = True
+        self._receiving = False
+        self._enqueue(refused)
+
+    def _linger_close(self) -> None:
+        """Close after a refusal without losing it: closing a socket with
+        unread bytes in it resets the connection, and the peer, still
+        sending, would lose the answer with it. So: send our end's close, read
+        and drop what still comes, and close for good when the peer does or
+        after ``_LINGER_S``."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._tls is not None:
+            with contextlib.suppress(ssl.SSLError, ValueError):
+                transport.write(self._tls.close())
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()  # data_received drops it: _done_reading
+        self._loop.call_later(_LINGER_S, transport.close)
+
+    def _stop_reading(self) -> None:
+        self._done_reading = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def timeout_request(self) -> None:
+        """The sweep found a request still arriving after a whole round: refuse it."""
+        if self._receiving:
+            self._reject(b"408 Request Timeout", "request not received in time")
 
     def peers(self) -> frozenset[str]:
         if self._peers is None:
@@ -270,8 +350,11 @@ class _Connection(asyncio.Protocol):
                 req = self._queue.popleft()
                 self.busy = True
                 try:
-                    answer = self._lane.answer(req, self.peers)
-                    response, done = answer if isinstance(answer, tuple) else await answer
+                    if req.refusal is not None:
+                        response, done = req.refusal, None
+                    else:
+                        answer = self._lane.answer(req, self.peers)
+                        response, done = answer if isinstance(answer, tuple) else await answer
                 finally:
                     self.busy = False
                 transport = self._transport
@@ -287,7 +370,10 @@ class _Connection(asyncio.Protocol):
                 if done is not None:
                     done()
                 if req.close or self._lane.closing:
-                    self.close()
+                    if self._done_reading:
+                        self._linger_close()
+                    else:
+                        self.close()
                     return
             if self._eof:
                 self.close()
@@ -326,6 +412,8 @@ class FastLane:
         """Draining or stopping: ``/healthz`` answers 503 whatever ``serving``
         is set to, and every answer says ``connection: close`` and closes."""
         self.port = 0
+        self.sweep_s = _SWEEP_S
+        self._sweeper: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._material: TlsMaterial | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -409,7 +497,24 @@ class FastLane:
         # uvloop's Server.sockets is a list (typeshed: a tuple): read it untyped.
         server: Any = self._server
         self.port = int(server.sockets[0].getsockname()[1])
+        self._sweeper = loop.create_task(self._sweep())
         return self.port
+
+    async def _sweep(self) -> None:
+        """Refuse requests that stall mid-way and close long-idle connections
+        (a request counter compared between rounds: nothing on the request path)."""
+        while True:
+            await asyncio.sleep(self.sweep_s)
+            for conn in list(self.connections):
+                if conn.messages != conn.swept:
+                    conn.swept, conn.stale_sweeps = conn.messages, 0
+                    continue
+                conn.stale_sweeps += 1
+                if conn.idle:
+                    if conn.stale_sweeps >= _IDLE_SWEEPS:
+                        conn.close()
+                else:
+                    conn.timeout_request()
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace_s``),
@@ -418,6 +523,8 @@ class FastLane:
         (``connection: close``), then closed. A load balancer that stopped
         sending (health NOT_SERVING, ``drain_s``) leaves only idle ones."""
         self.drain()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         end = time.monotonic() + grace_s

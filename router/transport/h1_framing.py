@@ -151,4 +151,8 @@ def grpc_unframe(data: bytes, encoding: str | None, limit: int) -> bytes:
         raise InvalidArgument(f"request message is not valid {encoding}") from e
     if len(message) > limit or inflate.unconsumed_tail:
         raise InferlineError("request larger than the server accepts", code=Code.RESOURCE_EXHAUSTED)
+    if not inflate.eof or inflate.unused_data:
+        # Cut short (a request with candidates missing must not be scored) or
+        # followed by bytes that belong to no stream.
+        raise InvalidArgument(f"request message is not valid {encoding}")
     return message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -535,3 +536,122 @@ async def test_compressed_grpc_requests_are_read_as_the_grpc_port_reads_them(lan
     assert int(bad[3]["grpc-status"]) == code_pb2.INVALID_ARGUMENT
     assert int(big[3]["grpc-status"]) == code_pb2.RESOURCE_EXHAUSTED
     assert [rid for rid, _ in servicer.seen] == ["gz", "df"]
+
+
+async def test_a_cut_short_or_padded_compressed_message_is_refused(lane: Any) -> None:
+    """A gzip stream missing its end would otherwise decode as a shorter, valid
+    request (candidates dropped, the rest scored); bytes after the end of the
+    stream belong to no message either."""
+    import gzip
+
+    server, servicer = lane
+    request = inference_pb2.PredictRequest(request_id="cut")
+    for i in range(3):
+        request.candidates.add(candidate_id=f"c{i}")
+    whole = gzip.compress(request.SerializeToString())
+    got = await _grpc_exchange(
+        server,
+        _grpc_compressed("cut", "gzip", whole[:-11]),  # the deflate stream, no gzip trailer
+        _grpc_compressed("padded", "gzip", whole + b"\x00\x00"),
+    )
+    for _, _, _, trailers in got:
+        assert int(trailers["grpc-status"]) == code_pb2.INVALID_ARGUMENT
+    assert servicer.seen == []
+
+
+async def test_a_header_line_that_never_ends_is_refused_at_the_head_limit(lane: Any) -> None:
+    """httptools holds a header line until its CRLF: the lane counts the raw
+    bytes of the head itself, so an endless line is refused, not buffered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", lane[0].port)
+    try:
+        writer.write(b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nx-endless: ")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(64):  # 4 MiB if nothing stopped it
+                writer.write(b"a" * 65536)
+                await writer.drain()
+        status, headers, _ = await _read_response(reader)
+        assert status == 431 and headers["connection"] == "close"
+        assert _status(headers)[0] == code_pb2.INVALID_ARGUMENT
+    finally:
+        writer.close()
+
+
+async def test_a_large_body_after_a_small_head_is_not_mistaken_for_a_long_head() -> None:
+    servicer = _Servicer()
+    settings = ServerSettings(port=0, bridge_port=0, max_receive_message_bytes=1 << 20)
+    server = FastLane(settings, TlsSettings(), servicer, None, None)  # type: ignore[arg-type]
+    await server.start(0)
+    try:
+        request = inference_pb2.PredictRequest(request_id="big", alias="x" * 200_000)
+        [(status, _, body)] = await _exchange(server, _post(request.SerializeToString()))
+        assert status == 200
+        assert inference_pb2.PredictResponse.FromString(body).request_id == "big"
+    finally:
+        await server.stop(0.5)
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        b"GET /healthz HTTP/1.1\r\nhost: r\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com\r\n\r\n",
+    ],
+)
+async def test_upgrade_and_connect_are_answered_not_performed(lane: Any, upgrade: bytes) -> None:
+    """The request before it and the request itself are answered in order, then
+    the connection closes (what follows an upgrade is not HTTP/1.1)."""
+    server, servicer = lane
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(_predict("before") + upgrade + b"\x16\x03\x01 tunnel bytes")
+        first, second = await _read_response(reader), await _read_response(reader)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+    assert first[0] == 200
+    assert inference_pb2.PredictResponse.FromString(first[2]).request_id == "before"
+    if upgrade.startswith(b"GET"):
+        assert second[0] == 200  # /healthz, answered over HTTP/1.1
+    else:
+        assert second[0] == 404 and _status(second[1])[0] == code_pb2.UNIMPLEMENTED
+    assert [rid for rid, _ in servicer.seen] == ["before"]
+
+
+async def test_a_refusal_waits_for_the_answers_before_it(lane: Any) -> None:
+    """Pipelined: a valid request, then an unreadable one. The valid one is
+    answered first; the refusal follows in its turn, then the close."""
+    server, servicer = lane
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(_predict("slow") + b"NOT HTTP AT ALL\r\n\r\n")
+        first, second = await _read_response(reader), await _read_response(reader)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+    assert first[0] == 200
+    assert inference_pb2.PredictResponse.FromString(first[2]).request_id == "slow"
+    assert second[0] == 400 and second[1]["connection"] == "close"
+    assert [rid for rid, _ in servicer.seen] == ["slow"]
+
+
+async def test_a_stalled_request_is_refused_and_a_long_idle_connection_closed(
+    lane: Any,
+) -> None:
+    server, _ = lane
+    server.sweep_s = 0.05
+    server._sweeper.cancel()
+    server._sweeper = asyncio.get_running_loop().create_task(server._sweep())
+    stalled_r, stalled_w = await asyncio.open_connection("127.0.0.1", server.port)
+    idle_r, idle_w = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        stalled_w.write(_predict("never-finished")[:-2])
+        idle_w.write(_predict("done"))
+        assert (await _read_response(idle_r))[0] == 200
+        status, headers, _ = await _read_response(stalled_r)  # after one to two sweeps
+        assert status == 408 and _status(headers)[0] == code_pb2.DEADLINE_EXCEEDED
+        assert await asyncio.wait_for(stalled_r.read(), 5) == b""
+        # Idle for 40 sweeps (600 s in production, 2 s here): closed.
+        assert await asyncio.wait_for(idle_r.read(), 10) == b""
+    finally:
+        stalled_w.close()
+        idle_w.close()

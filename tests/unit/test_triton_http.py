@@ -205,7 +205,7 @@ def test_output_is_read_as_the_datatype_triton_declares(
 ) -> None:
     """An INT32 output read as FP32 would be a tiny denormal served as a score;
     an FP16 output of an odd number of rows would not even fit FP32's width."""
-    values = np.asarray([1, 0, 3], dtype=dtype)
+    values: np.ndarray = np.asarray([1, 0, 3], dtype=dtype)
     out = decode_scores(*_answer(datatype, values, compact), 3)
     assert out.dtype == np.float32 and out.tolist() == [1.0, 0.0, 3.0]
 
