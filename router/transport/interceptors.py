@@ -13,6 +13,7 @@ request with its status and duration.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -103,6 +104,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 status = grpc.StatusCode[e.code.name]
                 await context.abort_with_status(_grpc_status(e))
             except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                # grpc.aio cancels the handler when the caller leaves or its
+                # deadline passes: count it as that, not as OK.
+                remaining = context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                status = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                 raise
             except Exception:
                 status = grpc.StatusCode.INTERNAL

@@ -47,7 +47,10 @@ class TlsMaterial:
         chain, key_pem = cert.read_bytes(), key.read_bytes()
         ca = client_ca.read_bytes() if client_ca is not None else None
         leaf = x509.load_pem_x509_certificate(chain)
-        private = serialization.load_pem_private_key(key_pem, password=None)
+        try:
+            private = serialization.load_pem_private_key(key_pem, password=None)
+        except TypeError as e:
+            raise ValueError("the private key is encrypted; it must not be") from e
         spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
             raise ValueError("certificate and private key do not match")
@@ -91,6 +94,8 @@ class CertReloader:
 
     def poll(self) -> TlsMaterial | None:
         """New material if the files changed into a usable set since the last swap."""
+        if self.interval_s <= 0:  # reloading off, on every listener alike
+            return None
         now = time.monotonic()
         with self._lock:
             if now - self._checked < self.interval_s:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import grpc
 import pytest
@@ -23,6 +25,8 @@ class _Servicer(inference_pb2_grpc.InferenceServiceServicer):
                 raise ResourceExhausted("over quota", retry_after_s=2.0, quota_subject="tenant:a")
             case "bug":
                 raise KeyError("secret internal detail /etc/passwd")
+            case "slow":
+                await asyncio.sleep(5)
         return inference_pb2.PredictResponse(request_id=request.request_id)
 
 
@@ -98,3 +102,40 @@ async def test_resource_exhausted_carries_retry_info_and_quota_failure(
     assert kinds["RetryInfo"].retry_delay.seconds == 2
     assert kinds["QuotaFailure"].violations[0].subject == "tenant:a"
     assert dict(err.trailing_metadata())["retry-after"] == "2"
+
+
+class _Recorded:
+    """What the interceptor reports per RPC (the Metrics.observe_rpc call)."""
+
+    def __init__(self) -> None:
+        self.codes: list[str] = []
+
+    def observe_rpc(
+        self, method: str, code: str, duration_s: float, ctx: Mapping[str, Any]
+    ) -> None:
+        self.codes.append(code)
+
+
+async def test_a_call_cut_off_by_its_deadline_or_its_caller_is_not_counted_ok() -> None:
+    recorded = _Recorded()
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(recorded)])  # type: ignore[arg-type]
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(_Servicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = inference_pb2_grpc.InferenceServiceStub(ch)
+            slow = inference_pb2.PredictRequest(request_id="slow")
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await stub.Predict(slow, timeout=0.2)
+            assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            call = stub.Predict(slow, timeout=30)
+            await asyncio.sleep(0.2)
+            call.cancel()
+            for _ in range(100):
+                if len(recorded.codes) == 2:
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await server.stop(0)
+    assert recorded.codes == ["DEADLINE_EXCEEDED", "CANCELLED"]
