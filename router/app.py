@@ -111,6 +111,10 @@ class App:
         self.release: Release | None = None
 
     def _load_snapshot(self) -> Snapshot:
+        """A snapshot of the routing table file, with the registry's state over
+        it. No side effects: one that is rejected (here, or when its Triton
+        pools do not come up) leaves nothing behind; ``_went_live`` follows
+        the swap."""
         path = self.settings.routing.table_path
         table = RoutingTable.from_yaml(path)
         self.compliance.check_table(table)
@@ -123,12 +127,16 @@ class App:
         for version in snap.catalog:
             for plan in version.views:
                 self.features.check_features(plan.view, plan.features)
-        self._table_mtime = path.stat().st_mtime
+        return snap
+
+    def _went_live(self, snap: Snapshot) -> None:
+        """What follows a snapshot going live: its metric label values, its
+        versions' drift references."""
+        table = snap.table
         self._label_values = (frozenset(table.tenants), frozenset(table.models))
         for v in snap.catalog:
             if v.drift_reference:
                 self.drift.register(v.model, v.version, list(v.feature_names), v.drift_reference)
-        return snap
 
     async def start(self) -> int:
         s = self.settings
@@ -154,7 +162,9 @@ class App:
                     else None
                 ),
             )
+        self._table_mtime = s.routing.table_path.stat().st_mtime
         self.snapshots = SnapshotHolder(self._load_snapshot())
+        self._went_live(self.snapshots.current)
         snaps = self.snapshots
         # For the sinks that persist request data (captures, audit): where, and whether.
         self.residency = Residency(s.region.name, lambda: snaps.current.table, s.region.data_root)
@@ -271,20 +281,35 @@ class App:
             await self.server.set_serving(any(results.values()))
 
     async def _reload_loop(self) -> None:
-        """Swap in a changed routing table; an invalid one keeps the old snapshot."""
+        """Swap in a changed routing table; an invalid one keeps the old snapshot.
+
+        An invalid file is not read again until it changes; one whose Triton
+        pools are not up yet is retried every interval until they are.
+        """
         path = self.settings.routing.table_path
         while True:
             await asyncio.sleep(self.settings.routing.reload_interval_s)
             try:
-                if path.stat().st_mtime == self._table_mtime:
+                mtime = path.stat().st_mtime
+                if mtime == self._table_mtime:
                     continue
                 snap = self._load_snapshot()
-                await self.triton.sync(_pools(snap.table))
-            except (OSError, ConfigError, Unavailable) as e:
+            except OSError as e:  # the file is being replaced: look again next time
                 log.error("routing.reload_rejected", error=str(e))
+                continue
+            except ConfigError as e:
+                log.error("routing.reload_rejected", error=str(e))
+                self._table_mtime = mtime  # not read again until it changes
+                continue
+            try:
+                await self.triton.sync(_pools(snap.table))
+            except Unavailable as e:
+                log.error("routing.reload_rejected", error=str(e), retry=True)
                 continue
             assert self.snapshots is not None
             old = self.snapshots.swap(snap)
+            self._table_mtime = mtime
+            self._went_live(snap)
             log.info("routing.reloaded", old=old.table.version, new=snap.table.version)
 
     def _current(self) -> Snapshot:
@@ -301,6 +326,7 @@ class App:
             return
         assert self.snapshots is not None
         old = self.snapshots.swap(snap)
+        self._went_live(snap)
         log.info("registry.swapped", old=old.table.version, new=snap.table.version)
 
     async def stop(self) -> None:

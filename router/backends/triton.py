@@ -54,10 +54,17 @@ class TritonModelServer:
         if self.http_url:
             host, _, port = self.http_url.rpartition(":")
             self._http = TritonHttpClient(host, int(port))
+        try:
+            await self._wait_ready(self._client, ready_timeout_s)
+        except BaseException:
+            await self.close()  # a server that never came up keeps no channels open
+            raise
+
+    async def _wait_ready(self, client: InferenceServerClient, ready_timeout_s: float) -> None:
         deadline = time.monotonic() + ready_timeout_s
         while True:
             try:
-                if await self._client.is_server_ready(client_timeout=1.0):
+                if await client.is_server_ready(client_timeout=1.0):
                     return
             except InferenceServerException:
                 pass
@@ -130,30 +137,55 @@ class TritonPools:
     """
 
     def __init__(
-        self, default_url: str, default_http_url: str | None, ready_timeout_s: float
+        self,
+        default_url: str,
+        default_http_url: str | None,
+        ready_timeout_s: float,
+        retire_after_s: float = 30.0,
     ) -> None:
         self._ready_timeout_s = ready_timeout_s
+        self._retire_after_s = retire_after_s
         self._default = (default_url, default_http_url)
         self._servers: dict[str, TritonModelServer] = {}
+        self._retiring: dict[asyncio.Task[None], TritonModelServer] = {}
 
     async def start(self) -> None:
         await self.sync({})
 
     async def sync(self, pools: dict[str, tuple[str, str | None]]) -> None:
         """Make the open clients match ``pools`` (name -> (grpc, http) endpoints,
-        plus "default"); close the rest."""
+        plus "default").
+
+        All or nothing: every new or moved pool is started first; if one does
+        not come up, the ones just started are closed, the live clients are
+        untouched and Unavailable is raised (the reload keeps its old snapshot).
+        Replaced and dropped clients are closed ``retire_after_s`` later, not
+        at once: requests routed before the swap may still be using them.
+        """
         wanted = {"default": self._default, **pools}
-        for name, (grpc_url, http_url) in wanted.items():
-            current = self._servers.get(name)
-            if current is not None and (current.url, current.http_url) == (grpc_url, http_url):
-                continue
-            server = TritonModelServer(grpc_url, http_url)
-            await server.start(self._ready_timeout_s)
-            self._servers[name] = server
-            if current is not None:
-                await current.close()
-        for name in set(self._servers) - set(wanted):
-            await self._servers.pop(name).close()
+        started: dict[str, TritonModelServer] = {}
+        try:
+            for name, (grpc_url, http_url) in wanted.items():
+                current = self._servers.get(name)
+                if current is not None and (current.url, current.http_url) == (grpc_url, http_url):
+                    continue
+                started[name] = server = TritonModelServer(grpc_url, http_url)
+                await server.start(self._ready_timeout_s)
+        except BaseException:
+            for server in started.values():
+                await server.close()
+            raise
+        retired = [self._servers[name] for name in started if name in self._servers]
+        retired += [self._servers.pop(name) for name in set(self._servers) - set(wanted)]
+        self._servers.update(started)
+        for server in retired:
+            task = asyncio.create_task(self._retire(server))
+            self._retiring[task] = server
+            task.add_done_callback(self._retiring.pop)
+
+    async def _retire(self, server: TritonModelServer) -> None:
+        await asyncio.sleep(self._retire_after_s)
+        await server.close()
 
     def get(self, pool: str) -> TritonModelServer:
         try:
@@ -166,6 +198,9 @@ class TritonPools:
         return self._servers["default"]
 
     async def close(self) -> None:
+        for task, server in list(self._retiring.items()):
+            task.cancel()
+            await server.close()
         for server in self._servers.values():
             await server.close()
         self._servers.clear()
