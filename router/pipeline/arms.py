@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,10 +137,14 @@ class ArmStats:
         for key in [k for k in self._arms if k[0] == model]:
             del self._arms[key]
 
-    def join(self, outcomes: Iterable[tuple[str, float]]) -> tuple[list[JoinedOutcome], int]:
+    def join(
+        self, outcomes: Iterable[tuple[str, float]], models: Collection[str] | None = None
+    ) -> tuple[list[JoinedOutcome], int]:
         """Attach (request id, outcome value) pairs to the arm that served them.
-        Returns the joined rows and how many ids were unknown (too old or never seen);
-        a non-finite value refuses the whole batch (InvalidArgument), joining none."""
+        Returns the joined rows and how many ids were unknown (too old, never
+        seen, or served for a model outside ``models``: left for a caller
+        granted that model); a non-finite value refuses the whole batch
+        (InvalidArgument), joining none."""
         pairs = list(outcomes)
         for i, (_, value) in enumerate(pairs):
             # Checked before any is joined: one NaN would poison its arm's sums.
@@ -149,10 +153,11 @@ class ArmStats:
         joined: list[JoinedOutcome] = []
         unknown = 0
         for request_id, value in pairs:
-            served = self._recent.pop(request_id, None)
-            if served is None:
+            served = self._recent.get(request_id)
+            if served is None or (models is not None and served.model not in models):
                 unknown += 1
                 continue
+            del self._recent[request_id]
             w = self.window(served.model, served.arm)
             w.outcomes += 1
             w.outcome_sum += value

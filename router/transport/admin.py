@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from inferline.v1 import admin_pb2, admin_pb2_grpc
 from router.errors import InvalidArgument, PermissionDenied
 from router.pipeline.arms import ArmStats
-from router.pipeline.auth import authenticate
+from router.pipeline.auth import Principal, authenticate
 from router.pipeline.experiment import Experiment
 from router.pipeline.snapshot import Snapshot
 from router.registry.audit import AuditEvent
@@ -57,7 +57,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._auth = auth
 
     def _actor(self, context: grpc.aio.ServicerContext, action: str, model: str | None) -> str:
-        """The calling tenant, if it may administer ``model`` (None: any granted)."""
+        """The calling tenant, if it may administer ``model``."""
+        return self._principal(context, action, model).tenant
+
+    def _principal(
+        self, context: grpc.aio.ServicerContext, action: str, model: str | None
+    ) -> Principal:
+        """The calling tenant's principal, if it holds the admin scope and (for a
+        model-scoped call) that model's grant. None: a call across models, which
+        must then only reach the caller's granted models."""
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         tenant = caller_tenant(self._auth, metadata, lambda: peer_uris(context))
         principal = authenticate(self._snapshot().table, tenant)
@@ -65,7 +73,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             self._deny(principal.tenant, action, model or "", "tenant lacks the admin scope")
         if model is not None and model not in principal.policy.models:
             self._deny(principal.tenant, action, model, "model not granted to this tenant")
-        return principal.tenant
+        return principal
 
     def _deny(self, tenant: str, action: str, target: str, why: str) -> None:
         self._service.audit.record(AuditEvent(tenant, action, target, "denied", {"why": why}))
@@ -172,8 +180,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetStatus(
         self, request: admin_pb2.ModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.StatusResponse:
-        self._actor(context, "status", request.model or None)
+        principal = self._principal(context, "status", request.model or None)
         status = self._service.status(request.model or None)
+        granted = principal.policy.models
+        status["models"] = {m: d for m, d in status["models"].items() if m in granted}
         for model, doc in status["models"].items():
             doc["arms"] = self._arm_status(model)
             verdict = self._controller.last.get(model)
@@ -206,8 +216,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def IngestOutcomes(
         self, request: admin_pb2.IngestOutcomesRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.IngestOutcomesResponse:
-        actor = self._actor(context, "outcomes", None)
-        joined, unknown = self._arms.join((o.request_id, o.value) for o in request.outcomes)
+        principal = self._principal(context, "outcomes", None)
+        actor = principal.tenant
+        # Only requests served for the caller's granted models: another model's
+        # arms (and the canary verdict built on them) are not this caller's to move.
+        joined, unknown = self._arms.join(
+            ((o.request_id, o.value) for o in request.outcomes), principal.policy.models
+        )
         self._service.store.record_outcomes(joined)
         self._service.audit.record(
             AuditEvent(actor, "outcomes", "", "ok", {"joined": len(joined), "unknown": unknown})

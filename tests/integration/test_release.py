@@ -226,6 +226,18 @@ async def test_ab_arms_outcomes_and_kill_switch(
         assert (resp.model.arm, resp.model.version) == ("", 1)
     outcomes = [admin_pb2.Outcome(request_id=f"ab-{i}", value=float(i % 2)) for i in range(60)]
     outcomes.append(admin_pb2.Outcome(request_id="never-served", value=1.0))
+    # An operator granted only the ranker neither moves fraud's arms nor sees fraud.
+    ranker_ops = (("x-inferline-tenant", "ranker-ops"),)
+    resp = await admin.IngestOutcomes(
+        admin_pb2.IngestOutcomesRequest(outcomes=outcomes), metadata=ranker_ops, timeout=30
+    )
+    assert (resp.joined, resp.unknown) == (0, 61)
+    everything = await admin.GetStatus(admin_pb2.ModelRequest(), metadata=ranker_ops, timeout=30)
+    assert set(json.loads(everything.status_json)["models"]) <= {"ranker"}
+    err = await _refused(
+        admin.GetStatus(admin_pb2.ModelRequest(model="fraud"), metadata=ranker_ops, timeout=30)
+    )
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     resp = await admin.IngestOutcomes(
         admin_pb2.IngestOutcomesRequest(outcomes=outcomes), metadata=ADMIN, timeout=30
     )
