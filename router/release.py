@@ -17,10 +17,12 @@ from dataclasses import replace
 
 import grpc
 import structlog
+from pydantic import ValidationError
 
 from router.backends.feast_store import FeastFeatureStore
 from router.backends.registry_sqlite import SqliteRegistryStore
 from router.backends.triton_repository import TritonRepository, read_serving_config
+from router.errors import ConfigError
 from router.observability.metrics import Metrics
 from router.observability.release import ReleaseMetrics
 from router.pipeline.arms import ArmStats
@@ -88,7 +90,13 @@ class Release:
     def apply(self, table: RoutingTable, load: Callable[[RoutingTable], Snapshot]) -> Snapshot:
         """The snapshot for ``table`` overlaid with registry state (one read)."""
         state = self.store.state()
-        snap = load(overlay(table, state))
+        try:
+            overlaid = overlay(table, state)
+        except ValidationError as e:
+            # The registry's state does not fit the file's table (a version the
+            # file no longer lists, say): refuse this snapshot, keep serving.
+            raise ConfigError(f"registry state does not apply to the routing table: {e}") from e
+        snap = load(overlaid)
         self.seen_revision = state.revision
         return replace(snap, experiments=dict(state.experiments), shadows=dict(state.shadows))
 
@@ -107,8 +115,13 @@ class Release:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self._settings.registry.poll_interval_s)
-            if self.store.revision() != self.seen_revision:
-                await self._refresh()
+            try:
+                if self.store.revision() != self.seen_revision:
+                    await self._refresh()
+            except Exception:
+                # One bad round (the database locked past its timeout, say) must
+                # not stop this router from following the registry for good.
+                log.exception("registry.poll_failed")
 
     def sync_metrics(self) -> None:
         self.metrics.sync(self.arms)

@@ -240,7 +240,7 @@ _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as "7d", "12h", "30m" or "45s"."""
-    m = _DURATION.match(text.strip())
+    m = _DURATION.fullmatch(text.strip())
     if not m:
         raise ValueError(f"invalid duration {text!r}: use <number><s|m|h|d>, e.g. '7d'")
     return float(m.group(1)) * _UNIT_S[m.group(2)]

@@ -55,7 +55,7 @@ class Tenant(_Strict):
     @classmethod
     def _globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for g in v:
-            if not _IDENTITY_CHARS.match(g):
+            if not _IDENTITY_CHARS.fullmatch(g):
                 raise ValueError(f"identity pattern {g!r} has characters outside [A-Za-z0-9._*/:-]")
         return v
 
@@ -76,7 +76,7 @@ class EdgeConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> EdgeConfig:
         for tid, t in self.tenants.items():
-            if not TENANT_ID.match(tid):
+            if not TENANT_ID.fullmatch(tid):
                 raise ValueError(f"tenant id {tid!r} must match {TENANT_ID.pattern}")
             prefix = f"spiffe://inferline/tenant/{tid}/svc/"
             for ident in t.identities:

@@ -22,7 +22,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 def safe_name(name: str) -> bool:
     """Tenant and class names become directory names: no separators, no dots first."""
-    return bool(_SAFE_NAME.match(name))
+    return bool(_SAFE_NAME.fullmatch(name))
 
 
 @dataclass
@@ -85,11 +85,14 @@ class CaptureStore:
                     yield cls_dir.name, tenant_dir.name, start, seg
 
     def records(self) -> Iterator[dict[str, Any]]:
+        """Every record; a torn line (a crash mid-append wrote part of one) is
+        skipped: it holds no record."""
         for _, _, _, path in self.segments():
             with path.open("rb") as f:
                 for line in f:
-                    if line.strip():
-                        yield json.loads(line)
+                    record = _parse(line)
+                    if record is not None:
+                        yield record
 
     def purge(self, retention_s: Mapping[str, float], now: float) -> PurgeReport:
         """Delete every segment whose records are all past their class's retention."""
@@ -115,14 +118,28 @@ class CaptureStore:
         return report
 
 
+def _parse(line: bytes) -> dict[str, Any] | None:
+    """One line's record with its timestamp; None for a blank or torn line."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+        float(record["ts"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _scan(path: Path) -> tuple[int, float | None]:
-    """(records, oldest timestamp) of one segment."""
+    """(records, oldest timestamp) of one segment. Torn lines are not records:
+    one must not stop the purge of this segment or any after it."""
     count, oldest = 0, None
     with path.open("rb") as f:
         for line in f:
-            if not line.strip():
+            record = _parse(line)
+            if record is None:
                 continue
-            ts = float(json.loads(line)["ts"])
+            ts = float(record["ts"])
             oldest = ts if oldest is None else min(oldest, ts)
             count += 1
     return count, oldest

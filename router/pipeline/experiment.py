@@ -60,7 +60,7 @@ class Experiment(_Frozen):
         if len(set(names)) != len(names):
             raise ValueError("arm names must be unique")
         for n in (self.name, self.alias, *names):
-            if not _NAME.match(n):
+            if not _NAME.fullmatch(n):
                 raise ValueError(f"invalid name {n!r}")
         if sum(a.weight for a in self.arms) <= 0:
             raise ValueError("arm weights must not all be zero")

@@ -27,7 +27,7 @@ _DIGITS = re.compile(r"^[0-9]{1,9}$")
 def _ref(model: str, version: str) -> ModelRef:
     if not version:
         return parse_model_ref(f"{model}:prod", None)
-    if _DIGITS.match(version):
+    if _DIGITS.fullmatch(version):
         return parse_model_ref(None, f"{model}@{version}")
     return parse_model_ref(f"{model}:{version}", None)
 

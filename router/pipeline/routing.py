@@ -176,7 +176,7 @@ class RoutingTable(_Frozen):
             if policy.isolation == "dedicated" and policy.pool == "default":
                 raise ValueError(f"dedicated tenant {tenant!r} needs its own pool")
             for ref, version in policy.aliases.items():
-                m = _ALIAS_REF.match(ref)
+                m = _ALIAS_REF.fullmatch(ref)
                 if not m or m.group(1) not in policy.models:
                     raise ValueError(f"tenant {tenant!r} alias {ref!r} names no granted model")
                 if version not in self.models[m.group(1)].versions:
@@ -225,12 +225,12 @@ class Route:
 def parse_model_ref(alias: str | None, version: str | None) -> ModelRef:
     """Parse ``model:alias`` or ``model@version``; INVALID_ARGUMENT otherwise."""
     if alias:
-        m = _ALIAS_REF.match(alias)
+        m = _ALIAS_REF.fullmatch(alias)
         if not m:
             raise InvalidArgument("model alias must look like '<model>:<alias>', e.g. 'fraud:prod'")
         return ModelRef(model=m.group(1), alias=m.group(2))
     if version:
-        m = _VERSION_REF.match(version)
+        m = _VERSION_REF.fullmatch(version)
         if not m:
             raise InvalidArgument(
                 "model version must look like '<model>@<version>', e.g. 'fraud@3'"

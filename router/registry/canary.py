@@ -25,7 +25,6 @@ past the SLO budget always rolls back, whatever the KPI.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,8 +149,13 @@ class CanaryController:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            with contextlib.suppress(InferlineError):
+            try:
                 await self.tick()
+            except InferlineError:
+                pass
+            except Exception:
+                # Judging stops for no one bad round: log it, judge again next tick.
+                log.exception("canary.tick_failed")
 
     async def tick(self) -> None:
         experiments = self._service.store.state().experiments

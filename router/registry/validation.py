@@ -44,7 +44,7 @@ def sha256(data: bytes) -> str:
 
 
 def check_name(kind: str, name: str) -> None:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise RegistrationError("invalid_argument", f"invalid {kind} name {name!r}")
 
 

@@ -106,7 +106,7 @@ class PiiGuard:
 
     def check_ids(self, *ids: str) -> None:
         """Refuse ids that could carry personal data (never echoing them)."""
-        if self.opaque_ids and not all(_OPAQUE_ID.match(i) for i in ids):
+        if self.opaque_ids and not all(_OPAQUE_ID.fullmatch(i) for i in ids):
             raise InvalidArgument(
                 "request_id, idempotency_key and candidate_id may only contain "
                 "letters, digits and '._:-'"
