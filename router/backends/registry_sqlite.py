@@ -200,6 +200,12 @@ class SqliteRegistryStore:
         now, actor = _now(), change.actor
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            if change.based_on is not None and self.revision() != change.based_on:
+                raise RegistrationError(
+                    "release_conflict",
+                    "the registry changed while this action was being decided; "
+                    "check the status and retry",
+                )
             for key, version in change.set_aliases.items():
                 if self.get_version(key.model, version) is None:
                     raise RegistrationError(

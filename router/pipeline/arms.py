@@ -133,9 +133,13 @@ class ArmStats:
                 self._recent.popitem(last=False)
 
     def reset(self, model: str) -> None:
-        """Forget a model's windows (a new canary starts from zero)."""
+        """Forget a model's windows (a new canary starts from zero), and the
+        requests awaiting outcomes: a late outcome for the last canary's traffic
+        must not count toward the next canary's KPI."""
         for key in [k for k in self._arms if k[0] == model]:
             del self._arms[key]
+        for request_id in [r for r, s in self._recent.items() if s.model == model]:
+            del self._recent[request_id]
 
     def join(
         self, outcomes: Iterable[tuple[str, float]], models: Collection[str] | None = None

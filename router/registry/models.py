@@ -86,6 +86,11 @@ class ReleaseChange:
     set_shadows: tuple[ShadowSpec, ...] = ()
     drop_shadows: tuple[str, ...] = ()
     detail: Mapping[str, Any] = field(default_factory=dict)
+    based_on: int | None = None
+    """The registry revision the change was decided on: committed only if the
+    registry is still at it. Routers share the database, so another router's
+    action in between (a rollback while this one promotes) refuses this one
+    (release_conflict) instead of being silently undone. None: unconditional."""
 
 
 @dataclass(frozen=True, slots=True)

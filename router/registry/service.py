@@ -96,6 +96,13 @@ class RegistryService:
             )
             log.warning("release.refused", action=action, target=target, error=e.public_message)
             raise
+        except Exception:
+            # An unexpected failure is recorded too (generically: no internals in
+            # the trail), then the interceptor answers INTERNAL.
+            self.audit.record(
+                AuditEvent(actor, action, target, "failed", {**detail, "error": "internal error"})
+            )
+            raise
         self.audit.record(AuditEvent(actor, action, target, "ok", dict(detail)))
         log.info("release.done", action=action, target=target, actor=actor, **detail)
         return result
@@ -192,9 +199,6 @@ class RegistryService:
         if self.store.get_version(model, version) is None:
             raise RegistrationError("alias_target", f"{model}@{version} is not registered")
 
-    def _aliases(self, model: str) -> dict[AliasKey, int]:
-        return {k: v for k, v in self.store.state().aliases.items() if k.model == model}
-
     async def set_alias(
         self, model: str, alias: str, version: int, actor: str, tenant: str = ""
     ) -> int:
@@ -208,7 +212,8 @@ class RegistryService:
             self._require(model, version)
             key = AliasKey(model, alias, tenant)
             changes = {key: version}
-            old = self._aliases(model).get(key)
+            state = self.store.state()
+            old = state.aliases.get(key)
             if alias == PROD and not tenant and old is not None and old != version:
                 changes[AliasKey(model, LKG_ALIAS)] = old
             return await self._commit(
@@ -217,6 +222,7 @@ class RegistryService:
                     "alias",
                     set_aliases=changes,
                     detail={"model": model, "alias": str(key), "version": version, "previous": old},
+                    based_on=state.revision,
                 )
             )
 
@@ -239,6 +245,7 @@ class RegistryService:
                         drop_experiments=(model,),
                         drop_aliases=(AliasKey(model, CANARY),),
                         detail={"model": model, "ended": exp.name, "reason": reason},
+                        based_on=state.revision,
                     )
                 )
             aliases = {k: v for k, v in state.aliases.items() if k.model == model}
@@ -254,6 +261,7 @@ class RegistryService:
                     "rollback",
                     set_aliases={AliasKey(model, PROD): lkg},
                     detail={"model": model, "from": prod, "to": lkg, "reason": reason},
+                    based_on=state.revision,
                 )
             )
 
@@ -282,6 +290,7 @@ class RegistryService:
                     drop_aliases=(AliasKey(model, CANARY),),
                     drop_experiments=(model,) if exp is not None else (),
                     detail={"model": model, "from": prod, "to": target, "reason": reason},
+                    based_on=state.revision,
                 )
             )
 
@@ -326,6 +335,7 @@ class RegistryService:
                     set_aliases={AliasKey(model, CANARY): version},
                     set_experiments=(exp,),
                     detail={"model": model, "version": version, "weight": weight},
+                    based_on=state.revision,
                 )
             )
 
@@ -340,7 +350,8 @@ class RegistryService:
         async def op() -> int:
             if not 0 < weight < 1:
                 raise RegistrationError("invalid_argument", "canary weight must be in (0, 1)")
-            exp = self.store.state().experiments.get(model)
+            state = self.store.state()
+            exp = state.experiments.get(model)
             if exp is None or exp.kind != "canary" or not exp.enabled:
                 raise RegistrationError("release_conflict", f"{model} runs no canary")
             arms = tuple(
@@ -353,6 +364,7 @@ class RegistryService:
                     "canary_weight",
                     set_experiments=(exp.model_copy(update={"arms": arms}),),
                     detail={"model": model, "weight": weight},
+                    based_on=state.revision,
                 )
             )
 

@@ -147,3 +147,27 @@ def test_release_metrics_per_arm_and_shadow() -> None:
     assert 'inferline_arm_window_score_mean{arm="control",model="fraud"} 0.3' in text
     assert 'inferline_shadow_requests_total{model="fraud",result="dropped",version="2"} 1.0' in text
     assert 'inferline_shadow_score_abs_diff_count{model="fraud",version="2"} 1.0' in text
+
+
+def test_a_reset_forgets_the_requests_awaiting_outcomes_too() -> None:
+    """A late outcome for the rolled-back canary's traffic must not count toward
+    the next canary's KPI (it could excuse the next one's p99 regression)."""
+    stats = ArmStats(window=100, join_entries=10)
+    stats.observe("old", "fraud", "canary", 3, 0.005, True, [0.4])
+    stats.observe("other", "ranker", "canary", 7, 0.005, True, [0.4])
+    stats.reset("fraud")  # the v3 canary ended; v4 starts from zero
+    stats.observe("new", "fraud", "canary", 4, 0.005, True, [0.6])
+    joined, unknown = stats.join([("old", 1.0), ("new", 0.0), ("other", 1.0)])
+    assert [(j.request_id, j.version) for j in joined] == [("new", 4), ("other", 7)]
+    assert unknown == 1
+    assert stats.window("fraud", "canary").outcomes == 1
+
+
+def test_outcomes_join_only_for_the_models_given() -> None:
+    stats = ArmStats(window=100, join_entries=10)
+    stats.observe("f", "fraud", "canary", 2, 0.005, True, [0.4])
+    stats.observe("r", "ranker", "canary", 7, 0.005, True, [0.4])
+    joined, unknown = stats.join([("f", 1.0), ("r", 1.0)], models=("ranker",))
+    assert [j.request_id for j in joined] == ["r"] and unknown == 1
+    joined, unknown = stats.join([("f", 1.0)], models=("fraud",))  # still joinable
+    assert [j.request_id for j in joined] == ["f"] and unknown == 0

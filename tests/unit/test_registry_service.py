@@ -195,3 +195,48 @@ async def test_controller_rolls_back_a_slow_canary(
     event = service.store.events("m", limit=1)[0]
     assert (event.actor, event.action) == ("canary-controller", "rollback")
     assert str(event.detail["reason"]).startswith("p99")
+
+
+async def test_an_action_decided_before_another_routers_commit_is_refused(
+    parts: tuple[RegistryService, MemoryAuditSink, list[int]], tmp_path: Path
+) -> None:
+    """Two routers share the registry database. Router A's promote was decided
+    on the state before router B's rollback of the same canary landed: it must
+    be refused, not undo the rollback."""
+    service_a, audit, _ = parts
+    await service_a.set_alias("m", "prod", 1, "ops")
+    await service_a.start_canary("m", 2, 0.1, "ops")
+    store_b = SqliteRegistryStore(tmp_path / "registry.db")  # the second router
+    service_b = RegistryService(
+        store=store_b,
+        repository=tmp_path / "repo",
+        control=TritonRepository("127.0.0.1:1", tmp_path / "repo"),
+        views=Views(),
+        read_config=read_serving_config,
+    )
+    try:
+        decided_on = service_a.store.state()
+        read = service_a.store.state
+        service_a.store.state = lambda: decided_on  # type: ignore[method-assign]
+        await service_b.rollback("m", "operator", reason="bad canary")
+        with pytest.raises(RegistrationError) as exc:
+            await service_a.promote("m", "canary-controller")
+        assert exc.value.reason == "release_conflict"
+        service_a.store.state = read  # type: ignore[method-assign]
+        assert aliases(service_a) == {"m:prod": 1}  # the rollback stands
+        assert audit.events[-1].action == "promote" and audit.events[-1].outcome == "failed"
+    finally:
+        store_b.close()
+
+
+@pytest.mark.parametrize("alias", ["prod\n", "Prod", "", "a" * 64])
+async def test_alias_names_follow_the_routing_tables_rule_exactly(
+    parts: tuple[RegistryService, MemoryAuditSink, list[int]], alias: str
+) -> None:
+    """ "prod\\n" passed a `^...$` match ($ matches before a final newline) but not
+    the table's fullmatch: stored, it made every later snapshot invalid."""
+    service, _, _ = parts
+    with pytest.raises(RegistrationError) as exc:
+        await service.set_alias("m", alias, 1, "ops")
+    assert exc.value.reason == "invalid_argument"
+    assert aliases(service) == {}
