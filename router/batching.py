@@ -15,7 +15,10 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+import structlog
+
 T = TypeVar("T")
+log = structlog.get_logger("router.batching")
 
 
 class BatchQueue(Generic[T]):
@@ -56,6 +59,10 @@ class BatchQueue(Generic[T]):
                 batch.append(self._queue.get_nowait())
             try:
                 await self._write(batch)
+            except Exception:
+                # The writer task outlives one bad batch: a dead task would
+                # silently fill the queue and drop everything after it.
+                log.exception("batch_queue.write_failed", items=len(batch))
             finally:
                 for _ in batch:
                     self._queue.task_done()

@@ -154,6 +154,9 @@ class Compliance:
                 await self.purge_once()
             except OSError as e:
                 log.error("capture.purge_failed", error=e.strerror)
+            except Exception:
+                # Retention must keep running: one bad round is logged, not fatal.
+                log.exception("capture.purge_failed")
             await asyncio.sleep(self.settings.capture.purge_interval_s)
 
     async def reload_keys_once(self) -> None:

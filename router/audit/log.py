@@ -152,10 +152,11 @@ class AuditLog:
         ]
         try:
             await asyncio.to_thread(self._store.append, events, batch[-1][0])
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a trail whose last record is unreadable
             self.dropped += len(batch)
             self._metrics.audit_dropped.labels("write_error").inc(len(batch))
-            log.error("audit.write_failed", error=e.strerror, records=len(batch))
+            error = e.strerror if isinstance(e, OSError) else str(e)
+            log.error("audit.write_failed", error=error, records=len(batch))
             return
         self._metrics.audit_records.labels("prediction").inc(len(batch))
         self._metrics.audit_queue.set(self._queue.qsize())

@@ -29,8 +29,12 @@ from io import FileIO
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+import structlog
+
 from router.audit.chain import GENESIS, canonical, checkpoint_mac, seal
 from router.security.keyset import Keyset
+
+log = structlog.get_logger("router.audit")
 
 
 def iso_utc(epoch_s: float) -> str:
@@ -122,9 +126,36 @@ class JsonlAuditStore:
             self._file = self._open()
             self._known_size = -1
 
+    def _repair_torn_tail(self, size: int) -> int:
+        """Cut a torn last line (a crash or a full disk stopped an append part-way;
+        what it held was never acknowledged) off the trail, keeping its bytes in
+        ``<name>.torn.<offset>`` for inspection, so the chain continues from the
+        last whole record. Returns the new size."""
+        self._file.seek(size - 1)
+        if self._file.read(1) == b"\n":
+            return size
+        end = size
+        while end > 0:
+            start = max(0, end - 4096)
+            self._file.seek(start)
+            nl = self._file.read(end - start).rfind(b"\n")
+            if nl >= 0:
+                end = start + nl + 1
+                break
+            end = start
+        self._file.seek(end)
+        torn = self._file.read(size - end)
+        with open(self.path.with_name(f"{self.path.name}.torn.{end}"), "wb") as f:
+            f.write(torn)
+        os.ftruncate(self._file.fileno(), end)
+        log.error("audit.torn_tail_repaired", offset=end, torn_bytes=len(torn))
+        return end
+
     def _sync_head(self, size: int) -> None:
         if size == self._known_size:
             return
+        if size > 0:
+            size = self._repair_torn_tail(size)
         if size > 0:
             last = json.loads(_last_line(self._file, size))
         else:  # a fresh active file continues the newest rotated segment

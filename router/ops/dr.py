@@ -171,7 +171,11 @@ def backup(
         for i, path in enumerate(directories):
             root = Path(path).resolve()
             roots.append(("dir", str(root)))
-            for f in sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []:
+            files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+            # Checkpoints first: a live audit trail only grows, so a checkpoint
+            # copied before its trail is never ahead of the copy (after, it may be).
+            files.sort(key=lambda p: not p.name.endswith(".checkpoint"))
+            for f in files:
                 stored = Path("dir") / str(i) / f.relative_to(root)
                 (work / stored).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(f, work / stored)

@@ -159,3 +159,38 @@ def test_restore_only_config_leaves_regional_data(region_a: Path, tmp_path: Path
     written = restore(taken, mapping=[(str(region_a), str(target))], only=["config"])
     assert written == [target / "routing.yaml"]
     assert not (target / "audit").exists()
+
+
+def test_a_live_audit_trail_backs_up_to_a_copy_that_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append landing between the copies of a trail and its checkpoint (the
+    router keeps writing during a backup) must not restore as tampered: the
+    checkpoint is copied first, so it is never ahead of the trail's copy."""
+    import shutil
+
+    from router.audit.chain import verify as verify_chain
+    from router.audit.store import JsonlAuditStore, checkpoint_path
+
+    data = tmp_path / "audit"
+    data.mkdir()
+    trail = data / "audit.jsonl"
+    store = JsonlAuditStore(trail, checkpoint=checkpoint_path(trail))
+    store.append([{"action": "router.start"}], 1.0)
+    real_copy = shutil.copyfile
+
+    def copy_while_writing(src: Path, dst: Path) -> object:
+        out = real_copy(src, dst)
+        store.append([{"action": "predict"}], 2.0)  # lands between two file copies
+        return out
+
+    monkeypatch.setattr(shutil, "copyfile", copy_while_writing)
+    made = backup(tmp_path / "backups", directories=[data])
+    monkeypatch.setattr(shutil, "copyfile", real_copy)
+    store.close()
+    verify(made)
+    restore(made, mapping=[(str(data), str(tmp_path / "restored"))])
+    restored = tmp_path / "restored" / "audit.jsonl"
+    checkpoint = json.loads(checkpoint_path(restored).read_text())
+    verdict = verify_chain(restored.read_bytes().splitlines(), checkpoint=checkpoint)
+    assert verdict.ok, verdict.reason

@@ -306,3 +306,39 @@ async def test_prediction_records_keep_their_own_time(tmp_path: Path) -> None:
     recs = [json.loads(x) for x in _lines(path)]
     assert [r["ts"] for r in recs] == ["2023-11-14T22:13:20.000000Z", "2023-11-14T22:13:21.500000Z"]
     assert "at" not in recs[0]
+
+
+def test_a_torn_last_line_is_cut_off_kept_aside_and_the_chain_continues(tmp_path: Path) -> None:
+    """A crash (or a full disk) stopped an append part-way: the torn bytes were
+    never acknowledged. The next writer moves them aside and continues the
+    chain from the last whole record, instead of failing every append after."""
+    path = _trail(tmp_path / "audit.jsonl", n=3)
+    whole = path.read_bytes()
+    with path.open("ab") as f:
+        f.write(b'{"seq":4,"ha')
+    store = JsonlAuditStore(path, checkpoint=checkpoint_path(path))
+    store.append([_event(9)], now=1_700_000_100.0)
+    store.close()
+    assert path.read_bytes().startswith(whole)
+    v = _verify(path, checkpoint=True)
+    assert (v.ok, v.records, v.head_seq) == (True, 4, 4)
+    assert (tmp_path / f"audit.jsonl.torn.{len(whole)}").read_bytes() == b'{"seq":4,"ha'
+    assert segments(path) == [path]  # the torn bytes are not a segment of the chain
+
+
+async def test_the_writer_survives_a_trail_it_cannot_extend(tmp_path: Path) -> None:
+    """A whole but unreadable last record is not repaired (that is tampering or
+    corruption, for `audit verify` to report): the batch is dropped and counted,
+    and the writer task keeps running for the batches after it."""
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"not a record\n")
+    metrics = ComplianceMetrics()
+    log = AuditLog(JsonlAuditStore(path), queue_size=100, batch_max=1, metrics=metrics)
+    log.start()
+    log.record_prediction(_cmd(), None, None)
+    await asyncio.sleep(0.2)
+    assert metrics.audit_dropped.labels("write_error")._value.get() == 1
+    path.write_bytes(b"")  # the operator moved the damaged trail away
+    log.record_prediction(_cmd(), None, None)
+    await log.stop()
+    assert [json.loads(x)["action"] for x in _lines(path)] == ["predict"]

@@ -125,6 +125,23 @@ def test_purge_deletes_only_expired_segments(kms: LocalKeysetKms, tmp_path: Path
     assert list(store.records()) == []
 
 
+def test_a_torn_line_stops_neither_reading_nor_the_purge(
+    kms: LocalKeysetKms, tmp_path: Path
+) -> None:
+    """A crash mid-append leaves part of a line: it holds no record, and must not
+    keep this segment, or every segment sorted after it, past retention."""
+    store = CaptureStore(tmp_path / "cap", HOUR)
+    _fill(store, kms, "debug", T0)
+    (torn,) = [p for _, _, _, p in store.segments()]
+    with torn.open("ab") as f:
+        f.write(b'{"ts":1.0,"cl')
+    store.append([seal(kms, {"id": "z", "tenant": "zeta", "class": "debug", "ts": T0}, {"x": 1})])
+    assert len(list(store.records())) == 3
+    r = store.purge({"debug": 7 * DAY}, now=T0 + 8 * DAY)
+    assert (r.deleted_files, r.deleted_records, r.remaining_records) == (2, {"debug": 3}, 0)
+    assert list(store.segments()) == []
+
+
 async def test_router_purge_is_audited(tmp_path: Path) -> None:
     rotate_keyset(tmp_path / "kek.json")
     s = Settings(
