@@ -46,8 +46,27 @@ def _key_type(dtype: Any) -> type:
     raise ConfigError(f"unsupported entity key type {dtype}")
 
 
-def _value_proto(value: int | str) -> ValueProto:
-    return ValueProto(int64_val=value) if isinstance(value, int) else ValueProto(string_val=value)
+def _key_field(dtype: Any) -> str:
+    """The ValueProto field Feast serializes a join key of ``dtype`` into: the
+    entity key's bytes (and so the row it finds) depend on it."""
+    if dtype == PrimitiveFeastType.INT32:
+        return "int32_val"
+    return "int64_val" if dtype == PrimitiveFeastType.INT64 else "string_val"
+
+
+def _key_builder(
+    join_keys: Sequence[str], fields: Sequence[str]
+) -> Callable[[tuple[int | str, ...]], EntityKeyProto]:
+    names = list(join_keys)
+
+    def value(field: str, v: int | str) -> ValueProto:
+        proto = ValueProto()
+        setattr(proto, field, v)
+        return proto
+
+    return lambda key: EntityKeyProto(
+        join_keys=names, entity_values=[value(f, v) for f, v in zip(fields, key, strict=True)]
+    )
 
 
 _KEY_CACHE = 65536
@@ -325,6 +344,7 @@ class FeastFeatureStore:
         self._store: FeatureStore | None = None
         self._views: dict[str, FeatureView] = {}
         self._infos: dict[str, ViewInfo] = {}
+        self._key_protos: dict[str, Callable[[tuple[int | str, ...]], EntityKeyProto]] = {}
         self._online: Any = None
         self._async = False
         self._executor: ThreadPoolExecutor | None = None
@@ -347,6 +367,10 @@ class FeastFeatureStore:
                 key_types=tuple(_key_type(c.dtype) for c in cols),
                 ttl_s=fv.ttl.total_seconds() if fv.ttl else 0.0,
                 features=frozenset(f.name for f in fv.features),
+                int32_keys=frozenset(c.name for c in cols if c.dtype == PrimitiveFeastType.INT32),
+            )
+            self._key_protos[fv.name] = _key_builder(
+                [c.name for c in cols], [_key_field(c.dtype) for c in cols]
             )
         if not self._async and not self._inline_reads:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-read")
@@ -408,17 +432,11 @@ class FeastFeatureStore:
             raise ConfigError(f"view {view!r} lacks features {sorted(missing)}")
 
     def _key_proto(self, view: str) -> Callable[[tuple[int | str, ...]], EntityKeyProto]:
-        join_keys = list(self._infos[view].join_keys)
-        return lambda key: EntityKeyProto(
-            join_keys=join_keys, entity_values=[_value_proto(v) for v in key]
-        )
+        return self._key_protos[view]
 
     def _entity_keys(self, read: ViewRead) -> list[EntityKeyProto]:
-        join_keys = list(self._infos[read.view].join_keys)
-        return [
-            EntityKeyProto(join_keys=join_keys, entity_values=[_value_proto(v) for v in key])
-            for key in read.keys
-        ]
+        build = self._key_protos[read.view]
+        return [build(key) for key in read.keys]
 
     def _read_sync(self, reads: Sequence[ViewRead]) -> list[list[Row]]:
         assert self._store is not None

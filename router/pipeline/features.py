@@ -40,6 +40,9 @@ class ViewInfo:
     ttl_s: float
     """0 means the view never expires."""
     features: frozenset[str]
+    int32_keys: frozenset[str] = frozenset()
+    """Int keys the view declares Int32: Feast keys their rows by a 4-byte value,
+    so a request's value must fit one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +87,11 @@ def _entity_key(cand: CandidateIn, info: ViewInfo) -> EntityKey:
         if key not in cand.entities:
             raise InvalidArgument(f"candidate is missing entity key '{key}'")
         value = cand.entities[key]
-        if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidArgument(f"entity key '{key}' must be an int64 value")
+        if typ is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidArgument(f"entity key '{key}' must be an int64 value")
+            if key in info.int32_keys and not -(2**31) <= value < 2**31:
+                raise InvalidArgument(f"entity key '{key}' must be an int32 value")
         if typ is str and not isinstance(value, str):
             raise InvalidArgument(f"entity key '{key}' must be a string value")
         assert isinstance(value, int | str)

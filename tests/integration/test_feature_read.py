@@ -237,3 +237,65 @@ async def test_single_entity_reads_of_irregular_rows_match_feast(
     finally:
         await fast.close()
         await feast.close()
+
+
+async def test_int32_entity_keys_find_the_rows_feast_wrote(tmp_path: Path) -> None:
+    """Feast keys an Int32 entity's rows by a 4-byte value: the router must build
+    the same key (an int64 one finds nothing, and every candidate would be
+    scored on defaults), on its direct path and through Feast's own read; a
+    value that does not fit an int32 is the caller's error."""
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float32, Int32
+
+    from router.errors import InvalidArgument
+    from router.pipeline.features import _entity_key
+    from router.pipeline.types import CandidateIn
+    from scripts.build_demo import write_feature_store_yaml
+
+    repo = tmp_path / "feast"
+    (repo / "data").mkdir(parents=True)
+    write_feature_store_yaml(repo, "sqlite", None)
+    shop = Entity(name="shop", join_keys=["shop_id"], value_type=ValueType.INT32)
+    view = FeatureView(
+        name="shop_features",
+        entities=[shop],
+        ttl=timedelta(days=1),
+        schema=[Field(name="shop_id", dtype=Int32), Field(name="risk", dtype=Float32)],
+        source=FileSource(
+            name="shop_source", path="data/shop.parquet", timestamp_field="event_timestamp"
+        ),
+        online=True,
+    )
+    sdk = FeatureStore(repo_path=str(repo))
+    sdk.apply([shop, view])
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = pd.DataFrame(
+        {
+            "shop_id": pd.Series([7, 8], dtype="int32"),
+            "risk": pd.Series([0.25, 0.5], dtype="float32"),
+            "event_timestamp": [now, now],
+        }
+    )
+    sdk.write_to_online_store("shop_features", rows)
+
+    fast = FeastFeatureStore(repo, inline_sync_reads=True)
+    feast = FeastFeatureStore(repo, inline_sync_reads=True, direct_sqlite_reads=False)
+    fast.start()
+    feast.start()
+    try:
+        read = [ViewRead("shop_features", [(7,), (8,), (9,)], ("risk",))]
+        got, want = await fast.read(read), await feast.read(read)
+        assert got == want
+        assert [r[1] for r in got[0]] == [[0.25], [0.5], None]
+        assert got[0][0][0] == now.timestamp()
+        info = fast.view_info("shop_features")
+        too_big = CandidateIn("c", {"shop_id": 2**31}, {})
+        with pytest.raises(InvalidArgument):
+            _entity_key(too_big, info)
+        assert _entity_key(CandidateIn("c", {"shop_id": 2**31 - 1}, {}), info) == (2**31 - 1,)
+    finally:
+        await fast.close()
+        await feast.close()
