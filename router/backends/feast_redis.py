@@ -22,6 +22,7 @@ from typing import Any
 
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from router.backends.feast_values import blob_floats
@@ -244,7 +245,11 @@ class RedisRows:
                     continue
                 ts.Clear()
                 if reply[-1]:
-                    ts.ParseFromString(reply[-1])
+                    try:
+                        ts.ParseFromString(reply[-1])
+                    except DecodeError:  # no event time to judge freshness by
+                        rows.append((None, None))
+                        continue
                 # As Feast reads it: via a datetime (microsecond resolution).
                 at_s = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC).timestamp()
                 rows.append((at_s, values))

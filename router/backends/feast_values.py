@@ -8,6 +8,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from google.protobuf.message import DecodeError
 
 _NUMERIC_KINDS = frozenset({"float_val", "double_val", "int64_val", "int32_val", "bool_val"})
 _F32 = struct.Struct("<f").unpack_from
@@ -18,7 +19,9 @@ def blob_float(blob: bytes | None, parsed: ValueProto) -> float | None:
     """A stored ``ValueProto`` as a float. The two encodings the online store
     writes for numeric features (float_val: tag 0x35 + 4 bytes, double_val: tag
     0x29 + 8 bytes) are decoded directly, ~4x cheaper than parsing the message;
-    anything else is parsed. A NULL (no value stored) is None, like a NaN."""
+    anything else is parsed. A NULL (no value stored) is None, like a NaN, and
+    so is a blob that is no ValueProto at all (written by something other than
+    Feast, or damaged): the feature takes its default, the answer says so."""
     if blob is None:
         return None
     n = len(blob)
@@ -27,7 +30,10 @@ def blob_float(blob: bytes | None, parsed: ValueProto) -> float | None:
     elif n == 9 and blob[0] == 0x29:
         x = _F64(blob, 1)[0]
     else:
-        parsed.ParseFromString(blob)
+        try:
+            parsed.ParseFromString(blob)
+        except DecodeError:
+            return None
         return to_float(parsed)
     return x if math.isfinite(x) else None
 

@@ -23,10 +23,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client import values as _values
 from prometheus_client.registry import Collector
+
+log = structlog.get_logger("router.metrics")
 
 # Edges around the SLO thresholds (25 ms p95, 50 ms p99) with detail below 5 ms,
 # where the router's own overhead lives.
@@ -316,7 +319,7 @@ class Metrics:
                 self._child(self.schema_mismatch, model_l, version_l).inc()
         if dq_violations:
             for key, n in dq_violations.items():
-                feature, kind, action = key.split(":")
+                feature, kind, action = key.rsplit(":", 2)  # a feature name may hold ":"
                 feature_l = self._feature(f"{model_l}:{feature}").partition(":")[2] or OTHER
                 self._child(self.dq_violations, model_l, feature_l, kind, action).inc(n)
         if freshness:
@@ -371,7 +374,12 @@ class Metrics:
         """Record the buffered RPCs now."""
         pending, self._pending = self._pending, []
         for known, method, code, duration_s, ctx in pending:
-            self._observe_ctx(known, method, code, duration_s, ctx)
+            try:
+                self._observe_ctx(known, method, code, duration_s, ctx)
+            except Exception:
+                # Bookkeeping must never fail the request (or the scrape) that
+                # happens to trigger the fold, nor lose the other buffered RPCs.
+                log.exception("metrics.observe_failed", method=method)
 
     def _observe_ctx(
         self,

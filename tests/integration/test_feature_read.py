@@ -75,12 +75,44 @@ async def test_direct_redis_read_matches_feast_online_read(
             flat = [row for rows in got for row in rows]
             assert any(r == (None, None) for r in flat)
             assert sum(r[1] is not None for r in flat) > 300
+            await _damaged_blobs_read_as_missing(fast, redis.url)
             redis.stop()  # the store goes away: a clean, typed failure
             with pytest.raises(FeatureStoreUnavailable):
                 await fast.read(reads[:1])
         finally:
             await fast.close()
             await feast.close()
+
+
+async def _damaged_blobs_read_as_missing(fast: FeastFeatureStore, url: str) -> None:
+    """Blobs that are no protobuf (written by something else, or damaged): a
+    value reads as a NULL (the feature's default applies), an event time as a
+    missing row; neither fails the read."""
+    from feast.infra.online_stores.helpers import _mmh3
+
+    from router.backends.feast_redis import RespClient, encode
+
+    view = "account_features"
+    feats = tuple(sorted(fast.view_info(view).features))
+    read = [ViewRead(view, [(3,), (4,)], feats)]
+    [[(ts3, before3), _]] = await fast.read(read)
+    rows = fast._redis
+    assert rows is not None and before3 is not None
+    key = {i: rows._key(view, (i,), fast._key_proto(view)) for i in (3, 4)}
+    host, _, port = url.rpartition(":")
+    client = RespClient(host, int(port), password=None, db=0)
+    try:
+        await client.call(
+            [
+                encode(b"HSET", key[3], _mmh3(f"{view}:{feats[0]}"), b"\xff\xff"),
+                encode(b"HSET", key[4], f"_ts:{view}".encode(), b"\xff\xff"),
+            ]
+        )
+    finally:
+        client.close()
+    [[row3, row4]] = await fast.read(read)
+    assert row3 == (ts3, [None, *before3[1:]])
+    assert row4 == (None, None)
 
 
 def _store_copy(demo_build: Path, tmp_path: Path) -> tuple[Path, Path]:

@@ -30,3 +30,12 @@ def test_a_run_decodes_as_each_value_does(blobs: list[bytes | None]) -> None:
     want = [None if b is None else blob_float(b, parsed) for b in blobs]
     assert blob_floats(blobs, parsed) == want  # non-finite values are None in both
     assert blob_floats([_f32(0.5)] * 3, parsed) == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("blob", [b"\xff\xff", b"\x0a\x05ab", b"\x35\x00"])
+def test_a_blob_that_is_no_value_proto_reads_as_null(blob: bytes) -> None:
+    assert blob_float(blob, ValueProto()) is None
+    assert blob_floats([blob, ValueProto(float_val=1.5).SerializeToString()], ValueProto()) == [
+        None,
+        1.5,
+    ]

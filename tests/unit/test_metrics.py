@@ -80,6 +80,28 @@ def test_one_request_records_every_series() -> None:
                   status="STALE") == 1  # fmt: skip
 
 
+def test_a_feature_name_with_a_colon_is_counted_and_breaks_nothing() -> None:
+    """A request feature named "geo:lat": its violations are counted under that
+    name, and the 31 RPCs buffered with it are all recorded."""
+    m = _metrics()
+    m.observe_rpc(
+        PREDICT, "OK", 0.001, {"tenant": "demo", "model": "fraud",
+                               "dq_violations": {"geo:lat:range:impute": 1}}
+    )  # fmt: skip
+    for _ in range(31):
+        m.observe_rpc(PREDICT, "OK", 0.001, {"tenant": "demo", "model": "fraud"})
+    assert _value(m, "inferline_requests_total", tenant="demo", code="OK") == 32
+    assert _value(m, "inferline_dq_violations_total", feature="geo:lat", kind="range") == 1
+
+
+def test_one_unrecordable_rpc_loses_no_other_and_fails_no_caller() -> None:
+    m = _metrics()
+    m.observe_rpc(PREDICT, "OK", 0.001, {"tenant": "demo", "stages_us": "not a mapping"})
+    for _ in range(40):  # past a fold: nothing raises here
+        m.observe_rpc(PREDICT, "OK", 0.001, {"tenant": "demo", "model": "fraud"})
+    assert _value(m, "inferline_requests_total", tenant="demo", model="fraud") == 40
+
+
 def test_buckets_have_edges_at_the_slo_thresholds() -> None:
     assert 0.025 in LATENCY_BUCKETS and 0.05 in LATENCY_BUCKETS
     assert LATENCY_BUCKETS[0] == 0.0005 and list(LATENCY_BUCKETS) == sorted(LATENCY_BUCKETS)

@@ -97,6 +97,18 @@ def test_baseline_gives_the_window_between_scrapes_across_a_restart() -> None:
     assert r.budget_remaining == pytest.approx(1 - 1 / 0.1)  # 10x overspent
 
 
+def test_a_reset_moves_every_count_to_the_new_window_together() -> None:
+    """After a restart some counters may still read higher than the baseline
+    (more traffic since) while others read lower: all restart together."""
+    from router.observability.slo import Counts
+
+    baseline = Counts(valid=1000, ok=900, ok_fast=900)
+    assert Counts(valid=950, ok=950, ok_fast=950) - baseline == Counts(950, 950, 950)
+    # No counter went down, but a reset hides in a sum of routers: 300 OK of 200.
+    assert Counts(valid=1200, ok=1200, ok_fast=1200) - baseline == Counts(1200, 1200, 1200)
+    assert Counts(valid=1100, ok=990, ok_fast=980) - baseline == Counts(100, 90, 80)
+
+
 def test_per_sli_budgets() -> None:
     r = report(_scrape(), availability_slo=0.999, latency_slo=0.95, threshold_s=0.025)
     # 980 slow of 9,990 OK against 5% allowed (499.5): overspent ~1.96x.
