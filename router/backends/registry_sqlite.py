@@ -11,9 +11,13 @@ interleaving. Calls are short and synchronous (admin-rate, ~0.1 ms each).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import json
+import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -138,6 +142,7 @@ class SqliteRegistryStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -147,6 +152,26 @@ class SqliteRegistryStore:
 
     def close(self) -> None:
         self._db.close()
+
+    @contextlib.asynccontextmanager
+    async def model_lock(self, model: str) -> AsyncIterator[None]:
+        """Held while a router changes which versions of ``model`` Triton has
+        loaded, across every router sharing this database: each load names the
+        whole version set, so two registrations computing it at once would
+        unload each other's version. A lock file beside the database (the
+        routers already share its file system for SQLite's own locking)."""
+        lock = self._path.with_name(f"{self._path.name}.{model}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            while True:  # polled, not a blocking thread: the caller may give up
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def insert_version(self, record: VersionRecord) -> VersionRecord:
         values = (

@@ -120,7 +120,10 @@ class RegistryService:
         identical content; a different artifact under an existing version fails)."""
 
         async def op() -> VersionRecord:
-            async with self._model_locks.setdefault(model, asyncio.Lock()):
+            async with (
+                self._model_locks.setdefault(model, asyncio.Lock()),
+                self.store.model_lock(model),
+            ):
                 return await self._register(model, version, actor)
 
         result: VersionRecord = await self._audited(actor, "register", f"{model}@{version}", {}, op)
@@ -169,8 +172,8 @@ class RegistryService:
             await self._control.warmup(
                 model, version, files.meta.tensors.input, files.meta.tensors.output, rows
             )
-        except RegistrationError:
-            await self._control.load_versions(model, loaded - {version})
+        except BaseException:  # refused, or the caller gone: leave nothing loaded
+            await asyncio.shield(self._control.load_versions(model, loaded - {version}))
             raise
         stored = self.store.insert_version(record)
         if not stored.same_artifact(record):  # lost a race with another registrar
@@ -188,10 +191,11 @@ class RegistryService:
     async def ensure_loaded(self, model: str) -> None:
         """Load every registered version of ``model`` Triton does not have (router
         start in explicit mode): aliases may only flip onto warm versions."""
-        registered = {r.version for r in self.store.list_versions(model)}
-        loaded = await self._control.loaded_versions(model)
-        if registered - loaded:
-            await self._control.load_versions(model, loaded | registered)
+        async with self.store.model_lock(model):
+            registered = {r.version for r in self.store.list_versions(model)}
+            loaded = await self._control.loaded_versions(model)
+            if registered - loaded:
+                await self._control.load_versions(model, loaded | registered)
 
     # -- aliases, rollback, promote -------------------------------------------
 

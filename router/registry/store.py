@@ -8,6 +8,7 @@ poll to know when to rebuild their routing snapshot.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from router.pipeline.arms import JoinedOutcome
@@ -41,5 +42,9 @@ class RegistryStore(Protocol):
     def events(self, model: str | None = None, limit: int = 20) -> list[ReleaseEvent]: ...
 
     def record_outcomes(self, outcomes: Sequence[JoinedOutcome]) -> None: ...
+
+    def model_lock(self, model: str) -> AbstractAsyncContextManager[None]:
+        """Exclusive, across routers, while ``model``'s loaded versions change."""
+        ...
 
     def close(self) -> None: ...

@@ -307,3 +307,29 @@ def test_overlay_applies_registry_state(store: SqliteRegistryStore) -> None:
     assert out.tenants["t1"].aliases == {"m:prod": 1}
     assert out.tenants["t2"].aliases == {}  # t2 is not granted m: pin ignored
     assert out.version == "t+r1"
+
+
+async def test_a_models_load_lock_excludes_other_routers_and_not_other_models(
+    tmp_path: Path,
+) -> None:
+    """Two routers (two stores on one database): while one changes fraud's
+    loaded versions the other waits for fraud, not for the ranker."""
+    import asyncio
+
+    a = SqliteRegistryStore(tmp_path / "registry.db")
+    b = SqliteRegistryStore(tmp_path / "registry.db")
+    try:
+        async with a.model_lock("fraud"):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    async with b.model_lock("fraud"):
+                        pass
+            async with asyncio.timeout(1):
+                async with b.model_lock("ranker"):
+                    pass
+        async with asyncio.timeout(1):  # released: the other router gets it
+            async with b.model_lock("fraud"):
+                pass
+    finally:
+        a.close()
+        b.close()
