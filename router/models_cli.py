@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--salt", default="")
     s.add_argument("--alias", default="prod")
     s.add_argument("--unit", choices=["entity", "request"], default="entity")
+    s.add_argument(
+        "--unit-key", default="", help="entity key to assign by (default: the keys shared)"
+    )
     for name in ("kill", "promote", "rollback"):
         s = sub.add_parser(name)
         s.add_argument("model")
@@ -126,6 +129,7 @@ def _call(stub: Any, args: argparse.Namespace) -> Any:
                 salt=args.salt or f"{args.model}:{args.name}",
                 arms=args.arm,
                 unit=args.unit,
+                unit_key=args.unit_key,
             )
         )
     if c == "shadow":

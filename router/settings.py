@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -162,6 +162,14 @@ class ReliabilitySettings(_Section):
     probe_timeout_ms: float = Field(default=250.0, gt=0)
     """Timeout of one canary inference, and of the feature store breaker's
     half-open trial read (which runs past the request carrying it)."""
+
+    @model_validator(mode="after")
+    def _slow_call_within_timeout(self) -> Self:
+        # Each call gets at most inference_timeout_ms; a timeout counts against
+        # the breaker only with slow_call_ms given: above the cap, never.
+        if self.slow_call_ms > self.inference_timeout_ms:
+            raise ValueError("slow_call_ms must not exceed inference_timeout_ms")
+        return self
     score_cache_entries: int = Field(default=100_000, ge=0)
     """Bound of the recent-score cache (fallback rung 3)."""
     feature_cache_entries: int = Field(default=100_000, ge=0)
@@ -208,6 +216,12 @@ class QualitySettings(_Section):
     """Add one request in this many to the drift window: PSI over a uniform sample
     is as valid, and each observation costs ~35 us of router CPU. The window then
     spans drift_window x this many requests."""
+
+    @model_validator(mode="after")
+    def _min_samples_fit_the_window(self) -> Self:
+        if self.drift_min_samples > self.drift_window:  # PSI would never be exported
+            raise ValueError("drift_min_samples must not exceed drift_window")
+        return self
 
 
 class RegionSettings(_Section):

@@ -51,8 +51,12 @@ class Experiment(_Frozen):
     enabled: bool = True
     """False = kill switch: the alias's own version answers everything."""
     unit: Literal["entity", "request"] = "entity"
-    """Assignment unit: the first candidate's entity key (sticky per account or
-    user), or the request id (per request: no stickiness)."""
+    """Assignment unit: an entity (sticky per account or user), or the request
+    id (per request: no stickiness)."""
+    unit_key: str | None = None
+    """With ``unit="entity"``: the entity key to assign by (``user_id`` for a
+    ranker whose candidates also carry ``item_id``: the user, not the user and
+    whichever item came first). None: the keys every candidate shares."""
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -62,6 +66,8 @@ class Experiment(_Frozen):
         for n in (self.name, self.alias, *names):
             if not _NAME.fullmatch(n):
                 raise ValueError(f"invalid name {n!r}")
+        if self.unit_key is not None and not _NAME.fullmatch(self.unit_key):
+            raise ValueError(f"invalid entity key {self.unit_key!r}")
         if sum(a.weight for a in self.arms) <= 0:
             raise ValueError("arm weights must not all be zero")
         return self
@@ -101,10 +107,22 @@ def _key(value: Scalar) -> str:
 
 
 def unit_id(experiment: Experiment, candidates: tuple[CandidateIn, ...], request_id: str) -> str:
-    """The unit a request is assigned by: the first candidate's entity keys
-    (sorted by name) or, without entities or with ``unit="request"``, the request id."""
-    if experiment.unit == "entity" and candidates:
-        entities: Mapping[str, Scalar] = candidates[0].entities
-        if entities:
-            return "|".join(f"{k}={_key(entities[k])}" for k in sorted(entities))
-    return request_id
+    """The unit a request is assigned by. With ``unit="entity"``: the
+    ``unit_key`` entity of the first candidate, or else the entity keys (sorted
+    by name) whose value every candidate shares, so a ranker request is
+    assigned by its user, never by its first item; when there is none, the
+    first candidate's keys. Without entities, or with ``unit="request"``: the
+    request id."""
+    if experiment.unit != "entity" or not candidates:
+        return request_id
+    first: Mapping[str, Scalar] = candidates[0].entities
+    if experiment.unit_key is not None:
+        if experiment.unit_key in first:
+            return f"{experiment.unit_key}={_key(first[experiment.unit_key])}"
+        return request_id
+    shared = [
+        k for k in sorted(first) if all(c.entities.get(k) == first[k] for c in candidates[1:])
+    ] or sorted(first)
+    if not shared:
+        return request_id
+    return "|".join(f"{k}={_key(first[k])}" for k in shared)

@@ -86,6 +86,9 @@ class Predictor:
         self._tracer = tracer
         self._drift = drift
         self._max_candidates = max_candidates
+        self.max_candidates = max_candidates
+        """Read by the transports, to refuse an oversized request before any
+        work per candidate (PII tokenization, conversion) is spent on it."""
         self._feature_timeout_s = feature_timeout_s
         self._min_inference_budget_s = min_inference_budget_s
         self._max_clock_skew_s = max_clock_skew_s
@@ -155,7 +158,7 @@ class Predictor:
                 raise InvalidArgument(f"at most {self._max_candidates} candidates per request")
             route, arm = self._experiment_arm(cmd, snap, principal, route)
             if not arm:
-                route = self._cheap_tier(table, route, priority)
+                route = self._cheap_tier(table, route, priority, principal)
             if (route.model, route.version) not in catalog:
                 raise NotFound(f"version '{route.model}@{route.version}' is not loaded")
             version = catalog.get(route.model, route.version)
@@ -199,12 +202,19 @@ class Predictor:
         )
         return result
 
-    def _cheap_tier(self, table: RoutingTable, route: Route, priority: str) -> Route:
+    def _cheap_tier(
+        self, table: RoutingTable, route: Route, priority: str, principal: Principal
+    ) -> Route:
         """The model's cheap tier for low-value or busy-time traffic, when it has one.
-        Only alias-routed requests move (a pinned version is what the caller asked
-        for); experiment traffic stays in its arm."""
+        Only alias-routed requests move: a version asked for by number, or an
+        alias the tenant pins or owns (a fine-tuned ``fraud:acme``), is a
+        contract, as for experiments; experiment traffic stays in its arm."""
         ct = table.models[route.model].cheap_tier
-        if ct is None or route.alias is None:
+        if (
+            ct is None
+            or route.alias is None
+            or f"{route.model}:{route.alias}" in principal.policy.aliases
+        ):
             return route
         adm = self._admission
         if not ct.applies(priority, adm.in_flight, adm.max_in_flight):

@@ -49,9 +49,11 @@ def parse_keyset(raw: str, source: str) -> Keyset:
         raise ConfigError(f"invalid keyset {source}: {type(e).__name__}") from e
     if primary not in keys:
         raise ConfigError(f"invalid keyset {source}: primary key id is not listed")
-    short = sorted(k for k, v in keys.items() if len(v) < KEY_BYTES)
-    if short:
-        raise ConfigError(f"invalid keyset {source}: keys {short} are shorter than 32 bytes")
+    # Exactly 32: the same keyset may serve as an AES-256-GCM key (capture's
+    # KEK), which refuses any other size at the first wrap, not at load.
+    wrong = sorted(k for k, v in keys.items() if len(v) != KEY_BYTES)
+    if wrong:
+        raise ConfigError(f"invalid keyset {source}: keys {wrong} are not {KEY_BYTES} bytes")
     return Keyset(primary=str(primary), keys=keys)
 
 

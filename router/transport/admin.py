@@ -140,6 +140,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                         for a in request.arms
                     ],
                     "unit": request.unit or "entity",
+                    "unit_key": request.unit_key or None,
                 }
             )
         except ValidationError as e:

@@ -143,6 +143,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 )
             # 128 random bits as 32 hex digits, like uuid4().hex at a fifth of its cost:
             # an id to correlate by, not a secret.
+            if len(request.candidates) > self._predictor.max_candidates:
+                # Before any per-candidate work: an empty candidate is 2 bytes, so
+                # a 4 MiB body holds ~2M of them (seconds of this loop's time).
+                raise InvalidArgument(
+                    f"at most {self._predictor.max_candidates} candidates per request"
+                )
             request_id = request.request_id or f"{random.getrandbits(128):032x}"
             tenant = caller_tenant(self._auth, metadata, peers)
             if self._pii is not None:  # before anything reads, logs or stores the body

@@ -43,7 +43,11 @@ TABLE = {
         },
         q.INT8_MODEL: {"versions": [1], "aliases": {"prod": 1}},
     },
-    "tenants": {"demo": {"models": ["fraud", "ranker"]}},
+    "tenants": {
+        "demo": {"models": ["fraud", "ranker"]},
+        # Pins ranker:prod: a contract the cheap tier must not break.
+        "pinned": {"models": ["ranker"], "aliases": {"ranker:prod": 1}},
+    },
 }
 
 
@@ -67,9 +71,11 @@ def stack(demo_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield s
 
 
-def _predict(stack: Stack, req: pb.PredictRequest, priority: str) -> pb.PredictResponse:
+def _predict(
+    stack: Stack, req: pb.PredictRequest, priority: str, tenant: str = "demo"
+) -> pb.PredictResponse:
     assert stack.router is not None
-    md = (("x-inferline-tenant", "demo"), ("x-inferline-priority", priority))
+    md = (("x-inferline-tenant", tenant), ("x-inferline-priority", priority))
     with grpc.insecure_channel(stack.router.address) as ch:
         resp: pb.PredictResponse = inference_pb2_grpc.InferenceServiceStub(ch).Predict(
             req, metadata=md, timeout=10
@@ -95,3 +101,8 @@ def test_a_pinned_version_is_never_moved(stack: Stack) -> None:
     req.version = "ranker@1"
     resp = _predict(stack, req, "batch")
     assert resp.model.name == "ranker"
+
+
+def test_a_tenant_pinning_the_alias_is_never_moved(stack: Stack) -> None:
+    resp = _predict(stack, ranker_request(3, [1, 2]), "batch", tenant="pinned")
+    assert (resp.model.name, resp.model.version) == ("ranker", 1)

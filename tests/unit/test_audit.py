@@ -233,7 +233,17 @@ def test_cli_verify_exit_codes(tmp_path: Path) -> None:
     assert _cli("audit", "verify", str(tmp_path / "missing.jsonl")).returncode == 2
 
 
-@pytest.mark.parametrize("raw", ["{}", '{"primary": "k1", "keys": {"k1": "c2hvcnQ="}}'])
+_LONG_KEY = "A" * 88  # 64 bytes: an AES-256 KEK refuses it at the first wrap, so at load here
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "{}",
+        '{"primary": "k1", "keys": {"k1": "c2hvcnQ="}}',
+        json.dumps({"primary": "k1", "keys": {"k1": _LONG_KEY}}),
+    ],
+)
 def test_bad_keyset_rejected(tmp_path: Path, raw: str) -> None:
     from router.errors import ConfigError
 

@@ -18,6 +18,33 @@ def experiment(weights: tuple[float, ...], salt: str = "exp-1") -> Experiment:
     return Experiment(model="fraud", name="split", salt=salt, arms=arms)
 
 
+def test_a_ranker_request_is_assigned_by_its_user_not_its_first_item() -> None:
+    """Every candidate carries the user and its own item: the unit is what they
+    share (the user), so one user sees one arm whatever items come first."""
+    exp = experiment((0.5, 0.5))
+
+    def request(user: int, items: range) -> tuple[CandidateIn, ...]:
+        return tuple(CandidateIn(f"c{i}", {"user_id": user, "item_id": i}, {}) for i in items)
+
+    units = {unit_id(exp, request(42, range(first, first + 20)), "r") for first in range(1, 20)}
+    assert units == {"user_id=42"}
+    assert len({assign(exp, u).name for u in units}) == 1
+    # Nothing shared (a batch of accounts): the first candidate's keys, as before.
+    batch = (CandidateIn("a", {"account_id": 1}, {}), CandidateIn("b", {"account_id": 2}, {}))
+    assert unit_id(exp, batch, "r") == "account_id=1"
+    # One candidate shares everything with itself: name the key to assign by.
+    single = request(42, range(5, 6))
+    assert unit_id(exp, single, "r") == "item_id=5|user_id=42"
+    by_user = exp.model_copy(update={"unit_key": "user_id"})
+    assert unit_id(by_user, single, "r") == "user_id=42"
+    assert unit_id(by_user, batch, "r") == "r"  # no such key: per request
+
+
+def test_unit_key_must_be_a_name() -> None:
+    with pytest.raises(ValueError):
+        Experiment.model_validate({**experiment((1.0,)).model_dump(), "unit_key": "user id"})
+
+
 @pytest.mark.parametrize("weights", [(0.5, 0.5), (0.9, 0.1), (0.7, 0.2, 0.1), (0.95, 0.05)])
 def test_split_matches_weights_over_100k_units(weights: tuple[float, ...]) -> None:
     exp = experiment(weights)

@@ -33,3 +33,21 @@ def test_non_finite_out_of_range_or_unknown_settings_are_refused(
     monkeypatch.setenv(key, value)
     with pytest.raises(pydantic.ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        # Timeouts capped at 10 ms could never count against a breaker asking 20.
+        {"INFERLINE_RELIABILITY__INFERENCE_TIMEOUT_MS": "10"},
+        # A window of 100 rows never reaches 200 samples: drift never exported.
+        {"INFERLINE_QUALITY__DRIFT_WINDOW": "100"},
+    ],
+)
+def test_settings_that_silently_disable_a_safeguard_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(pydantic.ValidationError):
+        Settings()

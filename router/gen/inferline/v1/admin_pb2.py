@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18inferline/v1/admin.proto\x12\x0cinferline.v1\"8\n\x16RegisterVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xf2\x01\n\x17RegisterVersionResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0f\x61rtifact_sha256\x18\x03 \x01(\t\x12\x13\n\x0bschema_hash\x18\x04 \x01(\t\x12R\n\x0foffline_metrics\x18\x05 \x03(\x0b\x32\x39.inferline.v1.RegisterVersionResponse.OfflineMetricsEntry\x1a\x35\n\x13OfflineMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"P\n\x0fSetAliasRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"D\n\x12StartCanaryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06weight\x18\x03 \x01(\x01\">\n\rExperimentArm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\x89\x01\n\x14SetExperimentRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x0c\n\x04salt\x18\x04 \x01(\t\x12)\n\x04\x61rms\x18\x05 \x03(\x0b\x32\x1b.inferline.v1.ExperimentArm\x12\x0c\n\x04unit\x18\x06 \x01(\t\"D\n\x10SetShadowRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\"-\n\x0cModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"7\n\x0eStatusResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t\",\n\x07Outcome\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"@\n\x15IngestOutcomesRequest\x12\'\n\x08outcomes\x18\x01 \x03(\x0b\x32\x15.inferline.v1.Outcome\"9\n\x16IngestOutcomesResponse\x12\x0e\n\x06joined\x18\x01 \x01(\x03\x12\x0f\n\x07unknown\x18\x02 \x01(\x03\x32\xa6\x06\n\x0c\x41\x64minService\x12^\n\x0fRegisterVersion\x12$.inferline.v1.RegisterVersionRequest\x1a%.inferline.v1.RegisterVersionResponse\x12H\n\x08SetAlias\x12\x1d.inferline.v1.SetAliasRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12N\n\x0bStartCanary\x12 .inferline.v1.StartCanaryRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12R\n\rSetExperiment\x12\".inferline.v1.SetExperimentRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12K\n\x0eKillExperiment\x12\x1a.inferline.v1.ModelRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12J\n\tSetShadow\x12\x1e.inferline.v1.SetShadowRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12\x44\n\x07Promote\x12\x1a.inferline.v1.ModelRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12\x45\n\x08Rollback\x12\x1a.inferline.v1.ModelRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12\x45\n\tGetStatus\x12\x1a.inferline.v1.ModelRequest\x1a\x1c.inferline.v1.StatusResponse\x12[\n\x0eIngestOutcomes\x12#.inferline.v1.IngestOutcomesRequest\x1a$.inferline.v1.IngestOutcomesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18inferline/v1/admin.proto\x12\x0cinferline.v1\"8\n\x16RegisterVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xf2\x01\n\x17RegisterVersionResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0f\x61rtifact_sha256\x18\x03 \x01(\t\x12\x13\n\x0bschema_hash\x18\x04 \x01(\t\x12R\n\x0foffline_metrics\x18\x05 \x03(\x0b\x32\x39.inferline.v1.RegisterVersionResponse.OfflineMetricsEntry\x1a\x35\n\x13OfflineMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"P\n\x0fSetAliasRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"D\n\x12StartCanaryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06weight\x18\x03 \x01(\x01\">\n\rExperimentArm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\x9b\x01\n\x14SetExperimentRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x0c\n\x04salt\x18\x04 \x01(\t\x12)\n\x04\x61rms\x18\x05 \x03(\x0b\x32\x1b.inferline.v1.ExperimentArm\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x10\n\x08unit_key\x18\x07 \x01(\t\"D\n\x10SetShadowRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\"-\n\x0cModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"7\n\x0eStatusResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t\",\n\x07Outcome\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"@\n\x15IngestOutcomesRequest\x12\'\n\x08outcomes\x18\x01 \x03(\x0b\x32\x15.inferline.v1.Outcome\"9\n\x16IngestOutcomesResponse\x12\x0e\n\x06joined\x18\x01 \x01(\x03\x12\x0f\n\x07unknown\x18\x02 \x01(\x03\x32\xa6\x06\n\x0c\x41\x64minService\x12^\n\x0fRegisterVersion\x12$.inferline.v1.RegisterVersionRequest\x1a%.inferline.v1.RegisterVersionResponse\x12H\n\x08SetAlias\x12\x1d.inferline.v1.SetAliasRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12N\n\x0bStartCanary\x12 .inferline.v1.StartCanaryRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12R\n\rSetExperiment\x12\".inferline.v1.SetExperimentRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12K\n\x0eKillExperiment\x12\x1a.inferline.v1.ModelRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12J\n\tSetShadow\x12\x1e.inferline.v1.SetShadowRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12\x44\n\x07Promote\x12\x1a.inferline.v1.ModelRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12\x45\n\x08Rollback\x12\x1a.inferline.v1.ModelRequest\x1a\x1d.inferline.v1.ReleaseResponse\x12\x45\n\tGetStatus\x12\x1a.inferline.v1.ModelRequest\x1a\x1c.inferline.v1.StatusResponse\x12[\n\x0eIngestOutcomes\x12#.inferline.v1.IngestOutcomesRequest\x1a$.inferline.v1.IngestOutcomesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,21 +46,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPERIMENTARM']._serialized_start=497
   _globals['_EXPERIMENTARM']._serialized_end=559
   _globals['_SETEXPERIMENTREQUEST']._serialized_start=562
-  _globals['_SETEXPERIMENTREQUEST']._serialized_end=699
-  _globals['_SETSHADOWREQUEST']._serialized_start=701
-  _globals['_SETSHADOWREQUEST']._serialized_end=769
-  _globals['_MODELREQUEST']._serialized_start=771
-  _globals['_MODELREQUEST']._serialized_end=816
-  _globals['_RELEASERESPONSE']._serialized_start=818
-  _globals['_RELEASERESPONSE']._serialized_end=853
-  _globals['_STATUSRESPONSE']._serialized_start=855
-  _globals['_STATUSRESPONSE']._serialized_end=910
-  _globals['_OUTCOME']._serialized_start=912
-  _globals['_OUTCOME']._serialized_end=956
-  _globals['_INGESTOUTCOMESREQUEST']._serialized_start=958
-  _globals['_INGESTOUTCOMESREQUEST']._serialized_end=1022
-  _globals['_INGESTOUTCOMESRESPONSE']._serialized_start=1024
-  _globals['_INGESTOUTCOMESRESPONSE']._serialized_end=1081
-  _globals['_ADMINSERVICE']._serialized_start=1084
-  _globals['_ADMINSERVICE']._serialized_end=1890
+  _globals['_SETEXPERIMENTREQUEST']._serialized_end=717
+  _globals['_SETSHADOWREQUEST']._serialized_start=719
+  _globals['_SETSHADOWREQUEST']._serialized_end=787
+  _globals['_MODELREQUEST']._serialized_start=789
+  _globals['_MODELREQUEST']._serialized_end=834
+  _globals['_RELEASERESPONSE']._serialized_start=836
+  _globals['_RELEASERESPONSE']._serialized_end=871
+  _globals['_STATUSRESPONSE']._serialized_start=873
+  _globals['_STATUSRESPONSE']._serialized_end=928
+  _globals['_OUTCOME']._serialized_start=930
+  _globals['_OUTCOME']._serialized_end=974
+  _globals['_INGESTOUTCOMESREQUEST']._serialized_start=976
+  _globals['_INGESTOUTCOMESREQUEST']._serialized_end=1040
+  _globals['_INGESTOUTCOMESRESPONSE']._serialized_start=1042
+  _globals['_INGESTOUTCOMESRESPONSE']._serialized_end=1099
+  _globals['_ADMINSERVICE']._serialized_start=1102
+  _globals['_ADMINSERVICE']._serialized_end=1908
 # @@protoc_insertion_point(module_scope)

@@ -68,20 +68,22 @@ class ExperimentArm(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class SetExperimentRequest(_message.Message):
-    __slots__ = ("model", "name", "alias", "salt", "arms", "unit")
+    __slots__ = ("model", "name", "alias", "salt", "arms", "unit", "unit_key")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     SALT_FIELD_NUMBER: _ClassVar[int]
     ARMS_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
+    UNIT_KEY_FIELD_NUMBER: _ClassVar[int]
     model: str
     name: str
     alias: str
     salt: str
     arms: _containers.RepeatedCompositeFieldContainer[ExperimentArm]
     unit: str
-    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., alias: _Optional[str] = ..., salt: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[ExperimentArm, _Mapping]]] = ..., unit: _Optional[str] = ...) -> None: ...
+    unit_key: str
+    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., alias: _Optional[str] = ..., salt: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[ExperimentArm, _Mapping]]] = ..., unit: _Optional[str] = ..., unit_key: _Optional[str] = ...) -> None: ...
 
 class SetShadowRequest(_message.Message):
     __slots__ = ("model", "version", "fraction")
