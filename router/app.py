@@ -69,7 +69,10 @@ class App:
             busy_timeout_s=settings.features.timeout_ms / 1000,
         )
         self.triton = TritonPools(
-            settings.triton.url, settings.triton.http_url, settings.triton.startup_timeout_s
+            settings.triton.url,
+            settings.triton.http_url,
+            settings.triton.startup_timeout_s,
+            http_max_age_s=settings.triton.http_connection_max_age_s,
         )
         self.admission = Admission(settings.limits.max_in_flight)
         r = settings.reliability

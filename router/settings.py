@@ -56,6 +56,11 @@ class TritonSettings(_Section):
     binary tensors: ~0.2 ms less router CPU per request than gRPC here."""
     startup_timeout_s: float = Field(default=60.0, gt=0)
     """How long start-up waits for Triton to report ready before failing."""
+    http_connection_max_age_s: float = Field(default=30.0, ge=0)
+    """A kept-alive HTTP connection to Triton is replaced once this old, so
+    Triton pods added behind one Service address (a scale-out) get their share
+    of a router's traffic; kept forever, each connection stays on the pod it
+    first reached. 0 keeps connections for good."""
 
 
 class FeatureSettings(_Section):
@@ -170,6 +175,7 @@ class ReliabilitySettings(_Section):
         if self.slow_call_ms > self.inference_timeout_ms:
             raise ValueError("slow_call_ms must not exceed inference_timeout_ms")
         return self
+
     score_cache_entries: int = Field(default=100_000, ge=0)
     """Bound of the recent-score cache (fallback rung 3)."""
     feature_cache_entries: int = Field(default=100_000, ge=0)

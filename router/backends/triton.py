@@ -41,9 +41,10 @@ def map_triton_error(e: InferenceServerException) -> InferlineError:
 class TritonModelServer:
     """Implements ``router.pipeline.inference.ModelServer``."""
 
-    def __init__(self, url: str, http_url: str | None = None) -> None:
+    def __init__(self, url: str, http_url: str | None = None, max_age_s: float = 0.0) -> None:
         self.url = url
         self.http_url = http_url
+        self._max_age_s = max_age_s
         self._client: InferenceServerClient | None = None
         self._http: TritonHttpClient | None = None
         self.forwarder: Forwarder | None = None
@@ -53,7 +54,7 @@ class TritonModelServer:
         self.forwarder = Forwarder(self.url)
         if self.http_url:
             host, _, port = self.http_url.rpartition(":")
-            self._http = TritonHttpClient(host, int(port))
+            self._http = TritonHttpClient(host, int(port), self._max_age_s)
         try:
             await self._wait_ready(self._client, ready_timeout_s)
         except BaseException:
@@ -142,8 +143,10 @@ class TritonPools:
         default_http_url: str | None,
         ready_timeout_s: float,
         retire_after_s: float = 30.0,
+        http_max_age_s: float = 0.0,
     ) -> None:
         self._ready_timeout_s = ready_timeout_s
+        self._http_max_age_s = http_max_age_s
         self._retire_after_s = retire_after_s
         self._default = (default_url, default_http_url)
         self._servers: dict[str, TritonModelServer] = {}
@@ -169,7 +172,7 @@ class TritonPools:
                 current = self._servers.get(name)
                 if current is not None and (current.url, current.http_url) == (grpc_url, http_url):
                     continue
-                started[name] = server = TritonModelServer(grpc_url, http_url)
+                started[name] = server = TritonModelServer(grpc_url, http_url, self._http_max_age_s)
                 await server.start(self._ready_timeout_s)
         except BaseException:
             for server in started.values():

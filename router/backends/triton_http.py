@@ -159,10 +159,10 @@ def decode_scores(headers: dict[bytes, bytes], body: bytes, n: int) -> np.ndarra
 class TritonHttpClient:
     """Minimal keep-alive HTTP/1.1 client for Triton's v2 infer endpoint."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, max_age_s: float = 0.0) -> None:
         self._host = host
         self._port = port
-        self.pool: Pool[_Conn] = Pool(_MAX_IDLE)
+        self.pool: Pool[_Conn] = Pool(_MAX_IDLE, max_age_s=max_age_s)
         self._framings: dict[tuple[str, int, int, int], tuple[bytes, bytes]] = {}
 
     async def _acquire(self) -> _Conn:

@@ -35,6 +35,7 @@ class FutureConnection(asyncio.Protocol, Generic[T], metaclass=abc.ABCMeta):
         self.waiter: asyncio.Future[T] | None = None
         self.buf = bytearray()
         self.closed = False
+        self.born = 0.0  # the loop's time at connect (Pool's max age)
         self._drain_done: Callable[[bool], None] | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
 
@@ -44,6 +45,7 @@ class FutureConnection(asyncio.Protocol, Generic[T], metaclass=abc.ABCMeta):
         # The connection's loop, once: on Python 3.11 every
         # asyncio.get_running_loop() is a getpid() system call (fork check).
         self.loop = asyncio.get_running_loop()
+        self.born = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -130,11 +132,14 @@ class Pool(Generic[C]):
     first answer is slower than any caller's budget.
     """
 
-    def __init__(self, max_idle: int, drain_s: float = DRAIN_S) -> None:
+    def __init__(self, max_idle: int, drain_s: float = DRAIN_S, max_age_s: float = 0.0) -> None:
         self.idle: deque[C] = deque()
         self.draining: set[C] = set()
         self.max_idle = max_idle
         self.drain_s = drain_s
+        self.max_age_s = max_age_s
+        """Connections older than this are closed instead of parked (0: never),
+        so new ones spread over the peers behind one address."""
 
     def take(self) -> C | None:
         """An idle connection still open, or None."""
@@ -146,8 +151,13 @@ class Pool(Generic[C]):
         return None
 
     def park(self, conn: C) -> None:
-        """Back to ``idle`` after a complete exchange (closed if the pool is full)."""
-        if conn.usable() and len(self.idle) < self.max_idle:
+        """Back to ``idle`` after a complete exchange (closed if the pool is full,
+        or the connection past its age)."""
+        if (
+            conn.usable()
+            and len(self.idle) < self.max_idle
+            and not (self.max_age_s and conn.loop and conn.loop.time() - conn.born > self.max_age_s)
+        ):
             self.idle.append(conn)
         else:
             conn.close()

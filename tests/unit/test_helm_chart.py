@@ -474,6 +474,22 @@ def test_every_value_is_documented() -> None:
     assert stale == []
     readme = (CHART / "README.md").read_text()
     assert [p for p in params if f"`{p}`" not in readme] == []
+    # The README's Value column says what values.yaml holds (it once advertised
+    # 6 to 75 router replicas for a chart that scaled 3 to 44).
+    wrong = []
+    for m in re.finditer(r"^\|\s*`([\w.\-]+)`\s*\|.*\|\s*`(.*)`\s*\|\s*$", readme, re.M):
+        value: Any = values
+        for part in m.group(1).split("."):
+            value = value[part]
+        if isinstance(value, dict | list):
+            continue
+        if isinstance(value, bool):
+            want = str(value).lower()
+        else:  # not a dict lookup: 1 == True would read as "true"
+            want = "nil" if value is None else '""' if value == "" else str(value)
+        if m.group(2) != want and not (isinstance(value, float) and float(m.group(2)) == value):
+            wrong.append((m.group(1), want, m.group(2)))
+    assert wrong == []
 
 
 @pytest.mark.parametrize("variant", ["default", "gpu", "dedicated", "exclusive-cores"])

@@ -96,6 +96,25 @@ async def test_scores_and_keep_alive(server: tuple[Script, TritonHttpClient]) ->
     assert (script.requests, script.connections) == (5, 1)
 
 
+async def test_a_connection_past_its_age_is_replaced() -> None:
+    """Behind one Service address, a connection stays on the pod it first
+    reached: replacing old ones lets pods added later get their share."""
+    script = Script()
+    srv = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+    client = TritonHttpClient("127.0.0.1", srv.sockets[0].getsockname()[1], max_age_s=0.05)
+    try:
+        for _ in range(3):
+            assert (await _infer(client)).tolist() == [0.25]
+        assert script.connections == 1  # young: kept alive
+        await asyncio.sleep(0.06)
+        assert (await _infer(client)).tolist() == [0.25]  # served, then not parked
+        assert (await _infer(client)).tolist() == [0.25]
+        assert (script.requests, script.connections) == (5, 2)
+    finally:
+        await client.close()
+        srv.close()
+
+
 async def test_response_split_across_packets(server: tuple[Script, TritonHttpClient]) -> None:
     script, client = server
     script.actions = ["split"]
