@@ -91,6 +91,9 @@ class _PinnablePorts(Supervisor):
             self.ports = list(self._pinned)
 
 
+_REDIS_PASSWORD_ENV = "INFERLINE_RATELIMIT_REDIS_PASSWORD"
+
+
 class RateLimitProcess(_PinnablePorts):
     """``python -m inferline_edge.ratelimit``. Ready = gRPC health SERVING."""
 
@@ -105,9 +108,12 @@ class RateLimitProcess(_PinnablePorts):
         *,
         pinned: list[int] | None = None,
         redis_timeout_ms: float = 20.0,
+        redis_password: str | None = None,
     ) -> None:
-        super().__init__(log_dir, pinned=pinned)
+        env = {_REDIS_PASSWORD_ENV: redis_password} if redis_password else None
+        super().__init__(log_dir, pinned=pinned, env=env)
         self.tenants, self.redis_url, self.redis_timeout_ms = tenants, redis_url, redis_timeout_ms
+        self.redis_password = redis_password
 
     @property
     def address(self) -> str:
@@ -127,6 +133,7 @@ class RateLimitProcess(_PinnablePorts):
             self.redis_url,
             "--redis-timeout-ms",
             str(self.redis_timeout_ms),
+            *(["--redis-password-env", _REDIS_PASSWORD_ENV] if self.redis_password else []),
         ]
 
     def probe(self) -> bool:

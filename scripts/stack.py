@@ -138,20 +138,27 @@ class RedisServer(Supervisor):
     start_timeout_s = 15.0
     stop_timeout_s = 5.0
 
+    def __init__(self, log_dir: Path, *, password: str | None = None) -> None:
+        """``password``: clients must AUTH (``requirepass``), as a production Redis."""
+        super().__init__(log_dir)
+        self.password = password
+
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.ports[0]}"
 
     def command(self) -> list[str]:
         port, log_dir = str(self.ports[0]), str(self.log_dir.resolve())
+        auth = ["--requirepass", self.password] if self.password else []
         return ["redis-server", "--port", port, "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", log_dir]  # fmt: skip
+                "--save", "", "--appendonly", "no", "--dir", log_dir, *auth]  # fmt: skip
 
     def probe(self) -> bool:
+        auth = b"AUTH %s\r\n" % self.password.encode() if self.password else b""
         try:
             with socket.create_connection(("127.0.0.1", self.ports[0]), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
+                s.sendall(auth + b"PING\r\n")
+                return s.recv(64).endswith(b"+PONG\r\n")
         except OSError:
             return False
 

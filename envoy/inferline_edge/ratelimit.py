@@ -25,6 +25,7 @@ import asyncio
 import base64
 import logging
 import math
+import os
 import signal
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -183,9 +184,15 @@ class QuotaService:
 async def serve(args: argparse.Namespace) -> None:
     timeout = args.redis_timeout_ms / 1000
     host, port = args.redis.rsplit(":", 1)
+    # The password comes from the environment, never the command line (which
+    # every process on the node can read in /proc).
+    password = os.environ.get(args.redis_password_env) if args.redis_password_env else None
+    if args.redis_password_env and not password:
+        raise SystemExit(f"--redis-password-env: ${args.redis_password_env} is not set")
     redis = aioredis.Redis(
         host=host,
         port=int(port),
+        password=password,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         max_connections=64,
@@ -228,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a pod)")
     p.add_argument("--redis", required=True, help="host:port")
     p.add_argument("--redis-timeout-ms", type=float, default=20.0)
+    p.add_argument(
+        "--redis-password-env",
+        default="",
+        help="name of the environment variable holding the Redis password (AUTH)",
+    )
     p.add_argument("--domain", default="inferline")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)

@@ -201,6 +201,16 @@ def test_feast_and_edge_config() -> None:
     router = named(rendered("bundled-redis"), "Deployment", f"{FULL}-router")
     env = router["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "inf-redis", "key": "redis-password"}
+    # The rate-limit service authenticates to that Redis too (else every quota
+    # call is refused and quotas fail open), the password never on its argv.
+    rls = named(rendered("bundled-redis"), "Deployment", f"{FULL}-ratelimit")
+    (c,) = rls["spec"]["template"]["spec"]["containers"]
+    (password,) = [e for e in c["env"] if e["name"] == "INFERLINE_RATELIMIT_REDIS_PASSWORD"]
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "inf-redis", "key": "redis-password"}
+    assert "--redis-password-env=INFERLINE_RATELIMIT_REDIS_PASSWORD" in c["args"]
+    plain = named(rendered("default"), "Deployment", f"{FULL}-ratelimit")
+    (c,) = plain["spec"]["template"]["spec"]["containers"]
+    assert not any(a.startswith("--redis-password-env") for a in c["args"])
     cfg = edge_tenants.parse(
         configmap_data(rendered("default"), f"{FULL}-edge-tenants", "tenants.yaml")
     )
