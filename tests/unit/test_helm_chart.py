@@ -182,6 +182,24 @@ def test_router_env_parses_with_the_routers_settings(
     assert pod["terminationGracePeriodSeconds"] > budget
 
 
+def test_the_edge_drains_gracefully_before_envoy_is_signalled() -> None:
+    """SIGTERM closes Envoy's listeners at once; the drainer's preStop starts
+    the graceful drain over Envoy's loopback admin API, and Envoy's own preStop
+    waits the same drain time, all within the grace period."""
+    pod = named(rendered("default"), "Deployment", f"{FULL}-edge")["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert set(containers) == {"envoy", "drainer"}
+    args = containers["envoy"]["args"]
+    drain_s = int(next(a for a in args if a.startswith("--drain-time-s=")).split("=")[1])
+    assert containers["envoy"]["lifecycle"]["preStop"]["sleep"]["seconds"] == drain_s
+    hook = containers["drainer"]["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[:4] == ["python", "-m", "inferline_edge.drain", "now"]
+    assert "--admin=127.0.0.1:9901" in hook and f"--hold={drain_s}" in hook
+    assert pod["terminationGracePeriodSeconds"] > drain_s
+    sc = containers["drainer"]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
+
+
 def test_feast_and_edge_config() -> None:
     feast = yaml.safe_load(
         configmap_data(rendered("default"), f"{FULL}-router-feast", "feature_store.yaml")
