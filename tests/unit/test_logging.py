@@ -15,6 +15,16 @@ from router import logging as router_logging
 from router.settings import LogSettings
 
 
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Any:
+    """Each test here points structlog at a stream pytest closes after it: put
+    the previous configuration back, or a later test's error line (flushed at
+    once) would write to a closed file."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
 def _lines(capfd: pytest.CaptureFixture[str], sink: router_logging.LogSink) -> list[dict[str, Any]]:
     sink.flush()
     err = capfd.readouterr().err

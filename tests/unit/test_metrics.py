@@ -95,11 +95,15 @@ def test_a_feature_name_with_a_colon_is_counted_and_breaks_nothing() -> None:
 
 
 def test_one_unrecordable_rpc_loses_no_other_and_fails_no_caller() -> None:
+    from structlog.testing import capture_logs
+
     m = _metrics()
-    m.observe_rpc(PREDICT, "OK", 0.001, {"tenant": "demo", "stages_us": "not a mapping"})
-    for _ in range(40):  # past a fold: nothing raises here
-        m.observe_rpc(PREDICT, "OK", 0.001, {"tenant": "demo", "model": "fraud"})
+    with capture_logs() as logs:
+        m.observe_rpc(PREDICT, "OK", 0.001, {"tenant": "demo", "stages_us": "not a mapping"})
+        for _ in range(40):  # past a fold: nothing raises here
+            m.observe_rpc(PREDICT, "OK", 0.001, {"tenant": "demo", "model": "fraud"})
     assert _value(m, "inferline_requests_total", tenant="demo", model="fraud") == 40
+    assert [e["event"] for e in logs] == ["metrics.observe_failed"]
 
 
 def test_buckets_have_edges_at_the_slo_thresholds() -> None:
