@@ -51,6 +51,9 @@ class BatchedModel(abc.ABC):
         self.output_name: str = config["output"][0]["name"]
         self.n_features = int(config["input"][0]["dims"][0])
         self.parameters: dict[str, dict[str, str]] = config.get("parameters", {})
+        # Where Triton placed this instance ("CPU" or "GPU", and which device).
+        self.instance_kind = args.get("model_instance_kind", "CPU")
+        self.device_id = int(args.get("model_instance_device_id", "0") or 0)
         self.load(os.path.join(args["model_repository"], args["model_version"]))
         # Warm up: the first real request should not pay for lazy initialisation.
         self.score(np.zeros((1, self.n_features), dtype=np.float32))

@@ -354,6 +354,7 @@ def render_config(
     *,
     instances: int = 1,
     response_cache: bool = False,
+    kind: str = "KIND_CPU",
 ) -> str:
     template = (HERE / model / f"config.{backend}.pbtxt.tmpl").read_text()
     return string.Template(template).substitute(
@@ -361,6 +362,7 @@ def render_config(
         max_queue_delay_us=MAX_QUEUE_DELAY_US,
         n_features=n_features,
         instances=instances,
+        kind=kind,
         fil_kind="KIND_AUTO",
         response_cache="true" if response_cache else "false",
     )
@@ -501,9 +503,20 @@ def build_repository(
     _write_version(
         repo, "ranker", 1, {"model.onnx": onnx_path}, meta, python_backend=backend == "python"
     )
-    (repo / "ranker" / "config.pbtxt").write_text(
-        render_config(
-            "ranker", backend, ranker.x.shape[1], response_cache="ranker" in response_cache
+    for path, kind in (
+        (repo / "ranker" / "config.pbtxt", "KIND_CPU"),
+        # What a GPU pool loads instead (tritonserver --model-config-name=gpu;
+        # models without one fall back to config.pbtxt): the same model on its GPU.
+        (repo / "ranker" / "configs" / "gpu.pbtxt", "KIND_GPU"),
+    ):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(
+            render_config(
+                "ranker",
+                backend,
+                ranker.x.shape[1],
+                response_cache="ranker" in response_cache,
+                kind=kind,
+            )
         )
-    )
     return repo

@@ -90,6 +90,18 @@ def test_fil_and_python_configs() -> None:
         assert "response_cache { enable: false }" in cfg
 
 
+def test_the_ranker_has_a_gpu_config_identical_but_for_its_instances(
+    two_builds: tuple[Path, Path],
+) -> None:
+    """What a GPU pool loads (--model-config-name=gpu): the same model, tensors,
+    batching and versions as config.pbtxt, on KIND_GPU instances."""
+    ranker = two_builds[0] / "ranker"
+    cpu, gpu = (ranker / "config.pbtxt").read_text(), (ranker / "configs" / "gpu.pbtxt").read_text()
+    assert "kind: KIND_CPU" in cpu and "kind: KIND_GPU" in gpu
+    assert gpu.replace("KIND_GPU", "KIND_CPU") == cpu
+    assert not (two_builds[0] / "fraud" / "configs").exists()  # the GBDT stays on CPU pools
+
+
 def test_gbdt_artifact_is_readable_by_older_treelite(two_builds: tuple[Path, Path]) -> None:
     raw = (two_builds[0] / "fraud" / "1" / "xgboost.json").read_text()
     base_score = json.loads(raw)["learner"]["learner_model_param"]["base_score"]

@@ -89,8 +89,12 @@ def test_gpu_pool_requests_gpus_on_gpu_nodes() -> None:
     assert pod["runtimeClassName"] == "nvidia"
     assert "--load-model=ranker" in triton["args"]
     assert "--allow-gpu-metrics=true" in triton["args"]
+    # The GPU pool loads each model's configs/gpu.pbtxt (KIND_GPU), not the
+    # CPU config the shared repository's config.pbtxt holds.
+    assert "--model-config-name=gpu" in triton["args"]
     cpu = named(rendered("gpu"), "Deployment", f"{FULL}-triton-cpu")["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
+    assert not any(a.startswith("--model-config-name") for a in cpu["containers"][0]["args"])
 
 
 def _triton_args(variant: str, pool: str) -> list[str]:

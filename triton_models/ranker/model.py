@@ -1,4 +1,5 @@
-"""Triton Python-backend model: MLP ranker in ONNX, run by onnxruntime on CPU.
+"""Triton Python-backend model: MLP ranker in ONNX, run by onnxruntime on the
+instance's device (CPU, or its GPU for a KIND_GPU instance).
 
 The pytriton Triton build has no ONNX Runtime backend, so the ONNX artifact is
 served from the Python backend; clusters with the onnxruntime or TensorRT
@@ -23,6 +24,19 @@ import onnxruntime as ort  # noqa: E402
 from batched import BatchedModel  # type: ignore[import-not-found]  # noqa: E402
 
 
+def providers(model: BatchedModel) -> list[str | tuple[str, dict[str, int]]]:
+    """CPU for a KIND_CPU instance; its GPU for a KIND_GPU one, or a load error:
+    a GPU pod quietly scoring on its CPUs is the failure this guards against."""
+    if model.instance_kind != "GPU":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError(
+            "KIND_GPU instance, but this onnxruntime has no CUDAExecutionProvider "
+            "(install onnxruntime-gpu in the Triton image)"
+        )
+    return [("CUDAExecutionProvider", {"device_id": model.device_id}), "CPUExecutionProvider"]
+
+
 class TritonPythonModel(BatchedModel):
     def load(self, version_dir: str) -> None:
         opts = ort.SessionOptions()
@@ -32,7 +46,7 @@ class TritonPythonModel(BatchedModel):
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(
-            os.path.join(version_dir, "model.onnx"), opts, providers=["CPUExecutionProvider"]
+            os.path.join(version_dir, "model.onnx"), opts, providers=providers(self)
         )
         self.onnx_input = self.session.get_inputs()[0].name
 
