@@ -12,6 +12,7 @@ have moved to other replicas.
 
     python -m inferline_edge.drain idle
     python -m inferline_edge.drain now --admin 127.0.0.1:9901 --hold 20
+    python -m inferline_edge.drain check [--admin 127.0.0.1:9901]   # probes
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ def drain(admin: str, timeout_s: float = 2.0) -> None:
             raise OSError(f"envoy admin answered HTTP {response.status}")
 
 
+def reachable(admin: str, timeout_s: float = 1.0) -> bool:
+    """Envoy's admin API answers: a drain could be started now."""
+    try:
+        with urllib.request.urlopen(f"http://{admin}/ready", timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m inferline_edge.drain", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -42,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     now = sub.add_parser("now", help="start Envoy's graceful drain, then hold (the preStop)")
     now.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin host:port")
     now.add_argument("--hold", type=float, default=0.0, help="seconds to wait after starting it")
+    check = sub.add_parser("check", help="probe: 0 if Envoy's admin answers (or, alone, if alive)")
+    check.add_argument("--admin", default=None, help="Envoy admin host:port")
     args = p.parse_args(argv)
+    if args.cmd == "check":
+        return 0 if args.admin is None or reachable(args.admin) else 1
     if args.cmd == "idle":
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while True:

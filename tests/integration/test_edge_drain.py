@@ -38,6 +38,11 @@ async def edge(tmp_path: Path) -> AsyncIterator[tuple[DevPKI, EdgeStack]]:
         await upstream.server.stop(0)
 
 
+def _check(*args: str) -> int:
+    argv = [sys.executable, "-m", "inferline_edge.drain", "check", *args]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, timeout=30).returncode
+
+
 def _drain_now(admin_port: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "inferline_edge.drain", "now", f"--admin=127.0.0.1:{admin_port}"],
@@ -56,6 +61,7 @@ async def test_drain_tells_callers_to_go_then_closes_the_listeners(
     assert envoy is not None
     client = EdgeClient(pki, stack.mtls_address, ("demo", "api"))
     assert (await client.call()).code == grpc.StatusCode.OK
+    assert _check(f"--admin=127.0.0.1:{envoy.admin_port}") == 0  # the drainer's readiness
     assert _drain_now(envoy.admin_port).returncode == 0
     started = time.monotonic()
     # Draining: calls keep succeeding, and Envoy closes the connections they
@@ -80,6 +86,8 @@ def test_drain_of_an_envoy_that_is_gone_says_so_and_does_not_block() -> None:
     done = _drain_now(port)
     assert done.returncode == 1 and "drain:" in done.stderr
     assert time.monotonic() - t0 < 10
+    assert _check(f"--admin=127.0.0.1:{port}") == 1  # not ready: nothing to drain
+    assert _check() == 0  # alive
 
 
 def test_idle_waits_for_sigterm_and_exits_cleanly() -> None:
