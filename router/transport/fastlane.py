@@ -227,15 +227,26 @@ class _Connection(asyncio.Protocol):
         assert transport is not None
         transport.write(self._tls.send(data) if self._tls is not None else data)
 
-    def close(self) -> None:
-        """Close the connection (after close_notify on a TLS one)."""
+    def close(self, linger: bool = False) -> None:
+        """Close the connection (after close_notify on a TLS one).
+
+        ``linger``, after a refusal: closing a socket with unread bytes in it
+        resets the connection, and the peer, still sending, would lose the
+        answer with it. So our end's close is sent, what still comes is read
+        and dropped (``_done_reading``), and the socket closes when the peer's
+        does or after ``_LINGER_S``."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return
         if self._tls is not None:
             with contextlib.suppress(ssl.SSLError, ValueError):
                 transport.write(self._tls.close())
-        transport.close()
+        if not (linger and transport.can_write_eof()):
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self._loop.call_later(_LINGER_S, transport.close)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -305,25 +316,6 @@ class _Connection(asyncio.Protocol):
         self._receiving = False
         self._enqueue(refused)
 
-    def _linger_close(self) -> None:
-        """Close after a refusal without losing it: closing a socket with
-        unread bytes in it resets the connection, and the peer, still
-        sending, would lose the answer with it. So: send our end's close, read
-        and drop what still comes, and close for good when the peer does or
-        after ``_LINGER_S``."""
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if self._tls is not None:
-            with contextlib.suppress(ssl.SSLError, ValueError):
-                transport.write(self._tls.close())
-        if not transport.can_write_eof():
-            transport.close()
-            return
-        transport.write_eof()
-        transport.resume_reading()  # data_received drops it: _done_reading
-        self._loop.call_later(_LINGER_S, transport.close)
-
     def _stop_reading(self) -> None:
         self._done_reading = True
         if self._transport is not None:
@@ -370,10 +362,7 @@ class _Connection(asyncio.Protocol):
                 if done is not None:
                     done()
                 if req.close or self._lane.closing:
-                    if self._done_reading:
-                        self._linger_close()
-                    else:
-                        self.close()
+                    self.close(linger=self._done_reading)
                     return
             if self._eof:
                 self.close()
