@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = None
         if not args.no_checkpoint and (args.checkpoint or cp_file.exists()):
             checkpoint = json.loads(cp_file.read_text())
+            if not isinstance(checkpoint, dict):
+                # `null`, a list...: never "no checkpoint" (that would skip the
+                # anchored head and pass a truncated trail): malformed.
+                checkpoint = {}
         files = segments(args.path)
         if not files:
             raise FileNotFoundError(f"no audit trail at {args.path}")

@@ -18,12 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
+
 from router.audit.store import JsonlAuditStore, checkpoint_path
 from router.capture.envelope import open_fields
 from router.capture.store import CaptureStore
 from router.errors import ConfigError
 from router.security.keyset import KeysetFile
-from router.security.kms import LocalKeysetKms
+from router.security.kms import LocalKeysetKms, UnwrapError
 from router.settings import Settings, parse_duration
 
 
@@ -44,8 +46,10 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     retention = _retention(args.retention, settings)
     now = args.now if args.now is not None else time.time()
-    report = CaptureStore(root, args.segment_s or settings.capture.segment_s).purge(retention, now)
+    # The audit trail is opened before anything is deleted: a purge whose proof
+    # cannot be written must not delete (its counts could not be recorded later).
     audit_path = args.audit or settings.audit.path
+    store: JsonlAuditStore | None = None
     if audit_path is not None:
         key_file = args.audit_key_file or settings.audit.key_file
         keys = KeysetFile(key_file) if key_file else None
@@ -55,6 +59,8 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
             checkpoint=settings.audit.checkpoint_path or checkpoint_path(audit_path),
             segment_bytes=settings.audit.segment_bytes,
         )
+    report = CaptureStore(root, args.segment_s or settings.capture.segment_s).purge(retention, now)
+    if store is not None:
         try:
             store.append(
                 [
@@ -87,12 +93,21 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
         print("error: need --dir and --kms-keyset (or the settings)", file=sys.stderr)
         return 2
     kms = LocalKeysetKms(KeysetFile(keyset))
+    unreadable = 0
     for n, rec in enumerate(CaptureStore(root, settings.capture.segment_s).records()):
         if args.limit and n >= args.limit:
             break
         meta = {k: v for k, v in rec.items() if k not in ("enc", "dek")}
-        print(json.dumps({**meta, "fields": open_fields(kms, rec)}, sort_keys=True))
-    return 0
+        try:
+            fields = open_fields(kms, rec)
+        except (UnwrapError, InvalidTag, KeyError, TypeError, ValueError) as e:
+            # Another keyset, a damaged or tampered record: say which, go on.
+            unreadable += 1
+            print(f"error: record {rec.get('id')!r} cannot be opened: {type(e).__name__}",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        print(json.dumps({**meta, "fields": fields}, sort_keys=True))
+    return 1 if unreadable else 0
 
 
 def main(argv: list[str] | None = None) -> int:

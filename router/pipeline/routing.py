@@ -168,6 +168,10 @@ class RoutingTable(_Frozen):
             if not re.fullmatch(_NAME, name):
                 raise ValueError(f"invalid model name {name!r}")
         for tenant, policy in self.tenants.items():
+            # Tenant names key metrics, capture paths and the PII key derivation
+            # (where a "/" could alias another tenant's purpose): checked whole.
+            if not re.fullmatch(_NAME, tenant):
+                raise ValueError(f"invalid tenant name {tenant!r}")
             unknown = set(policy.models) - set(self.models)
             if unknown:
                 raise ValueError(f"tenant {tenant!r} references unknown models {sorted(unknown)}")

@@ -8,8 +8,10 @@ trail; older keys stay in the file so existing data can still be read.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from router.errors import ConfigError
 from router.security.keyset import rotate_keyset
 
 
@@ -19,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("rotate", help="add a new primary key (creating the file if needed)")
     r.add_argument("path", type=Path)
     args = p.parse_args(argv)
-    kid = rotate_keyset(args.path)
+    try:
+        kid = rotate_keyset(args.path)
+    except (ConfigError, OSError) as e:  # not a keyset, no such directory...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{args.path}: primary key is now {kid}")
     return 0

@@ -114,4 +114,7 @@ class KeysetFile:
         new = load_keyset(self.path)
         self._mtime = mtime
         old, self.current = self.current, new
-        return (old.primary, new.primary) if old.primary != new.primary else None
+        # A new primary key is a rotation even under a reused id ("k1" again
+        # after the file was re-created): compare the bytes too.
+        rotated = old.primary != new.primary or old.primary_key != new.primary_key
+        return (old.primary, new.primary) if rotated else None

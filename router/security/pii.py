@@ -45,16 +45,25 @@ def _canonical(value: Scalar) -> bytes:
     return str(value).encode()
 
 
+_MAX_DERIVED = 4096
+"""Derived keys kept (tenant x purpose x key): bounded, since in header mode an
+unknown tenant's name is whatever the caller sent."""
+
+
 class Tokenizer:
     def __init__(self, keys: KeysetFile) -> None:
         self._keys = keys
-        self._derived: dict[tuple[str, str, bytes], bytes] = {}
+        self._derived: dict[tuple[bytes, str, bytes], bytes] = {}
 
     def _key(self, tenant: str, purpose: bytes = b"") -> tuple[str, bytes]:
         ks = self._keys.current
-        cache_key = (ks.primary, tenant, purpose)
+        # By the key's bytes, not its id: a keyset re-created from scratch
+        # names a new key "k1" again, which must not reuse the old one's.
+        cache_key = (ks.primary_key, tenant, purpose)
         key = self._derived.get(cache_key)
         if key is None:
+            if len(self._derived) >= _MAX_DERIVED:  # tenant names can come from callers
+                self._derived.clear()
             hkdf = HKDF(
                 algorithm=hashes.SHA256(),
                 length=32,

@@ -233,6 +233,19 @@ def test_cli_verify_exit_codes(tmp_path: Path) -> None:
     assert _cli("audit", "verify", str(tmp_path / "missing.jsonl")).returncode == 2
 
 
+@pytest.mark.parametrize("content", ["null", "[]", '"x"'])
+def test_a_checkpoint_that_is_no_object_is_malformed_not_absent(
+    tmp_path: Path, content: str
+) -> None:
+    """`null` once read as "no checkpoint": a truncated trail then passed."""
+    path = _trail(tmp_path / "audit.jsonl", n=3)
+    path.write_text(_lines(path)[0])  # truncated to its first record
+    checkpoint_path(path).write_text(content)
+    out = _cli("audit", "verify", str(path), "--checkpoint", str(checkpoint_path(path)))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "checkpoint file is malformed" in out.stdout
+
+
 _LONG_KEY = "A" * 88  # 64 bytes: an AES-256 KEK refuses it at the first wrap, so at load here
 
 

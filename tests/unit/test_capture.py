@@ -170,6 +170,25 @@ async def test_router_purge_is_audited(tmp_path: Path) -> None:
         assert verify(f).ok
 
 
+def test_cli_purge_deletes_nothing_when_its_proof_cannot_be_written(
+    kms: LocalKeysetKms, tmp_path: Path
+) -> None:
+    """A bad audit key file: the purge refuses before deleting (its counts
+    could never be recorded afterwards)."""
+    store = CaptureStore(tmp_path / "cap", HOUR)
+    _fill(store, kms, "debug", T0)
+    bad_key = tmp_path / "audit-keys.json"
+    bad_key.write_text("not a keyset")
+    out = subprocess.run(
+        [sys.executable, "-m", "router.cli", "capture", "purge", "--dir", str(store.root),
+         "--retention", "debug=7d", "--audit", str(tmp_path / "audit.jsonl"),
+         "--audit-key-file", str(bad_key), "--now", str(T0 + 8 * DAY)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert len(list(store.records())) == 2  # nothing deleted
+
+
 def test_cli_purge_and_show(kms: LocalKeysetKms, tmp_path: Path) -> None:
     store = CaptureStore(tmp_path / "cap", HOUR)
     _fill(store, kms, "debug", T0)
@@ -199,3 +218,17 @@ def test_cli_purge_and_show(kms: LocalKeysetKms, tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     rows = [json.loads(x) for x in shown.stdout.splitlines()]
     assert [r["fields"]["x"] for r in rows] == [0, 1]
+    # A tampered record is named and skipped, the others still shown; exit 1.
+    (segment,) = [p for _, _, _, p in store.segments()]
+    lines = segment.read_text().splitlines(keepends=True)
+    first = json.loads(lines[0])
+    first["enc"] = {k: v[:-4] + ("AAAA" if v[-4:] != "AAAA" else "BBBB")
+                    for k, v in first["enc"].items()}  # fmt: skip
+    segment.write_text(json.dumps(first) + "\n" + "".join(lines[1:]))
+    shown = subprocess.run(
+        [*run, "show", "--dir", str(store.root), "--kms-keyset", str(tmp_path / "kek.json")],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert shown.returncode == 1 and "cannot be opened" in shown.stderr
+    assert "Traceback" not in shown.stderr
+    assert [json.loads(x)["fields"]["x"] for x in shown.stdout.splitlines()] == [1]

@@ -72,6 +72,30 @@ def test_rotation_changes_key_id(keys: KeysetFile) -> None:
     assert after.startswith("tok_k2_") and after != before
 
 
+def test_a_reused_key_id_with_new_bytes_is_a_rotation(keys: KeysetFile) -> None:
+    """The keyset re-created from scratch names its key "k1" again: tokens must
+    follow the new bytes (as a fresh process's would), and the reload must say
+    the key rotated (its audit record), not that nothing changed."""
+    import os
+
+    tok = Tokenizer(keys)
+    before = tok.token("payments", EMAIL)
+    keys.path.unlink()
+    assert rotate_keyset(keys.path) == "k1"
+    os.utime(keys.path, (1, 1))  # a different mtime even on a coarse clock
+    assert keys.reload() == ("k1", "k1")
+    after = tok.token("payments", EMAIL)
+    assert after.startswith("tok_k1_") and after != before
+    assert after == Tokenizer(KeysetFile(keys.path)).token("payments", EMAIL)
+
+
+def test_tenant_names_are_checked_whole_in_the_table() -> None:
+    """A tenant named "idempotency/payments" would derive the PII key of
+    payments' idempotency keys: names follow the model-name rule."""
+    with pytest.raises(ValueError):
+        _table(**{"idempotency/payments": {}})
+
+
 def test_protect_request_replaces_only_pii_fields(keys: KeysetFile) -> None:
     table = _table(payments={"pii_fields": ["email", "phone", "card_number"]})
     guard = PiiGuard(Tokenizer(keys), lambda: table, opaque_ids=True)
@@ -114,6 +138,21 @@ def test_idempotency_keys_are_stored_keyed(keys: KeysetFile) -> None:
     k = guard.idempotency_key("p", "order-123")
     assert k == guard.idempotency_key("p", "order-123") != guard.idempotency_key("q", "order-123")
     assert "order-123" not in k
+
+
+@pytest.mark.parametrize("setup", ["not json", None])
+def test_keys_rotate_refuses_bad_input_without_a_traceback(
+    tmp_path: Path, setup: str | None
+) -> None:
+    path = tmp_path / "keys.json" if setup is not None else tmp_path / "no-such-dir" / "keys.json"
+    if setup is not None:
+        path.write_text(setup)
+    out = subprocess.run(
+        [sys.executable, "-m", "router.cli", "keys", "rotate", str(path)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 2 and out.stderr.startswith("error:"), out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_table_rejects_unknown_data_keys() -> None:
