@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
     if args.ca is None:
+        if args.cert is not None or args.key is not None:
+            # Never fall back to plaintext with a client certificate in hand.
+            raise ValueError("--cert/--key need --ca (the CA that signed the router's edge)")
         return grpc.insecure_channel(args.router)
     creds = grpc.ssl_channel_credentials(
         root_certificates=args.ca.read_bytes(),
@@ -166,14 +169,20 @@ def _print(resp: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     metadata = (("x-inferline-tenant", args.tenant),) if args.tenant else ()
-    with _channel(args) as channel:
-        stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
-        wrapped = _WithMetadata(stub, metadata, args.timeout)
-        try:
-            resp = _call(wrapped, args)
-        except grpc.RpcError as e:
-            print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
-            return 1
+    try:
+        with _channel(args) as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
+            wrapped = _WithMetadata(stub, metadata, args.timeout)
+            try:
+                resp = _call(wrapped, args)
+            except grpc.RpcError as e:
+                print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+                return 1
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        # Usage errors (a certificate or outcomes file missing or malformed):
+        # exit 2, as the docstring says, not a traceback that reads like a refusal.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     _print(resp)
     return 0
 
