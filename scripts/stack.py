@@ -117,6 +117,17 @@ class TritonServer(Supervisor):
             raise OSError(f"GET {path} on port {port}: HTTP {resp.status} {body[:200]!r}")
         return body
 
+    def load_model(self, model: str, timeout: float = 120.0) -> tuple[int, str]:
+        """Ask Triton's repository API to load ``model`` (explicit model control):
+        (HTTP status, body), a refusal included."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports[1], timeout=timeout)
+        try:
+            conn.request("POST", f"/v2/repository/models/{model}/load", body=b"{}")
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
     def probe(self) -> bool:
         try:
             self.http_get("/v2/health/ready")

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import pickle
 import shutil
@@ -99,17 +98,6 @@ def test_gpu_bench_client_against_real_triton(triton: TritonServer, quant_build:
     assert r["rps"] == pytest.approx(r["ok"] / 1.0)
 
 
-def _load(server: TritonServer, model: str) -> tuple[int, str]:
-    host, port = server.http_url.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=120)
-    try:
-        conn.request("POST", f"/v2/repository/models/{model}/load", body=b"{}")
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    finally:
-        conn.close()
-
-
 def test_ranker_gpu_refuses_cpu_only_hosts(quant_build: Path, tmp_path: Path) -> None:
     kit = tmp_path / "kit"
     gb.prepare(quant_build, kit)
@@ -117,7 +105,7 @@ def test_ranker_gpu_refuses_cpu_only_hosts(quant_build: Path, tmp_path: Path) ->
     gb.write_gpu_repository(kit, tmp_path / "cpu", [fp32], instances=1, kind="KIND_CPU")
     gb.write_gpu_repository(kit, tmp_path / "gpu", [fp32], instances=1)
     with TritonServer(tmp_path / "cpu", tmp_path / "logs", model_control_mode="explicit") as t:
-        status, body = _load(t, fp32.name)
+        status, body = t.load_model(fp32.name)
     assert status == 400
     try:
         import torch  # type: ignore[import-not-found]  # noqa: F401
@@ -127,7 +115,7 @@ def test_ranker_gpu_refuses_cpu_only_hosts(quant_build: Path, tmp_path: Path) ->
         assert "needs PyTorch with CUDA in the model process" in body
         assert "serve the 'ranker' model instead" in body
     with TritonServer(tmp_path / "gpu", tmp_path / "logs", model_control_mode="explicit") as t:
-        status, body = _load(t, fp32.name)
+        status, body = t.load_model(fp32.name)
     assert status == 400 and "gpu" in body.lower()
 
 

@@ -5,21 +5,10 @@ shows it is the one read) and every model without one its config.pbtxt."""
 
 from __future__ import annotations
 
-import http.client
 import json
 from pathlib import Path
 
 from scripts.stack import TritonServer
-
-
-def _load(triton: TritonServer, model: str) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", triton.ports[1], timeout=60)
-    try:
-        conn.request("POST", f"/v2/repository/models/{model}/load", body=b"{}")
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    finally:
-        conn.close()
 
 
 def test_a_gpu_pool_reads_gpu_configs_and_falls_back_to_config_pbtxt(
@@ -36,5 +25,5 @@ def test_a_gpu_pool_reads_gpu_configs_and_falls_back_to_config_pbtxt(
         triton.http_get("/v2/models/fraud/ready")  # no configs/gpu.pbtxt: config.pbtxt
         config = json.loads(triton.http_get("/v2/models/fraud/config"))
         assert {g["kind"] for g in config["instance_group"]} == {"KIND_CPU"}
-        status, body = _load(triton, "ranker")
+        status, body = triton.load_model("ranker")
     assert status == 400 and "GPU" in body, body  # KIND_GPU, and no GPU here

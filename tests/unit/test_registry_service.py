@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,18 @@ class Views:
         return {k: dict(v) for k, v in VIEWS.items()}
 
 
+def _service(store: SqliteRegistryStore, tmp_path: Path, **kw: Any) -> RegistryService:
+    """A router's registry service on ``store`` (Triton never called here)."""
+    return RegistryService(
+        store=store,
+        repository=tmp_path / "repo",
+        control=TritonRepository("127.0.0.1:1", tmp_path / "repo"),
+        views=Views(),
+        read_config=read_serving_config,
+        **kw,
+    )
+
+
 @pytest.fixture
 def parts(tmp_path: Path) -> Iterator[tuple[RegistryService, MemoryAuditSink, list[int]]]:
     store = SqliteRegistryStore(tmp_path / "registry.db")
@@ -40,15 +53,7 @@ def parts(tmp_path: Path) -> Iterator[tuple[RegistryService, MemoryAuditSink, li
     async def on_change() -> None:
         changes.append(store.revision())
 
-    service = RegistryService(
-        store=store,
-        repository=tmp_path / "repo",
-        control=TritonRepository("127.0.0.1:1", tmp_path / "repo"),
-        views=Views(),
-        read_config=read_serving_config,
-        audit=audit,
-        on_change=on_change,
-    )
+    service = _service(store, tmp_path, audit=audit, on_change=on_change)
     yield service, audit, changes
     store.close()
 
@@ -207,13 +212,7 @@ async def test_an_action_decided_before_another_routers_commit_is_refused(
     await service_a.set_alias("m", "prod", 1, "ops")
     await service_a.start_canary("m", 2, 0.1, "ops")
     store_b = SqliteRegistryStore(tmp_path / "registry.db")  # the second router
-    service_b = RegistryService(
-        store=store_b,
-        repository=tmp_path / "repo",
-        control=TritonRepository("127.0.0.1:1", tmp_path / "repo"),
-        views=Views(),
-        read_config=read_serving_config,
-    )
+    service_b = _service(store_b, tmp_path)
     try:
         decided_on = service_a.store.state()
         read = service_a.store.state
